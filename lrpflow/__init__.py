@@ -1,0 +1,31 @@
+"""lrpflow: Layer-wise Relevance Propagation on numpy and cupy, with plugins and experiments.
+
+The public API::
+
+    model = lrpflow.load_model("LeNet-5.txt")
+    out = lrpflow.explain(model, x, rule="epsilon", epsilon=0.01, target="pred")
+    exp = lrpflow.Explainer(model, composite="epsilon_plus")
+"""
+from __future__ import annotations
+
+from lrpflow import layers
+from lrpflow.composites import Composite, Override
+from lrpflow.errors import (
+    BackendError, ConfigError, DataFormatError, DuplicateNameError, LrpflowError, ModelFormatError, PluginError,
+    ShapeError, UnknownNameError, UnsupportedLayerError,
+)
+from lrpflow.explain import Explainer, Explanation, LedgerEntry, explain
+from lrpflow.graph import Model, Node, Sequential, Trace
+from lrpflow.hookspecs import hookimpl
+from lrpflow.io import load_model, save_model
+from lrpflow.plugins import make_plugin_manager, registries
+from lrpflow.rules import make_rule
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__", "hookimpl", "layers", "Model", "Node", "Sequential", "Trace", "Composite", "Override",
+    "Explainer", "Explanation", "LedgerEntry", "explain", "make_rule", "load_model", "save_model",
+    "make_plugin_manager", "registries", "LrpflowError", "ConfigError", "PluginError", "DuplicateNameError",
+    "UnknownNameError", "UnsupportedLayerError", "ShapeError", "ModelFormatError", "DataFormatError", "BackendError",
+]

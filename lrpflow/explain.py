@@ -1,0 +1,382 @@
+"""``explain()`` and ``Explainer``: forward pass, relevance initialisation, backward relevance pass.
+
+One forward :class:`~lrpflow.graph.Trace` serves any number of targets and rules; the
+Explainer caches rule-modified parameters (W⁺, W², ...) between calls. Every result
+carries the conservation ledger: per node, the relevance entering it (at its output),
+leaving it (to its inputs) and what its bias/stabiliser absorbed.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy
+
+from lrpflow.backend import backend_of, get_namespace, namespace, resolve_dtype, to_backend, to_numpy
+from lrpflow.composites import Composite, make_composite
+from lrpflow.errors import ConfigError, DataFormatError, LrpflowError, ShapeError
+from lrpflow.graph import Model, Trace
+from lrpflow.rules import Rule, make_rule
+from lrpflow.rules.base import NodeContext
+
+INITS = ("logit", "one")
+
+
+@dataclass
+class LedgerEntry:
+    """Per-sample relevance sums at one node."""
+
+    entering: Any  #: Σ relevance arriving at the node's output, shape (N,)
+    leaving: Any  #: Σ relevance the node hands to its inputs, shape (N,)
+
+    @property
+    def absorbed(self) -> Any:
+        """What the node's bias / stabiliser absorbed (negative: what it injected)."""
+        return self.entering - self.leaving
+
+
+@dataclass
+class Propagation:
+    """Output of :func:`propagate`: relevance at the model input, the ledger, kept intermediates."""
+
+    relevance: Any
+    ledger: dict[str, LedgerEntry] = field(default_factory=dict)
+    intermediate: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Explanation:
+    """Result of ``explain()`` / ``Explainer``; arrays live on the explainer's backend."""
+
+    relevance: Any  #: same shape and layout as the input
+    logits: Any  #: (N, C) model outputs (SoftMax output layer dropped)
+    target: Any  #: (N,) class explained, (N, K) for topk:K, −1 for an explicit R_init
+    r_init: Any  #: (N, C) initial relevance
+    conservation: Any  #: (N,) |ΣR_in − ΣR_init| / |ΣR_init|
+    ledger: dict[str, LedgerEntry] = field(default_factory=dict)
+    intermediate: dict[str, Any] = field(default_factory=dict)
+    method: str = ""
+
+    def to_numpy(self) -> Explanation:
+        """A copy with every array on the host."""
+        return Explanation(
+            to_numpy(self.relevance), to_numpy(self.logits), to_numpy(self.target), to_numpy(self.r_init),
+            to_numpy(self.conservation),
+            {k: LedgerEntry(to_numpy(v.entering), to_numpy(v.leaving)) for k, v in self.ledger.items()},
+            {k: to_numpy(v) for k, v in self.intermediate.items()}, self.method)
+
+
+def nonneg_nodes(model: Model) -> dict[str, bool]:
+    """For every node: is its output ≥ 0 whatever the model input (static analysis)?"""
+    out = {model.input_name: False}
+    for node in model.nodes:
+        layer = node.layer
+        out[node.name] = bool(getattr(layer, "nonneg_output", False)) or (
+            bool(getattr(layer, "keeps_nonneg", False)) and all(out[i] for i in node.inputs))
+    return out
+
+
+def _per_sample_sum(a: Any) -> Any:
+    return a.reshape(a.shape[0], -1).sum(axis=1)
+
+
+def propagate(model: Model, trace: Trace, r_init: Any, rules: Mapping[str, Rule], *, cache: dict | None = None,
+              keep: Sequence[str] = (), ledger: bool = True, start: str | None = None) -> Propagation:
+    """Propagate ``r_init`` (at node ``start``, default the trace's output) back to the model input.
+
+    Nodes are visited in reverse topological order; a node's relevance is the sum of
+    what its consumers handed it. ``rules`` gives each node's rule.
+    """
+    start = start or trace.output
+    cache = {} if cache is None else cache
+    nonneg = nonneg_nodes(model)
+    xp = get_namespace(r_init)
+    pending: dict[str, Any] = {start: r_init}
+    book: dict[str, LedgerEntry] = {}
+    kept: dict[str, Any] = {}
+    keep_set = set(keep)
+    missing = keep_set - {n.name for n in model.nodes} - {model.input_name}
+    if missing:
+        raise ConfigError(f"cannot keep relevance at unknown node(s) {sorted(missing)}")
+    for node in reversed(model.ancestors(start)):
+        r = pending.pop(node.name, None)
+        if r is None:  # nothing flows through this node (e.g. a branch not leading to the output)
+            continue
+        if node.name in keep_set:
+            kept[node.name] = r
+        layer = node.layer
+        xs = trace.inputs_of(node)
+        ctx = NodeContext(node.name, cache, tuple(nonneg[i] for i in node.inputs),
+                          output_is_z=layer.role == "linear" and bool(getattr(layer, "forward_is_apply", False)))
+        try:
+            rule = rules[node.name]
+        except KeyError:
+            raise ConfigError(f"no rule for node {node.name!r}") from None
+        r_ins = rule.backward(layer, xs, trace[node.name], r, ctx)
+        if ledger:
+            leaving = _per_sample_sum(r_ins[0])
+            for extra in r_ins[1:]:
+                leaving = leaving + _per_sample_sum(extra)
+            book[node.name] = LedgerEntry(_per_sample_sum(r), leaving)
+        for name, ri in zip(node.inputs, r_ins):
+            pending[name] = ri if name not in pending else pending[name] + ri
+    r_in = pending.get(model.input_name)
+    if r_in is None:
+        r_in = xp.zeros_like(trace.input)
+    if model.input_name in keep_set:
+        kept[model.input_name] = r_in
+    return Propagation(r_in, book, kept)
+
+
+def _finite_guard(r: Any) -> Any:
+    """Last-resort guard: overflowed values become ±max of the dtype (NaN cannot arise from our divisions)."""
+    xp = get_namespace(r)
+    big = float(numpy.finfo(r.dtype).max)
+    return xp.nan_to_num(r, nan=0.0, posinf=big, neginf=-big)
+
+
+_TOPK = re.compile(r"^\s*topk\s*:\s*(\d+)\s*$", re.IGNORECASE)
+
+
+def initial_relevance(logits: Any, target: Any, init: str, labels: Any = None) -> tuple[Any, Any]:
+    """``(R_init, target)`` for a target spec; see :func:`explain` for the forms a target takes."""
+    xp = get_namespace(logits)
+    n, c = logits.shape[0], logits.shape[-1]
+    if init not in INITS:
+        raise ConfigError(f"init must be one of {INITS}, got {init!r}")
+
+    def one_hot(idx: Any) -> Any:
+        return (xp.arange(c)[None, :] == idx[:, None]).astype(logits.dtype)
+
+    if isinstance(target, str) and target.lower() == "pred":
+        idx = logits.argmax(axis=1)
+        mask = one_hot(idx)
+    elif isinstance(target, str) and target.lower() == "true":
+        if labels is None:
+            raise ConfigError("target 'true' needs labels=")
+        lab = xp.asarray(labels)
+        if lab.ndim == 2 and lab.shape == (n, c):
+            lab = lab.argmax(axis=1)
+        if lab.shape != (n,):
+            raise ShapeError(f"labels must have shape ({n},) or ({n}, {c}), got {tuple(lab.shape)}")
+        idx = lab.astype(numpy.int64)
+        _check_classes(idx, c)
+        mask = one_hot(idx)
+    elif isinstance(target, str) and _TOPK.match(target):
+        k = int(_TOPK.match(target).group(1))  # type: ignore[union-attr]
+        if not 1 <= k <= c:
+            raise ConfigError(f"target {target!r}: K must be between 1 and the number of classes {c}")
+        idx = xp.argsort(-logits, axis=1)[:, :k]
+        mask = xp.zeros_like(logits)
+        xp.put_along_axis(mask, idx, 1.0, axis=1)
+    elif isinstance(target, str):
+        raise ConfigError(f"unknown target {target!r}; expected 'pred', 'true', 'topk:K', a class index or an array")
+    elif isinstance(target, (int, numpy.integer)) and not isinstance(target, bool):
+        if not 0 <= int(target) < c:
+            raise ConfigError(f"target class {target} out of range: the model has {c} outputs")
+        idx = xp.full((n,), int(target), dtype=numpy.int64)
+        mask = one_hot(idx)
+    else:
+        arr = xp.asarray(target)
+        if arr.ndim == 1 and numpy.issubdtype(arr.dtype, numpy.integer):
+            if arr.shape != (n,):
+                raise ShapeError(f"per-sample target classes must have shape ({n},), got {tuple(arr.shape)}")
+            _check_classes(arr, c)
+            idx = arr
+            mask = one_hot(idx)
+        else:
+            if tuple(arr.shape) != tuple(logits.shape):
+                raise ShapeError(f"explicit R_init must have the logits' shape {tuple(logits.shape)}, got {tuple(arr.shape)}")
+            r = arr.astype(logits.dtype)
+            if not bool(xp.isfinite(r).all()):
+                raise DataFormatError("explicit R_init contains NaN or Inf")
+            return r, xp.full((n,), -1, dtype=numpy.int64)
+    r = logits * mask if init == "logit" else mask
+    return r, idx
+
+
+def _check_classes(idx: Any, c: int) -> None:
+    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= c):
+        raise ConfigError(f"target classes must lie in [0, {c}), got values from {int(idx.min())} to {int(idx.max())}")
+
+
+def _describe(rule: Rule | None, composite: Composite | None) -> str:
+    if composite is not None:
+        return composite.name or repr(composite)
+    return repr(rule)
+
+
+class Explainer:
+    """Explains a model with one composite (or rule), reusing work between calls.
+
+    Parameters
+    ----------
+    model : Model
+    composite : str, mapping or Composite, optional
+        A preset name (``"epsilon_plus"``), a composite mapping or object.
+    rule : str, mapping or Rule, optional
+        One rule for every node (with ``**params``, e.g. ``rule="epsilon", epsilon=0.1``).
+    backend : str, optional
+        ``"numpy"``, ``"cupy"`` or ``"cupy:<gpu>"``; default: where the input lives.
+    dtype : str
+        ``"float32"`` (default) or ``"float64"``.
+    init : str, optional
+        ``"logit"`` (R_init = masked logits; LRP default) or ``"one"`` (the mask; gradient default).
+    keep : sequence of str
+        Node names whose incoming relevance the result keeps (``intermediate``).
+    ledger : bool
+        Record the per-node conservation ledger (default True).
+    """
+
+    def __init__(self, model: Model, composite: Any = None, rule: Any = None, *, backend: str | None = None,
+                 dtype: Any = "float32", init: str | None = None, keep: Sequence[str] = (), ledger: bool = True,
+                 **params: Any) -> None:
+        if not isinstance(model, Model):
+            raise ConfigError(f"model must be an lrpflow Model, got {type(model).__name__}")
+        self.model = model
+        self.backend = backend
+        if backend is not None:
+            namespace(backend)  # fail early if cupy is missing
+        self.dtype = resolve_dtype(dtype)
+        self.init = init
+        self.keep = tuple(keep)
+        self.ledger = ledger
+        self.cache: dict[Any, Any] = {}
+        self._assignments: dict[Any, tuple[dict[str, Rule], Rule, str]] = {}
+        self.default_method = self._method(composite, rule, params)
+
+    # -- configuration ------------------------------------------------------------
+    def _method(self, composite: Any, rule: Any, params: Mapping[str, Any]) -> tuple[dict[str, Rule], Rule, str]:
+        if composite is not None and rule is not None:
+            raise ConfigError("give either composite= or rule=, not both")
+        key = (id(composite) if not isinstance(composite, (str, type(None))) else composite,
+               id(rule) if not isinstance(rule, (str, type(None))) else rule, tuple(sorted(params.items())))
+        try:
+            hit = self._assignments.get(key)
+        except TypeError:  # unhashable parameter values
+            hit, key = None, None
+        if hit is not None:
+            return hit
+        if composite is not None:
+            comp = make_composite(composite, **params)
+            rules, head, desc = comp.assign(self.model), comp.default, _describe(None, comp)
+        else:
+            r = make_rule("epsilon" if rule is None else rule, **params)
+            rules, head, desc = {n.name: r for n in self.model.nodes}, r, _describe(r, None)
+            if rule is None and not params:
+                rules, head = {n.name: r for n in self.model.nodes}, r
+        if head.global_only and any(v is not head for v in rules.values()):
+            raise ConfigError(f"{type(head).__name__} is a whole-model method and cannot be combined with other rules")
+        out = (rules, head, desc)
+        if key is not None:
+            self._assignments[key] = out
+        return out
+
+    def rules(self) -> dict[str, Rule]:
+        """The rule of every node under the default composite/rule."""
+        return dict(self.default_method[0])
+
+    # -- forward ---------------------------------------------------------------
+    def prepare(self, x: Any) -> Any:
+        """Validate ``x`` and bring it to the backend, dtype and NHWC layout used inside."""
+        if isinstance(x, Trace):
+            raise ConfigError("prepare() takes an input array, not a Trace")
+        try:
+            if self.backend is None:
+                xp = get_namespace(x)
+                x = xp.asarray(x, dtype=self.dtype)
+            else:
+                x = to_backend(x, self.backend, self.dtype)
+        except (TypeError, ValueError) as err:
+            raise DataFormatError(f"input cannot be read as a {self.dtype.name} array: {err}") from err
+        xp = get_namespace(x)
+        if self.model.layout == "NCHW" and x.ndim == 4:
+            x = self.model.to_nhwc(x)
+        self.model.check_input(x)
+        if not bool(xp.isfinite(x).all()):
+            raise DataFormatError("input contains NaN or Inf values")
+        return x
+
+    def forward(self, x: Any) -> Trace:
+        """One forward pass to the logits (a SoftMax output layer is dropped); reuse it for many explanations."""
+        x = self.prepare(x)
+        _, trace = self.model.run(x, upto=self.model.logits_node)
+        return trace
+
+    # -- explanation -------------------------------------------------------------
+    def explain(self, x: Any = None, target: Any = "pred", *, trace: Trace | None = None, labels: Any = None,
+                init: str | None = None, composite: Any = None, rule: Any = None, keep: Sequence[str] | None = None,
+                **params: Any) -> Explanation:
+        """Explain ``x`` (or a trace from :meth:`forward`) for ``target``.
+
+        ``target``: ``"pred"`` (argmax), ``"true"`` (needs ``labels``), a class index, per-sample
+        class indices (N,), ``"topk:K"`` (sum of the K best), or an explicit R_init array (N, C).
+        ``composite``/``rule`` (+ params) override the explainer's own for this call.
+        """
+        if trace is None:
+            if x is None:
+                raise ConfigError("explain() needs an input x or a trace")
+            trace = x if isinstance(x, Trace) else self.forward(x)
+        rules, head, desc = self.default_method if composite is None and rule is None and not params \
+            else self._method(composite, rule, params)
+        keep = self.keep if keep is None else tuple(keep)
+        init = init or self.init or head.default_init
+        logits = trace.logits
+        r_init, tgt = initial_relevance(logits, target, init, labels)
+        x_in = trace.input
+        samples = head.samples(x_in)
+        if len(samples) == 1 and samples[0][0] is x_in:
+            prop = propagate(self.model, trace, r_init, rules, cache=self.cache, keep=keep, ledger=self.ledger)
+            r_in = prop.relevance
+        else:  # averaged over perturbed inputs (SmoothGrad, Integrated Gradients)
+            r_in, prop = None, None
+            for xs, weight in samples:
+                _, tr = self.model.run(xs, upto=self.model.logits_node)
+                r_k = tr.logits * (r_init != 0) if init == "logit" else r_init
+                p = propagate(self.model, tr, r_k, rules, cache=self.cache, keep=keep, ledger=False)
+                r_in = p.relevance * weight if r_in is None else r_in + p.relevance * weight
+            prop = Propagation(r_in)
+        relevance = _finite_guard(head.finalize(x_in, r_in))
+        total_in, total_init = _per_sample_sum(relevance), _per_sample_sum(r_init)
+        xp = get_namespace(relevance)
+        diff = xp.abs(total_in - total_init)
+        den = xp.abs(total_init)
+        conservation = xp.where(den > 0, diff / xp.where(den > 0, den, 1), diff)
+        return Explanation(self.model.from_nhwc(relevance), logits, tgt, r_init, conservation, prop.ledger,
+                           prop.intermediate, desc)
+
+    __call__ = explain
+
+    def explain_many(self, x: Any, targets: Sequence[Any] = ("pred",), methods: Sequence[Any] | None = None,
+                     **kwargs: Any) -> list[Explanation]:
+        """One forward pass, every (target, method) pair; ``methods`` items are rule/composite specs or
+        mappings ``{"rule": ..., **params}`` / ``{"composite": ..., **params}`` (None: the explainer's own)."""
+        trace = x if isinstance(x, Trace) else self.forward(x)
+        out = []
+        for m in (methods or [None]):
+            spec: dict[str, Any] = {}
+            if isinstance(m, Mapping):
+                spec = dict(m)
+            elif isinstance(m, Composite):
+                spec = {"composite": m}
+            elif m is not None:
+                spec = {"rule": m}
+            for t in targets:
+                out.append(self.explain(trace=trace, target=t, **spec, **kwargs))
+        return out
+
+
+def explain(model: Model, x: Any, rule: Any = None, composite: Any = None, *, target: Any = "pred",
+            labels: Any = None, init: str | None = None, backend: str | None = None, dtype: Any = "float32",
+            keep: Sequence[str] = (), **params: Any) -> Explanation:
+    """Explain ``x`` with one rule (``rule="epsilon", epsilon=0.01``) or a composite (``composite="epsilon_plus"``).
+
+    See :class:`Explainer` for the parameters and :meth:`Explainer.explain` for targets.
+    """
+    exp = Explainer(model, composite=composite, rule=rule, backend=backend, dtype=dtype, init=init, keep=keep, **params)
+    return exp.explain(x, target=target, labels=labels)
+
+
+__all__ = ["Explainer", "Explanation", "LedgerEntry", "explain", "propagate", "initial_relevance", "backend_of", "LrpflowError"]

@@ -1,0 +1,201 @@
+"""The LRP Toolbox's plain-text model format (current and legacy layout), read and written.
+
+Current layout: one header line per layer, parameters on the following lines::
+
+    Linear m n            + one line of m·n weights (C order of W[m, n]) + one line of n biases
+    Convolution h w d n s0 s1  + one line of h·w·d·n weights (C order of W[h, w, d, n]) + one line of n biases
+    SumPool hp wp s0 s1 | MaxPool hp wp s0 s1 | Rect | Tanh | SoftMax | Flatten
+
+Legacy layout (Linear/Rect/Tanh/SoftMax only): ``Linear m n`` followed by m lines, one row
+of W each, and a bias line. The layout of each Linear block is recognised by the number
+of values on its first parameter line. Unlike the toolbox, a blank line or an unknown
+layer name is an error naming the line, never a silent truncation or a fallback.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy
+
+from lrpflow.errors import ModelFormatError
+from lrpflow.graph import Sequential
+from lrpflow.layers import Conv2d, Flatten, Linear, MaxPool, ReLU, SoftMax, SumPool, Tanh
+
+
+class _Lines:
+    """A cursor over the lines of a model file that reports positions in errors."""
+
+    def __init__(self, path: str, text: str) -> None:
+        self.path = path
+        lines = text.split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        self.lines = lines
+        self.i = 0
+
+    def error(self, msg: str, line: int | None = None) -> ModelFormatError:
+        n = self.i if line is None else line
+        return ModelFormatError(f"{self.path}, line {n}: {msg}")
+
+    def done(self) -> bool:
+        return self.i >= len(self.lines)
+
+    def next(self, what: str) -> str:
+        if self.done():
+            raise self.error(f"unexpected end of file; expected {what}", len(self.lines))
+        line = self.lines[self.i]
+        self.i += 1
+        return line
+
+    def numbers(self, what: str, count: int | None = None) -> numpy.ndarray:
+        line = self.next(what)
+        tokens = line.split()
+        try:
+            values = numpy.array([float(t) for t in tokens], dtype=numpy.float64)
+        except ValueError:
+            bad = next(t for t in tokens if not _is_float(t))
+            raise self.error(f"non-numeric token {bad[:40]!r} in {what}") from None
+        if count is not None and values.size != count:
+            raise self.error(f"{what}: expected {count} values, found {values.size}")
+        if not numpy.isfinite(values).all():
+            raise self.error(f"{what} contains NaN or Inf")
+        return values
+
+
+def _is_float(t: str) -> bool:
+    try:
+        float(t)
+        return True
+    except ValueError:
+        return False
+
+
+def _ints(cur: _Lines, header: list[str], n: int, name: str) -> list[int]:
+    args = header[1:]
+    if len(args) != n:
+        raise cur.error(f"{name} header needs {n} integers, got {' '.join(args) or 'none'}")
+    try:
+        vals = [int(a) for a in args]
+    except ValueError:
+        raise cur.error(f"{name} header needs integers, got {' '.join(args)}") from None
+    if any(v <= 0 for v in vals):
+        raise cur.error(f"{name} header values must be positive, got {' '.join(args)}")
+    return vals
+
+
+def _linear(cur: _Lines, header: list[str]) -> Linear:
+    m, n = _ints(cur, header, 2, "Linear")
+    first = cur.numbers("Linear weights")
+    if first.size == m * n:  # current layout: W on one line
+        weight = first.reshape(m, n)
+    elif first.size == n:  # legacy layout: m rows of n values
+        rows = [first] + [cur.numbers(f"Linear weight row {k + 1} of {m}", n) for k in range(1, m)]
+        weight = numpy.stack(rows)
+    else:
+        raise cur.error(f"Linear {m} {n}: expected {m * n} weights on one line (or {n} per row), found {first.size}")
+    bias = cur.numbers("Linear biases", n)
+    return Linear(m, n, weight=weight, bias=bias)
+
+
+def _conv(cur: _Lines, header: list[str]) -> Conv2d:
+    h, w, d, n, s0, s1 = _ints(cur, header, 6, "Convolution")
+    weight = cur.numbers("Convolution weights", h * w * d * n).reshape(h, w, d, n)
+    bias = cur.numbers("Convolution biases", n)
+    return Conv2d(h, w, d, n, stride=(s0, s1), weight=weight, bias=bias)
+
+
+def _pool(cls: type) -> Callable[[_Lines, list[str]], Any]:
+    def read(cur: _Lines, header: list[str]) -> Any:
+        hp, wp, s0, s1 = _ints(cur, header, 4, cls.toolbox_name)
+        return cls(hp, wp, stride=(s0, s1))
+    return read
+
+
+def _plain(cls: type) -> Callable[[_Lines, list[str]], Any]:
+    def read(cur: _Lines, header: list[str]) -> Any:
+        if len(header) != 1:
+            raise cur.error(f"{header[0]} takes no arguments, got {' '.join(header[1:])}")
+        return cls()
+    return read
+
+
+READERS: dict[str, Callable[[_Lines, list[str]], Any]] = {
+    "Linear": _linear,
+    "Convolution": _conv,
+    "SumPool": _pool(SumPool),
+    "MaxPool": _pool(MaxPool),
+    "Rect": _plain(ReLU),
+    "Tanh": _plain(Tanh),
+    "SoftMax": _plain(SoftMax),
+    "Flatten": _plain(Flatten),
+}
+
+
+def parse(text: str, path: str = "<string>") -> Sequential:
+    """A toolbox text model from its contents."""
+    cur = _Lines(path, text)
+    if not cur.lines or all(not line.strip() for line in cur.lines):
+        raise ModelFormatError(f"{path}: empty model file")
+    layers = []
+    while not cur.done():
+        line = cur.next("a layer header")
+        if not line.strip():
+            raise cur.error("blank line where a layer header was expected")
+        header = line.split()
+        reader = READERS.get(header[0])
+        if reader is None:
+            raise cur.error(f"unknown layer {header[0][:40]!r}; known: {', '.join(READERS)}")
+        layers.append(reader(cur, header))
+    return Sequential(layers)
+
+
+def read(path: str | os.PathLike[str], **_: Any) -> Sequential:
+    """Read a toolbox plain-text model file into a :class:`Sequential` (float64 parameters)."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as err:
+        raise ModelFormatError(f"{path}: cannot read model file: {err.strerror}") from err
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ModelFormatError(f"{path}: not a text model file (byte {err.start} is not UTF-8)") from err
+    return parse(text, path)
+
+
+def _fmt(values: Any) -> str:
+    return " ".join(repr(float(v)) for v in numpy.asarray(values, dtype=numpy.float64).ravel())
+
+
+def write(model: Sequential, path: str | os.PathLike[str], **_: Any) -> None:
+    """Write a Sequential of toolbox layers in the current text layout (floats via repr: lossless)."""
+    from lrpflow.backend import to_numpy
+
+    out = []
+    for i, layer in enumerate(getattr(model, "modules", model.layers)):
+        name = getattr(layer, "toolbox_name", None)
+        if name is None:
+            raise ModelFormatError(f"{os.fspath(path)}: layer {i} ({layer.type_name}) has no toolbox text form")
+        if isinstance(layer, Linear):
+            out += [f"Linear {layer.m} {layer.n}", _fmt(to_numpy(layer.weight)), _fmt(to_numpy(layer.bias))]
+        elif isinstance(layer, Conv2d):
+            if any(layer.pads):
+                raise ModelFormatError(f"{os.fspath(path)}: layer {i}: the toolbox format has no convolution padding")
+            h, w = layer.kernel
+            out += [f"Convolution {h} {w} {layer.d} {layer.n} {layer.stride[0]} {layer.stride[1]}",
+                    _fmt(to_numpy(layer.weight)), _fmt(to_numpy(layer.bias))]
+        elif isinstance(layer, (SumPool, MaxPool)):
+            if any(layer.pads):
+                raise ModelFormatError(f"{os.fspath(path)}: layer {i}: the toolbox format has no pooling padding")
+            out.append(f"{name} {layer.pool[0]} {layer.pool[1]} {layer.stride[0]} {layer.stride[1]}")
+        else:
+            out.append(name)
+    tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write("\n".join(out) + "\n")
+    os.replace(tmp, path)
+
+

@@ -1,0 +1,52 @@
+"""Built-in layer types; registered through :func:`lrpflow_register_layers` like any plugin."""
+from __future__ import annotations
+
+from lrpflow.hookspecs import hookimpl
+from lrpflow.layers.activation import Dropout, Identity, LeakyReLU, ReLU, Sigmoid, SoftMax, Tanh
+from lrpflow.layers.base import Elementwise, Layer, LinearLike, ShapeLayer
+from lrpflow.layers.conv import Conv2d
+from lrpflow.layers.dense import Linear
+from lrpflow.layers.merge import Add, Concat
+from lrpflow.layers.norm import BatchNorm
+from lrpflow.layers.pool import AvgPool, GlobalAvgPool, MaxPool, SumPool
+from lrpflow.layers.shape import Flatten, Pad, Reshape
+
+# toolbox-style aliases
+Rect = ReLU
+Convolution = Conv2d
+
+__all__ = [
+    "Layer", "LinearLike", "Elementwise", "ShapeLayer",
+    "Linear", "Conv2d", "Convolution", "SumPool", "AvgPool", "MaxPool", "GlobalAvgPool",
+    "Flatten", "Reshape", "Pad", "ReLU", "Rect", "LeakyReLU", "Tanh", "Sigmoid", "SoftMax",
+    "BatchNorm", "Dropout", "Identity", "Add", "Concat",
+]
+
+#: registry name → (class, aliases); names are snake_case, aliases include toolbox names
+BUILTIN_LAYERS = {
+    "linear": (Linear, ("dense",)),
+    "conv2d": (Conv2d, ("convolution",)),
+    "sum_pool": (SumPool, ("sumpool",)),
+    "avg_pool": (AvgPool, ("avgpool", "average_pool")),
+    "max_pool": (MaxPool, ("maxpool",)),
+    "global_avg_pool": (GlobalAvgPool, ("globalavgpool",)),
+    "flatten": (Flatten, ()),
+    "reshape": (Reshape, ()),
+    "pad": (Pad, ()),
+    "relu": (ReLU, ("rect",)),
+    "leaky_relu": (LeakyReLU, ("leakyrelu",)),
+    "tanh": (Tanh, ()),
+    "sigmoid": (Sigmoid, ()),
+    "softmax": (SoftMax, ()),
+    "batch_norm": (BatchNorm, ("batchnorm",)),
+    "dropout": (Dropout, ()),
+    "identity": (Identity, ()),
+    "add": (Add, ()),
+    "concat": (Concat, ()),
+}
+
+
+@hookimpl
+def lrpflow_register_layers(registry):  # noqa: ANN001 - typed in the hookspec
+    for name, (cls, aliases) in BUILTIN_LAYERS.items():
+        registry.add(name, cls, aliases=aliases)

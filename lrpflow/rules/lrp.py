@@ -1,0 +1,301 @@
+"""The built-in LRP rules.
+
+Each rule is a frozen dataclass of its parameters that connects parts of
+:mod:`lrpflow.rules.base`: which contributions (input/weight/bias modifiers) form the
+modified forward pass and how the denominator is stabilised. References: Bach et al.,
+PLoS ONE 2015 (z, ε, αβ); Montavon et al., Pattern Recognition 2017 (z⁺, z^B, w²);
+Montavon et al., "Layer-wise relevance propagation: an overview", 2019 (γ, flat).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from lrpflow.backend import get_namespace
+from lrpflow.errors import ConfigError, UnsupportedLayerError
+from lrpflow.layers.base import Layer
+from lrpflow.rules.base import (
+    Constant,
+    Contribution,
+    NodeContext,
+    Plus,
+    Rule,
+    Scaled,
+    check_finite_param,
+    divide_stabilized,
+    keep,
+    modified_gradient,
+    negative,
+    ones,
+    positive,
+    proportional_over_windows,
+    safe_divide,
+    square,
+    uniform_over_windows,
+)
+
+#: the toolbox's stabiliser of LRP-0 ("simple") and of the αβ denominators
+TINY = 1e-16
+
+
+def _bias(use: bool, fn: Any = keep) -> Any:
+    return fn if use else None
+
+
+@dataclass(frozen=True)
+class Epsilon(Rule):
+    """LRP-ε: ``R_i = Σ_j z_ij / (z_j + ε·s(z_j)) · R_j`` with ``s(0) = +1``.
+
+    Notes
+    -----
+    ``z_ij = x_i w_ij``, ``z_j = Σ_i z_ij + b_j`` (``bias=False``: without ``b_j``).
+    ε = 0 is allowed: a zero denominator then passes no relevance.
+    """
+
+    epsilon: float = 1e-6
+    bias: bool = True
+
+    def __post_init__(self) -> None:
+        check_finite_param("epsilon", self.epsilon, "epsilon", low=0.0)
+
+    def linear(self, layer: Layer, xs: Sequence[Any], y: Any, r: Any, ctx: NodeContext) -> list[Any]:
+        z = y if (self.bias and ctx.output_is_z) else None
+        eps = self.epsilon
+        return modified_gradient(layer, xs, r, [Contribution(bias=_bias(self.bias))], ctx,
+                                 lambda a, d: divide_stabilized(a, d, eps), z=z)
+
+
+@dataclass(frozen=True)
+class Z(Epsilon):
+    """LRP-0: ``R_i = Σ_j z_ij / z_j · R_j`` (stabilised by ``1e-16·s(z_j)`` as in the toolbox)."""
+
+    epsilon: float = TINY
+    bias: bool = True
+
+
+@dataclass(frozen=True)
+class Gamma(Rule):
+    """LRP-γ: favour positive contributions, ``z^γ_ij = z_ij + γ·(z_ij)⁺``, ``b^γ = b + γ·b⁺``.
+
+    Notes
+    -----
+    ``R_i = Σ_j z^γ_ij / (Σ_i' z^γ_i'j + b^γ_j + stab·s) · R_j``. For inputs ≥ 0 this is
+    ``x_i (w_ij + γ w⁺_ij)``; for signed inputs ``(x w)⁺ = x⁺w⁺ + x⁻w⁻``.
+    """
+
+    gamma: float = 0.25
+    bias: bool = True
+    stabilizer: float = TINY
+
+    def __post_init__(self) -> None:
+        check_finite_param("gamma", self.gamma, "gamma", low=0.0)
+        check_finite_param("stabilizer", self.stabilizer, "gamma", low=0.0)
+
+    def linear(self, layer: Layer, xs: Sequence[Any], y: Any, r: Any, ctx: NodeContext) -> list[Any]:
+        g = float(self.gamma)
+        if ctx.nonneg and all(ctx.nonneg):
+            parts = [Contribution(keep, Plus(g, positive), _bias(self.bias, Plus(g, positive)))]
+        else:
+            parts = [
+                Contribution(keep, keep, _bias(self.bias)),
+                Contribution(positive, Scaled(g, positive), _bias(self.bias, Scaled(g, positive))),
+                Contribution(negative, Scaled(g, negative), None),
+            ]
+        eps = self.stabilizer
+        return modified_gradient(layer, xs, r, parts, ctx, lambda a, d: divide_stabilized(a, d, eps))
+
+
+@dataclass(frozen=True)
+class AlphaBeta(Rule):
+    """LRP-αβ: ``R_i = Σ_j (α·z⁺_ij / (P_j + s) − β·z⁻_ij / (N_j − s)) · R_j`` with α − β = 1.
+
+    Notes
+    -----
+    ``z⁺_ij = (x_i w_ij)⁺``, ``P_j = Σ_i z⁺_ij + b⁺_j``, ``N_j = Σ_i z⁻_ij + b⁻_j`` (biases
+    only with ``bias=True``), ``s = 1e-16``. Without ``beta`` it is ``α − 1`` (the toolbox's
+    ``alphabeta`` parameter α). With inputs ≥ 0 and the bias included, ``N_j = z_j − P_j``
+    is read from the forward output, as in the toolbox.
+    """
+
+    alpha: float = 2.0
+    beta: float | None = None
+    bias: bool = True
+    stabilizer: float = TINY
+
+    def __post_init__(self) -> None:
+        check_finite_param("alpha", self.alpha, "alpha_beta")
+        if self.beta is None:
+            object.__setattr__(self, "beta", float(self.alpha) - 1.0)
+        check_finite_param("beta", self.beta, "alpha_beta")
+        if abs(float(self.alpha) - float(self.beta) - 1.0) > 1e-9:
+            raise ConfigError(f"rule 'alpha_beta': alpha - beta must be 1 (conservation), got alpha={self.alpha}, beta={self.beta}")
+
+    def linear(self, layer: Layer, xs: Sequence[Any], y: Any, r: Any, ctx: NodeContext) -> list[Any]:
+        alpha, beta, eps = float(self.alpha), float(self.beta), self.stabilizer  # type: ignore[arg-type]
+        # P ≥ 0 and N ≤ 0, so with s > 0 neither denominator can vanish; N read as z − P may
+        # carry rounding of either sign, hence the safe division there
+        pos_div = (lambda a, d: a / (d + eps)) if eps > 0 else safe_divide  # noqa: E731
+        neg_div = lambda a, d: safe_divide(a, d - eps)  # noqa: E731
+        if ctx.nonneg and all(ctx.nonneg):
+            return self._nonneg(layer, xs, y, r, ctx, alpha, beta, pos_div, neg_div)
+        out = None
+        if alpha != 0:
+            pos = [Contribution(positive, positive, _bias(self.bias, positive)), Contribution(negative, negative, None)]
+            out = [alpha * t for t in modified_gradient(layer, xs, r, pos, ctx, pos_div)]
+        if beta != 0:
+            neg = [Contribution(positive, negative, _bias(self.bias, negative)), Contribution(negative, positive, None)]
+            rn = [beta * t for t in modified_gradient(layer, xs, r, neg, ctx, neg_div)]
+            out = [-t for t in rn] if out is None else [o - t for o, t in zip(out, rn)]
+        if out is None:
+            xp = get_namespace(r)
+            out = [xp.zeros_like(x) for x in xs]
+        return out
+
+    def _nonneg(self, layer: Layer, xs: Sequence[Any], y: Any, r: Any, ctx: NodeContext, alpha: float, beta: float,
+                pos_div: Any, neg_div: Any) -> list[Any]:
+        """Inputs ≥ 0: ``z⁺ = x W⁺ + b⁺``, ``z⁻ = x W⁻ + b⁻``; one forward less via ``z⁻ = z − z⁺``."""
+        wp, bp = ctx.modified(layer, xs, positive, _bias(self.bias, positive))
+        wn, bn = ctx.modified(layer, xs, negative, _bias(self.bias, negative))
+        zp = layer.apply(xs, wp, bp)  # type: ignore[attr-defined]
+        if beta == 0:
+            sp = pos_div(r, zp) * alpha
+            return [x * g for x, g in zip(xs, layer.apply_transpose(sp, wp, xs))]  # type: ignore[attr-defined]
+        if self.bias and ctx.output_is_z:
+            zn = y - zp
+        else:
+            zn = layer.apply(xs, wn, bn)  # type: ignore[attr-defined]
+        sn = neg_div(r, zn) * beta
+        gn = layer.apply_transpose(sn, wn, xs)  # type: ignore[attr-defined]
+        if alpha == 0:
+            return [-x * g for x, g in zip(xs, gn)]
+        sp = pos_div(r, zp) * alpha
+        gp = layer.apply_transpose(sp, wp, xs)  # type: ignore[attr-defined]
+        return [x * (a - b) for x, a, b in zip(xs, gp, gn)]
+
+
+@dataclass(frozen=True)
+class ZPlus(AlphaBeta):
+    """LRP-z⁺ = αβ with α = 1, β = 0: only positive contributions."""
+
+    alpha: float = 1.0
+    beta: float | None = 0.0
+
+
+@dataclass(frozen=True)
+class ZBox(Rule):
+    """LRP-z^B for inputs bounded by ``low ≤ x ≤ high`` (input layer).
+
+    Notes
+    -----
+    ``z_ij = x_i w_ij − l_i w⁺_ij − h_i w⁻_ij``, ``R_i = Σ_j z_ij / (Σ_i z_ij + 1e-16·s) · R_j``
+    (no bias). ``low``/``high`` None: each sample's own minimum/maximum.
+    """
+
+    low: Any = None
+    high: Any = None
+    stabilizer: float = TINY
+
+    def __post_init__(self) -> None:
+        for n in ("low", "high"):
+            v = getattr(self, n)
+            if v is not None and not isinstance(v, (int, float)):
+                # arrays are kept as tuples so the rule stays hashable
+                import numpy
+
+                object.__setattr__(self, n, _Frozen(numpy.asarray(v, dtype=float)))
+            elif v is not None:
+                check_finite_param(n, v, "zbox")
+
+    def linear(self, layer: Layer, xs: Sequence[Any], y: Any, r: Any, ctx: NodeContext) -> list[Any]:
+        if len(xs) != 1:
+            raise UnsupportedLayerError(f"node {ctx.name!r}: rule 'zbox' needs a single-input layer")
+        low = Constant(None, "min") if self.low is None else Constant(self.low)
+        high = Constant(None, "max") if self.high is None else Constant(self.high)
+        parts = [Contribution(keep, keep, None), Contribution(low, Scaled(-1.0, positive), None),
+                 Contribution(high, Scaled(-1.0, negative), None)]
+        eps = self.stabilizer
+        return modified_gradient(layer, xs, r, parts, ctx, lambda a, d: divide_stabilized(a, d, eps))
+
+
+class _Frozen:
+    """A hashable read-only wrapper of a bound array (for ZBox low/high)."""
+
+    def __init__(self, a: Any) -> None:
+        self.a = a
+        self.a.setflags(write=False)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> Any:
+        return self.a if dtype is None else self.a.astype(dtype)
+
+    def __hash__(self) -> int:
+        return hash((self.a.shape, self.a.tobytes()))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Frozen) and self.a.shape == other.a.shape and bool((self.a == other.a).all())
+
+    def __repr__(self) -> str:
+        return f"array{self.a.shape}"
+
+
+@dataclass(frozen=True)
+class WSquare(Rule):
+    """LRP-w²: ``R_i = Σ_j w_ij² / Σ_i' w_i'j² · R_j`` (ignores x and bias; input layer)."""
+
+    def linear(self, layer: Layer, xs: Sequence[Any], y: Any, r: Any, ctx: NodeContext) -> list[Any]:
+        return modified_gradient(layer, xs, r, [Contribution(ones, square, None)], ctx, safe_divide)
+
+    def maxpool(self, layer: Layer, xs: Sequence[Any], y: Any, r: Any, ctx: NodeContext) -> list[Any]:
+        return uniform_over_windows(layer, xs, r)
+
+
+@dataclass(frozen=True)
+class Flat(Rule):
+    """LRP-flat: ``R_i = Σ_j R_j / |window(j)|`` — uniform over each receptive field."""
+
+    def linear(self, layer: Layer, xs: Sequence[Any], y: Any, r: Any, ctx: NodeContext) -> list[Any]:
+        return modified_gradient(layer, xs, r, [Contribution(ones, ones, None)], ctx, safe_divide)
+
+    def maxpool(self, layer: Layer, xs: Sequence[Any], y: Any, r: Any, ctx: NodeContext) -> list[Any]:
+        return uniform_over_windows(layer, xs, r)
+
+
+@dataclass(frozen=True)
+class Pass(Rule):
+    """Pass relevance through unchanged (layers whose input and output shapes agree)."""
+
+    def _pass(self, layer: Layer, xs: Sequence[Any], r: Any, ctx: NodeContext) -> list[Any]:
+        if len(xs) != 1 or tuple(xs[0].shape) != tuple(r.shape):
+            raise UnsupportedLayerError(f"node {ctx.name!r}: rule 'pass' needs one input shaped like the output "
+                                        f"({layer.type_name} maps {[tuple(x.shape) for x in xs]} to {tuple(r.shape)})")
+        return [r]
+
+    def linear(self, layer: Layer, xs: Sequence[Any], y: Any, r: Any, ctx: NodeContext) -> list[Any]:
+        return self._pass(layer, xs, r, ctx)
+
+    def maxpool(self, layer: Layer, xs: Sequence[Any], y: Any, r: Any, ctx: NodeContext) -> list[Any]:
+        return self._pass(layer, xs, r, ctx)
+
+
+@dataclass(frozen=True)
+class WinnerTakeAll(Rule):
+    """MaxPool: each window's relevance to its maxima, ties shared equally (the default)."""
+
+    def linear(self, layer: Layer, xs: Sequence[Any], y: Any, r: Any, ctx: NodeContext) -> list[Any]:
+        raise UnsupportedLayerError(f"node {ctx.name!r}: rule 'winner_take_all' applies to MaxPool nodes only, not {layer.type_name}")
+
+
+@dataclass(frozen=True)
+class Proportional(Rule):
+    """MaxPool: relevance in proportion to the inputs, ``x_i / (Σ_window x + ε·s) · R_j``."""
+
+    epsilon: float = TINY
+
+    def __post_init__(self) -> None:
+        check_finite_param("epsilon", self.epsilon, "proportional", low=0.0)
+
+    def linear(self, layer: Layer, xs: Sequence[Any], y: Any, r: Any, ctx: NodeContext) -> list[Any]:
+        raise UnsupportedLayerError(f"node {ctx.name!r}: rule 'proportional' applies to MaxPool nodes only, not {layer.type_name}")
+
+    def maxpool(self, layer: Layer, xs: Sequence[Any], y: Any, r: Any, ctx: NodeContext) -> list[Any]:
+        return proportional_over_windows(layer, xs, r, self.epsilon)
