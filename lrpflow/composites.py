@@ -6,6 +6,8 @@ kind (``"dense"``, ``"conv"``, ``"pool"``, ``"max_pool"``, a class name such as
 ``"Conv2d"``), by node-name glob (``"features.*"``) or by node index range
 (``[0, 3]``: nodes 0, 1, 2; negative indices count from the end) — the toolbox's
 per-layer ``set_lrp_parameters`` is an index override.
+
+Precedence: a name or index override > the input-layer rule > a kind override > the default.
 """
 from __future__ import annotations
 
@@ -135,14 +137,11 @@ class Composite:
         inputs = self.input_nodes(model) if self.input_rule is not None else set()
         out = {}
         for pos, node in enumerate(nodes):
-            rule = self.default
-            if node.name in inputs:
-                rule = self.input_rule
-            for o in self.overrides:
-                if o.matches(node, pos, len(nodes)):
-                    rule = o.rule
-                    break
-            out[node.name] = rule
+            match = next((o for o in self.overrides if o.matches(node, pos, len(nodes))), None)
+            if node.name in inputs and (match is None or (match.name is None and match.index is None)):
+                out[node.name] = self.input_rule  # more specific than a kind override
+            else:
+                out[node.name] = self.default if match is None else match.rule
         return out
 
     def __repr__(self) -> str:

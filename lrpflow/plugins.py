@@ -181,8 +181,7 @@ def build_registries(pm: pluggy.PluginManager) -> Registries:
     for kind in REGISTRY_KINDS:
         registry: Registry = getattr(regs, kind)
         caller = getattr(pm.hook, f"lrpflow_register_{kind}")
-        # pluggy calls last-registered first; we want built-ins first, then third parties
-        for impl in reversed(caller.get_hookimpls()):
+        for impl in caller.get_hookimpls():  # registration order: built-ins first
             registry.current_plugin = pm.get_name(impl.plugin) or repr(impl.plugin)
             impl.function(registry=registry)
         registry.current_plugin = "<direct>"

@@ -1,0 +1,170 @@
+"""Every rule on every affine layer against the slow explicit formulas of tests/reference.py.
+
+float64, max abs error < 1e-10; signed inputs (as after Tanh), with and without bias,
+zero denominators; the engine's fast paths (inputs known ≥ 0, z read from the forward
+output) are compared too.
+"""
+from __future__ import annotations
+
+import numpy
+import pytest
+
+import lrpflow
+import reference as ref
+from lrpflow.backend import to_numpy
+from lrpflow.layers import Add, AvgPool, BatchNorm, Conv2d, GlobalAvgPool, Linear, MaxPool, SumPool
+from lrpflow.rules import make_rule
+from lrpflow.rules.base import NodeContext
+
+TOL = 1e-10
+
+
+def close(got, want):
+    """max abs error < 1e-10, scaled by the map's magnitude where near-zero denominators make it large."""
+    return numpy.abs(got - want).max() < TOL * max(1.0, numpy.abs(want).max())
+
+# (registry name, parameters) — reference names: see tests/reference.py
+CASES = [
+    ("z", {}), ("z", {"bias": False}),
+    ("epsilon", {"epsilon": 0.1}), ("epsilon", {"epsilon": 0.1, "bias": False}), ("epsilon", {"epsilon": 0.0}),
+    ("gamma", {"gamma": 0.25}), ("gamma", {"gamma": 1.0, "bias": False}),
+    ("alpha_beta", {"alpha": 2.0, "beta": 1.0}), ("alpha_beta", {"alpha": 1.5, "beta": 0.5, "bias": False}),
+    ("alpha_beta", {"alpha": 1.0, "beta": 0.0}), ("zplus", {}), ("zplus", {"bias": False}),
+    ("zbox", {"low": -1.0, "high": 2.0}), ("wsquare", {}), ("flat", {}),
+]
+REF_PARAMS = {"zplus": {}, "z": {}}
+
+
+def engine(layer, xs, r, name, params, xp, nonneg=False):
+    """Run one rule on one layer through the engine (with its fast paths as in a model)."""
+    rule = make_rule(name, **params)
+    xs = [xp.asarray(x) for x in xs]
+    y = layer.forward(*xs)
+    ctx = NodeContext("n", {}, tuple(nonneg for _ in xs), output_is_z=getattr(layer, "forward_is_apply", False))
+    out = rule.backward(layer, xs, y, xp.asarray(r), ctx)
+    return [to_numpy(o) for o in out]
+
+
+def signed(rng, shape):
+    x = rng.normal(0, 1, shape)
+    x[..., 0] = 0.0  # exact zeros among the inputs
+    return x
+
+
+@pytest.mark.parametrize("name,params", CASES, ids=lambda v: str(v))
+def test_linear_matches_reference(name, params, rng, xp):
+    layer = Linear(7, 5, rng=rng, bias=rng.normal(0, 0.5, 5))
+    x = signed(rng, (4, 7))
+    r = rng.normal(0, 1, (4, 5))
+    got = engine(layer, [x], r, name, params, xp)[0]
+    want = ref.linear_rule(x, layer.weight, layer.bias, r, name, **params)
+    assert close(got, want)
+    if name != "zbox":  # the nonneg fast path on non-negative inputs
+        xn = numpy.abs(x)
+        got = engine(layer, [xn], r, name, params, xp, nonneg=True)[0]
+        want = ref.linear_rule(xn, layer.weight, layer.bias, r, name, **params)
+        assert close(got, want)
+
+
+@pytest.mark.parametrize("name,params", CASES, ids=lambda v: str(v))
+@pytest.mark.parametrize("stride,padding", [((1, 1), (0, 0)), ((2, 1), (1, 2)), ((2, 2), (1, 1))])
+def test_conv2d_matches_reference(name, params, stride, padding, rng, xp):
+    layer = Conv2d(3, 2, 3, 4, stride=stride, padding=padding, rng=rng, bias=rng.normal(0, 0.5, 4))
+    x = signed(rng, (2, 7, 6, 3))
+    y = layer.forward(x)
+    r = rng.normal(0, 1, y.shape)
+    numpy.testing.assert_allclose(y, ref.conv2d_forward(x, layer.weight, layer.bias, stride, padding), atol=1e-12)
+    got = engine(layer, [x], r, name, params, xp)[0]
+    want = ref.conv2d_rule(x, layer.weight, layer.bias, r, stride, padding, name, **params)
+    assert got.shape == x.shape
+    assert close(got, want)
+    if name != "zbox":
+        xn = numpy.abs(x)
+        got = engine(layer, [xn], r, name, params, xp, nonneg=True)[0]
+        want = ref.conv2d_rule(xn, layer.weight, layer.bias, r, stride, padding, name, **params)
+        assert close(got, want)
+
+
+def test_zero_denominators_give_zero_not_nan(xp):
+    """A neuron whose contributions cancel exactly (z_j = 0) with ε = 0 passes no relevance."""
+    w = numpy.array([[1.0, 1.0], [-1.0, 2.0]])
+    layer = Linear(2, 2, weight=w, bias=numpy.zeros(2))
+    x = numpy.array([[1.0, 1.0], [0.0, 0.0]])  # neuron 0: 1 − 1 = 0; second sample all zero
+    r = numpy.ones((2, 2))
+    for name, params in CASES:
+        got = engine(layer, [x], r, name, params, xp)[0]
+        assert numpy.isfinite(got).all(), name
+        want = ref.linear_rule(x, w, layer.bias, r, name, **params)
+        assert numpy.abs(got - want).max() < 1e-6 * max(1.0, numpy.abs(want).max()), name
+    got = engine(layer, [x], r, "epsilon", {"epsilon": 0.0}, xp)[0]
+    numpy.testing.assert_array_equal(got[1], [0.0, 0.0])
+    # neuron 0 gets nothing, neuron 1 (z = 3) splits 1/3 : 2/3
+    numpy.testing.assert_allclose(got[0], [1 / 3, 2 / 3])
+
+
+@pytest.mark.parametrize("rule", ["z", "epsilon", "alpha_beta", "zplus", "flat", "wsquare"])
+def test_sumpool_and_avgpool_match_reference(rule, rng, xp):
+    params = {"epsilon": {"epsilon": 0.05}, "alpha_beta": {"alpha": 2.0, "beta": 1.0}}.get(rule, {})
+    x = signed(rng, (2, 6, 7, 2))
+    for layer, fn in [(SumPool(2, 3, stride=(2, 2)), ref.sumpool_rule), (AvgPool(3, 2, stride=(1, 2)), ref.avgpool_rule)]:
+        y = layer.forward(x)
+        r = rng.normal(0, 1, y.shape)
+        got = engine(layer, [x], r, rule, params, xp)[0]
+        want = fn(x, r, layer.pool, layer.stride, rule, **params)
+        assert close(got, want), type(layer).__name__
+
+
+def test_maxpool_rules_match_reference(rng, xp):
+    x = numpy.round(rng.normal(0, 1, (2, 6, 6, 3)), 1)  # rounding makes ties
+    x[:, :3, :3, :] = 0.5  # a plateau: every window there is a tie
+    layer = MaxPool(2, 2, stride=(1, 1))
+    y = layer.forward(x)
+    r = rng.normal(0, 1, y.shape)
+    numpy.testing.assert_array_equal(y, ref.maxpool_forward(x, (2, 2), (1, 1)))
+    for rule, want in [("epsilon", ref.maxpool_wta(x, r, (2, 2), (1, 1))),
+                       ("winner_take_all", ref.maxpool_wta(x, r, (2, 2), (1, 1))),
+                       ("proportional", ref.maxpool_proportional(x, r, (2, 2), (1, 1))),
+                       ("flat", ref.maxpool_flat(x, r, (2, 2), (1, 1))),
+                       ("wsquare", ref.maxpool_flat(x, r, (2, 2), (1, 1)))]:
+        got = engine(layer, [x], r, rule, {}, xp)[0]
+        assert close(got, want), rule
+
+
+@pytest.mark.parametrize("name,params", [c for c in CASES if c[0] != "zbox"], ids=lambda v: str(v))
+def test_add_and_batchnorm_match_reference(name, params, rng, xp):
+    xs = [signed(rng, (3, 4, 4, 2)), signed(rng, (3, 4, 4, 2))]
+    r = rng.normal(0, 1, xs[0].shape)
+    got = engine(Add(), xs, r, name, params, xp)
+    want = ref.add_rule(xs, r, name, **params)
+    for g, w in zip(got, want):
+        assert close(g, w)
+    bn = BatchNorm(2, gamma=rng.normal(1, 0.5, 2), beta=rng.normal(0, 0.5, 2), mean=rng.normal(0, 0.5, 2),
+                   var=rng.uniform(0.5, 2, 2), eps=1e-5)
+    scale = bn.gamma / numpy.sqrt(bn.var + bn.eps)
+    shift = bn.beta - bn.mean * scale
+    numpy.testing.assert_allclose(bn.forward(xs[0]), xs[0] * scale + shift, rtol=1e-12)
+    got = engine(bn, [xs[0]], r, name, params, xp)[0]
+    want = ref.batchnorm_rule(xs[0], scale, shift, r, name, **params)
+    assert close(got, want)
+
+
+def test_global_avg_pool_epsilon_is_proportional(rng, xp):
+    x = rng.normal(0, 1, (2, 3, 4, 5))
+    r = rng.normal(0, 1, (2, 5))
+    got = engine(GlobalAvgPool(), [x], r, "z", {}, xp)[0]
+    want = x / x.sum(axis=(1, 2), keepdims=True) * r[:, None, None, :]
+    numpy.testing.assert_allclose(got, want, rtol=1e-9)
+
+
+def test_alpha_beta_validation():
+    with pytest.raises(lrpflow.ConfigError, match="alpha - beta must be 1"):
+        make_rule("alpha_beta", alpha=2.0, beta=2.0)
+    assert make_rule("alphabeta", alpha=3.0).beta == 2.0  # toolbox: β from α
+    with pytest.raises(lrpflow.ConfigError):
+        make_rule("epsilon", epsilon=-1.0)
+    with pytest.raises(lrpflow.ConfigError, match="no parameter"):
+        make_rule("epsilon", gama=1.0)
+    with pytest.raises(lrpflow.UnknownNameError, match="known rules"):
+        make_rule("epsilonn")
+    assert make_rule("lrp.epsilon_IB", epsilon=0.1).bias is False
+    assert make_rule("ww") == make_rule("wsquare")
