@@ -169,8 +169,9 @@ def initial_relevance(logits: Any, target: Any, init: str, labels: Any = None) -
         if not 1 <= k <= c:
             raise ConfigError(f"target {target!r}: K must be between 1 and the number of classes {c}")
         idx = xp.argsort(-logits, axis=1)[:, :k]
-        mask = xp.zeros_like(logits)
-        xp.put_along_axis(mask, idx, 1.0, axis=1)
+        mask = one_hot(idx[:, 0])
+        for j in range(1, k):
+            mask = mask + one_hot(idx[:, j])
     elif isinstance(target, str):
         raise ConfigError(f"unknown target {target!r}; expected 'pred', 'true', 'topk:K', a class index or an array")
     elif isinstance(target, (int, numpy.integer)) and not isinstance(target, bool):

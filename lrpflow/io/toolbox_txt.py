@@ -44,7 +44,7 @@ class _Lines:
 
     def next(self, what: str) -> str:
         if self.done():
-            raise self.error(f"unexpected end of file; expected {what}", len(self.lines))
+            raise self.error(f"unexpected end of file; expected {what}", len(self.lines) + 1)
         line = self.lines[self.i]
         self.i += 1
         return line
