@@ -266,8 +266,6 @@ class Explainer:
         else:
             r = make_rule("epsilon" if rule is None else rule, **params)
             rules, head, desc = {n.name: r for n in self.model.nodes}, r, _describe(r, None)
-            if rule is None and not params:
-                rules, head = {n.name: r for n in self.model.nodes}, r
         if head.global_only and any(v is not head for v in rules.values()):
             raise ConfigError(f"{type(head).__name__} is a whole-model method and cannot be combined with other rules")
         out = (rules, head, desc)
