@@ -139,7 +139,8 @@ def gradients(model: Model, x: Any, grad_y: Any, *, softmax_passthrough: bool = 
 def score(model: Model, X: Any, Y: Any, *, batchsize: int = 1024) -> tuple[float, float]:
     """``(l1-loss, accuracy)`` of the model on (X, Y), computed in batches of ``batchsize``.
 
-    ``Y`` is one-hot (N, C), or integer labels (N,) that are converted to one-hot.
+    ``Y`` is one-hot (N, C), or integer labels (N,) that are converted to one-hot; it is
+    compared with the outputs in X's dtype.
 
     Notes
     -----
@@ -153,6 +154,7 @@ def score(model: Model, X: Any, Y: Any, *, batchsize: int = 1024) -> tuple[float
     if getattr(Y, "ndim", None) != 2 or get_namespace(Y) is not xp:
         classes = model.run(X[:1])[0].shape[-1]
         Y = _check_targets(Y, n, classes, xp, X.dtype, "Y", "X")
+    Y = Y.astype(X.dtype, copy=False)  # compare in X's dtype, as train() does
     loss: Any = 0.0
     hits: Any = 0
     for i in range(0, n, batchsize):

@@ -113,17 +113,34 @@ def conv_forward(x: Any, weight: Any, stride: tuple[int, int], pads: tuple[int, 
 
 def conv_transpose(s: Any, weight: Any, stride: tuple[int, int], pads: tuple[int, int, int, int],
                    in_shape: tuple[int, ...]) -> Any:
-    """Vector–Jacobian product of :func:`conv_forward` w.r.t. its input: ``Wᵀ s`` back on the input grid."""
+    """Vector–Jacobian product of :func:`conv_forward` w.r.t. its input: ``Wᵀ s`` back on the input grid.
+
+    One GEMM gives every window's column ``W s`` in kernel-offset-major order
+    ``(kh, kw, C, N, Ho, Wo)``, so each of the ``kh·kw`` scatter-adds reads a contiguous block
+    (channel-first accumulation, one transpose back to NHWC at the end). Small outputs use
+    the NHWC column layout directly.
+    """
     xp = get_namespace(s, weight)
     kh, kw, cin, cout = weight.shape
     n, ho, wo, _ = s.shape
-    padded = (n, in_shape[1] + pads[0] + pads[1], in_shape[2] + pads[2] + pads[3], cin)
-    w2t = weight.reshape(kh * kw * cin, cout).T
+    hp, wp = in_shape[1] + pads[0] + pads[1], in_shape[2] + pads[2] + pads[3]
+    w2 = weight.reshape(kh * kw * cin, cout)
     parts = []
     for sl in batch_chunks(n, ho * wo * kh * kw * cin):
-        cols = (s[sl].reshape(-1, cout) @ w2t).reshape(-1, ho, wo, kh, kw, cin)
-        parts.append(scatter_windows(cols, (kh, kw), stride, (cols.shape[0],) + padded[1:], pads))
-    return parts[0] if len(parts) == 1 else xp.concatenate(parts)
+        sc = s[sl]
+        m = sc.shape[0]
+        if ho * wo < 64:
+            cols = (sc.reshape(-1, cout) @ w2.T).reshape(m, ho, wo, kh, kw, cin)
+            parts.append(scatter_windows(cols, (kh, kw), stride, (m, hp, wp, cin), pads))
+            continue
+        cols = (w2 @ sc.reshape(-1, cout).T).reshape(kh, kw, cin, m, ho, wo)
+        acc = xp.zeros((cin, m, hp, wp), dtype=cols.dtype)
+        for a in range(kh):
+            for b in range(kw):
+                acc[:, :, a : a + stride[0] * ho : stride[0], b : b + stride[1] * wo : stride[1]] += cols[a, b]
+        parts.append(unpad(acc.transpose(1, 2, 3, 0), pads))
+    out = parts[0] if len(parts) == 1 else xp.concatenate(parts)
+    return xp.ascontiguousarray(out)
 
 
 def conv_weight_grad(x: Any, g: Any, kernel: tuple[int, int], stride: tuple[int, int],

@@ -27,7 +27,8 @@ from lrpflow.layers.base import Layer
 def stabilize(z: Any, eps: float) -> Any:
     """``z + ε·s(z)`` with ``s(0) = +1`` (the toolbox's sign; ``np.sign`` would give 0)."""
     xp = get_namespace(z)
-    return z + xp.where(z >= 0, eps, -eps).astype(z.dtype, copy=False)
+    e = xp.asarray(eps, dtype=z.dtype)
+    return z + xp.where(z >= 0, e, -e)
 
 
 def safe_divide(a: Any, b: Any) -> Any:
