@@ -8,7 +8,7 @@ The public API::
 """
 from __future__ import annotations
 
-from lrpflow import layers
+from lrpflow import layers, render
 from lrpflow.composites import Composite, Override
 from lrpflow.errors import (
     BackendError, ConfigError, DataFormatError, DuplicateNameError, LrpflowError, ModelFormatError, PluginError,
@@ -20,11 +20,12 @@ from lrpflow.hookspecs import hookimpl
 from lrpflow.io import load_model, save_model
 from lrpflow.plugins import make_plugin_manager, registries
 from lrpflow.rules import make_rule
+from lrpflow.train import TrainResult, train
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "__version__", "hookimpl", "layers", "Model", "Node", "Sequential", "Trace", "Composite", "Override",
+    "__version__", "hookimpl", "layers", "render", "train", "TrainResult", "Model", "Node", "Sequential", "Trace", "Composite", "Override",
     "Explainer", "Explanation", "LedgerEntry", "explain", "make_rule", "load_model", "save_model",
     "make_plugin_manager", "registries", "LrpflowError", "ConfigError", "PluginError", "DuplicateNameError",
     "UnknownNameError", "UnsupportedLayerError", "ShapeError", "ModelFormatError", "DataFormatError", "BackendError",

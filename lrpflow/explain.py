@@ -326,7 +326,7 @@ class Explainer:
         r_init, tgt = initial_relevance(logits, target, init, labels)
         x_in = trace.input
         samples = head.samples(x_in)
-        if len(samples) == 1 and samples[0][0] is x_in:
+        if samples is None:
             prop = propagate(self.model, trace, r_init, rules, cache=self.cache, keep=keep, ledger=self.ledger)
             r_in = prop.relevance
         else:  # averaged over perturbed inputs (SmoothGrad, Integrated Gradients)

@@ -26,6 +26,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "lrpflow.rules",
     "lrpflow.composites",
     "lrpflow.io",
+    "lrpflow.render",
 )
 
 #: Registry kinds, in the order ``lrpflow-info`` lists them (hook = lrpflow_register_<kind>).

@@ -438,7 +438,8 @@ def get_colormap(cmap: Any = DEFAULT_CMAP, registry: Registry | None = None) -> 
         if found is not None:
             return found
     ours = colormap_names(registry)
-    close = difflib.get_close_matches(cmap.lower(), [n.lower() for n in ours] + [a for e in registry for a in e.aliases], n=3)
+    known = [n.lower() for n in ours] + [a for e in registry for a in e.aliases]
+    close = difflib.get_close_matches(cmap.lower(), known, n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     families = ", ".join(e.name for e in resolvers) or "(none)"
     raise UnknownNameError(

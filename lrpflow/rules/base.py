@@ -12,7 +12,7 @@ tensor of contributions ``z_ij`` is never built. Modified parameters are cached 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -212,9 +212,9 @@ class Rule:
         return [r]
 
     # whole-model hooks (used by attribution methods) -------------------------------
-    def samples(self, x: Any) -> list[tuple[Any, float]]:
-        """Inputs to run forward/backward on and their weights; LRP: the input itself."""
-        return [(x, 1.0)]
+    def samples(self, x: Any) -> Iterator[tuple[Any, float]] | None:
+        """Perturbed inputs ``(x_k, weight_k)`` to average over, produced lazily; None (LRP): ``x`` itself."""
+        return None
 
     def finalize(self, x: Any, r: Any) -> Any:
         """Map the relevance at the input to the final attribution; LRP: unchanged."""

@@ -7,7 +7,7 @@ Their relevance is initialised with the one-hot target (``init="one"``) by defau
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,12 +59,13 @@ class SmoothGrad(Gradient):
             raise ConfigError(f"rule 'smoothgrad': n must be ≥ 1, got {self.n}")
         check_finite_param("noise", self.noise, "smoothgrad", low=0.0)
 
-    def samples(self, x: Any) -> list[tuple[Any, float]]:
+    def samples(self, x: Any) -> Iterator[tuple[Any, float]]:
         xp = get_namespace(x)
         axes = tuple(range(1, x.ndim))
         sigma = (x.max(axis=axes, keepdims=True) - x.min(axis=axes, keepdims=True)) * self.noise
         rng = xp.random.RandomState(self.seed)
-        return [(x + rng.standard_normal(x.shape).astype(x.dtype) * sigma, 1.0 / self.n) for _ in range(int(self.n))]
+        for _ in range(int(self.n)):
+            yield x + rng.standard_normal(x.shape).astype(x.dtype) * sigma, 1.0 / self.n
 
 
 @dataclass(frozen=True)
@@ -79,10 +80,11 @@ class IntegratedGradients(Gradient):
             raise ConfigError(f"rule 'integrated_gradients': steps must be ≥ 1, got {self.steps}")
         check_finite_param("baseline", self.baseline, "integrated_gradients")
 
-    def samples(self, x: Any) -> list[tuple[Any, float]]:
+    def samples(self, x: Any) -> Iterator[tuple[Any, float]]:
         m = int(self.steps)
         b = self.baseline
-        return [(b + (x - b) * ((k + 0.5) / m), 1.0 / m) for k in range(m)]
+        for k in range(m):
+            yield b + (x - b) * ((k + 0.5) / m), 1.0 / m
 
     def finalize(self, x: Any, r: Any) -> Any:
         return (x - self.baseline) * r

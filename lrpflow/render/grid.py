@@ -1,0 +1,249 @@
+"""Comparison grids: rows are samples, columns are rules, parameters or colormaps; one PNG.
+
+This is what a sweep shows a person: the same samples explained by every point of the
+sweep side by side (like the LRP Toolbox demo's samples × colormaps figure). Drawn
+with a matplotlib ``Figure`` on an Agg canvas (no pyplot, safe headless and in threads).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy
+
+from lrpflow.backend import to_numpy
+from lrpflow.errors import ConfigError, DataFormatError
+from lrpflow.render._figure import figure_to_rgb, new_figure
+from lrpflow.render.colormaps import DEFAULT_CMAP
+from lrpflow.render.image import PathLike, digit_to_rgb, enlarge_image, hm_to_rgb, image_to_unit, to_uint8, write_png
+
+__all__ = ["grid_figure", "render_grid", "heatmap_grid", "colormap_grid", "COMPARISON_CMAPS"]
+
+#: Colormaps :func:`colormap_grid` compares by default: the toolbox's five, the default, jet.
+COMPARISON_CMAPS: tuple[str, ...] = (
+    "gray_red", "gray_red2", "black_green", "black_firered", "blue_black_yellow", "blue_white_red", "jet",
+)
+
+# layout in inches
+_GAP = 0.06
+_MARGIN = 0.08
+_LABEL_W = 0.9
+_COL_H = 0.3
+_TITLE_H = 0.42
+
+
+def grid_figure(
+    images: Sequence[Sequence[Any]], *, row_labels: Sequence[str] | None = None,
+    col_labels: Sequence[str] | None = None, title: str | None = None, cell_size: float = 1.4, dpi: float = 100,
+) -> Any:
+    """A figure showing ``images[row][col]`` in a grid with row and column labels and a title.
+
+    Parameters
+    ----------
+    images : sequence of sequences of array_like
+        Rows of RGB images (float in [0, 1] or uint8; gray (H, W) allowed); ``None``
+        leaves a cell empty. Rows may be shorter than the longest one.
+    row_labels, col_labels : sequence of str, optional
+        Text left of each row and above each column.
+    title : str, optional
+        Title above the grid.
+    cell_size : float
+        Width and height of a cell in inches (images keep their aspect ratio, pixels
+        are drawn without interpolation).
+    dpi : float
+        Pixels per inch.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        With an Agg canvas; its size is fixed by the grid (no tight bounding box), so
+        the PNG of an R × C grid with labels and title is
+        ``dpi·(0.9 + C·cell + (C−1)·0.06 + 0.16)`` wide and
+        ``dpi·(0.42 + 0.3 + R·cell + (R−1)·0.06 + 0.16)`` high (rounded).
+    """
+    rows = [list(r) for r in images]
+    n_rows = len(rows)
+    n_cols = max((len(r) for r in rows), default=0)
+    if n_rows == 0 or n_cols == 0:
+        raise DataFormatError("grid: no images given")
+    if cell_size <= 0 or dpi <= 0:
+        raise ConfigError(f"grid: cell_size and dpi must be positive, got {cell_size!r}, {dpi!r}")
+    for labels, n, what in ((row_labels, n_rows, "row_labels"), (col_labels, n_cols, "col_labels")):
+        if labels is not None and len(labels) != n:
+            raise ConfigError(f"grid: {what} has {len(labels)} entries for {n} {what[:3]}s")
+    left = _MARGIN + (_LABEL_W if row_labels is not None else 0.0)
+    top = _MARGIN + (_COL_H if col_labels is not None else 0.0) + (_TITLE_H if title else 0.0)
+    width = left + n_cols * cell_size + (n_cols - 1) * _GAP + _MARGIN
+    height = top + n_rows * cell_size + (n_rows - 1) * _GAP + _MARGIN
+    fig = new_figure(width, height, dpi)
+    fontsize = max(6.0, min(11.0, 6.0 * cell_size))
+    for i, row in enumerate(rows):
+        y0 = height - top - (i + 1) * cell_size - i * _GAP  # bottom edge of the row, in inches
+        for j, img in enumerate(row):
+            x0 = left + j * (cell_size + _GAP)
+            ax = fig.add_axes((x0 / width, y0 / height, cell_size / width, cell_size / height))
+            if img is None:
+                ax.set_axis_off()
+                continue
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():  # a thin frame, so white heatmaps keep their edge
+                spine.set_edgecolor("0.75")
+                spine.set_linewidth(0.6)
+            rgb = to_uint8(img)
+            if rgb.ndim == 2:
+                rgb = numpy.stack([rgb] * 3, axis=-1)
+            if rgb.ndim != 3 or rgb.shape[-1] not in (3, 4):
+                raise DataFormatError(f"grid: image [{i}][{j}] has shape {rgb.shape}; expected (H, W, 3)")
+            ax.imshow(rgb[..., :3], interpolation="nearest")
+        if row_labels is not None:
+            fig.text((left - _GAP) / width, (y0 + cell_size / 2) / height, str(row_labels[i]),
+                     ha="right", va="center", fontsize=fontsize)
+    if col_labels is not None:
+        y = (height - _MARGIN - (_TITLE_H if title else 0.0) - _COL_H / 2) / height
+        for j, label in enumerate(col_labels):
+            x = (left + j * (cell_size + _GAP) + cell_size / 2) / width
+            fig.text(x, y, str(label), ha="center", va="center", fontsize=fontsize)
+    if title:
+        fig.text(0.5, (height - _MARGIN - _TITLE_H / 2) / height, title, ha="center", va="center",
+                 fontsize=fontsize + 2, weight="bold")
+    return fig
+
+
+def render_grid(
+    images: Sequence[Sequence[Any]], *, row_labels: Sequence[str] | None = None,
+    col_labels: Sequence[str] | None = None, title: str | None = None, cell_size: float = 1.4,
+    dpi: float = 100, path: PathLike | None = None,
+) -> numpy.ndarray:
+    """:func:`grid_figure` as a uint8 RGB image, written as PNG to ``path`` if given."""
+    fig = grid_figure(images, row_labels=row_labels, col_labels=col_labels, title=title,
+                      cell_size=cell_size, dpi=dpi)
+    rgb = figure_to_rgb(fig)
+    return write_png(rgb, path) if path is not None else rgb
+
+
+def _samples(a: Any, what: str) -> list[Any]:
+    """A batch (N, ...) or a list of samples as a list of host arrays."""
+    if isinstance(a, (list, tuple)):
+        return [to_numpy(s) for s in a]
+    a = to_numpy(a)
+    if a.ndim < 2:
+        raise DataFormatError(f"{what}: expected a batch of samples (N, ...), got shape {a.shape}")
+    return list(a)
+
+
+def _input_images(x: Any, n: int, scaling: int, shape: Sequence[int], image_range: tuple[float, float] | None) -> list:
+    xs = _samples(x, "grid input x")
+    if len(xs) != n:
+        raise DataFormatError(f"grid: x has {len(xs)} samples but the relevance has {n}")
+    if image_range is None:  # one range for all samples, chosen as image_to_unit would choose it
+        flat = numpy.concatenate([numpy.ravel(s) for s in xs])
+        if numpy.issubdtype(flat.dtype, numpy.integer):
+            image_range = (0.0, 255.0)
+        elif flat.size and (flat.min() < 0 or flat.max() > 1):
+            image_range = (float(flat.min()), float(flat.max()))
+        else:
+            image_range = (0.0, 1.0)
+    if image_range[1] <= image_range[0]:  # constant inputs: any non-empty range draws them
+        image_range = (image_range[0], image_range[0] + 1.0)
+    out = []
+    for s in xs:
+        sq = numpy.squeeze(s)
+        if len(shape) < 2 and sq.ndim == 3 and sq.shape[-1] in (3, 4):
+            out.append(enlarge_image(image_to_unit(sq[..., :3], image_range), scaling))
+        else:
+            out.append(digit_to_rgb(s, scaling, shape, "binary", vmin=image_range[0], vmax=image_range[1]))
+    return out
+
+
+def heatmap_grid(
+    relevances: Mapping[str, Any], x: Any = None, *, cmap: Any = DEFAULT_CMAP, scaling: int = 3,
+    shape: Sequence[int] = (), sigma: float = 2, normalize: bool = True, outline: bool = True,
+    input_label: str = "input", image_range: tuple[float, float] | None = None,
+    row_labels: Sequence[str] | None = None, title: str | None = None, cell_size: float = 1.4,
+    dpi: float = 100, path: PathLike | None = None,
+) -> numpy.ndarray:
+    """Samples × rules (or parameter values): one heatmap per cell, one PNG.
+
+    Parameters
+    ----------
+    relevances : mapping of str to array_like
+        Column label (e.g. ``"epsilon=0.01"``) → relevance of all samples, (N, ...)
+        each (numpy or cupy), in column order.
+    x : array_like, optional
+        The inputs (N, ...): shown in a first column (``input_label``) and, with
+        ``outline``, drawn as the black Canny outline on each heatmap.
+    cmap, scaling, shape, sigma, normalize
+        As in :func:`~lrpflow.render.hm_to_rgb`; every heatmap is normalised on its own.
+    image_range : (float, float), optional
+        Values of ``x`` drawn as white and black (digits) or black and white (RGB);
+        default chosen from the data (see :func:`~lrpflow.render.image_to_unit`).
+    row_labels : sequence of str, optional
+        Default ``"sample 0"``, ``"sample 1"``, ...
+    title : str, optional
+        Title of the figure.
+    cell_size, dpi, path
+        As in :func:`render_grid`.
+
+    Returns
+    -------
+    numpy.ndarray
+        The grid as uint8 RGB (written as PNG to ``path`` if given).
+    """
+    if not relevances:
+        raise DataFormatError("heatmap_grid: no relevance given")
+    columns = {str(k): _samples(v, f"heatmap_grid column {k!r}") for k, v in relevances.items()}
+    n = len(next(iter(columns.values())))
+    for k, v in columns.items():
+        if len(v) != n:
+            raise DataFormatError(f"heatmap_grid: column {k!r} has {len(v)} samples, the first column {n}")
+    inputs = _input_images(x, n, scaling, shape, image_range) if x is not None else None
+    xs = _samples(x, "grid input x") if x is not None and outline else [None] * n
+    rows = []
+    for i in range(n):
+        row = [inputs[i]] if inputs is not None else []
+        row += [hm_to_rgb(col[i], xs[i], scaling, shape, sigma, cmap, normalize) for col in columns.values()]
+        rows.append(row)
+    col_labels = ([input_label] if inputs is not None else []) + list(columns)
+    row_labels = list(row_labels) if row_labels is not None else [f"sample {i}" for i in range(n)]
+    return render_grid(rows, row_labels=row_labels, col_labels=col_labels, title=title, cell_size=cell_size,
+                       dpi=dpi, path=path)
+
+
+def colormap_grid(
+    relevance: Any, x: Any = None, *, cmaps: Sequence[Any] = COMPARISON_CMAPS, scaling: int = 3,
+    shape: Sequence[int] = (), sigma: float = 2, normalize: bool = True, outline: bool = True,
+    input_label: str = "input", image_range: tuple[float, float] | None = None,
+    row_labels: Sequence[str] | None = None, title: str | None = None, cell_size: float = 1.4,
+    dpi: float = 100, path: PathLike | None = None,
+) -> numpy.ndarray:
+    """Samples × colormaps: the same heatmaps in every colormap (the toolbox demo's figure).
+
+    Parameters
+    ----------
+    relevance : array_like
+        Relevance of all samples, (N, ...).
+    cmaps : sequence of str or callable
+        The colormaps, one column each (default :data:`COMPARISON_CMAPS`).
+    x, scaling, shape, sigma, normalize, outline, input_label, image_range, row_labels, title, cell_size, dpi, path
+        As in :func:`heatmap_grid`.
+
+    Returns
+    -------
+    numpy.ndarray
+        The grid as uint8 RGB (written as PNG to ``path`` if given).
+    """
+    rs = _samples(relevance, "colormap_grid relevance")
+    n = len(rs)
+    inputs = _input_images(x, n, scaling, shape, image_range) if x is not None else None
+    xs = _samples(x, "grid input x") if x is not None and outline else [None] * n
+    rows = []
+    for i in range(n):
+        row = [inputs[i]] if inputs is not None else []
+        row += [hm_to_rgb(rs[i], xs[i], scaling, shape, sigma, c, normalize) for c in cmaps]
+        rows.append(row)
+    names = [c if isinstance(c, str) else getattr(c, "name", getattr(c, "__name__", repr(c))) for c in cmaps]
+    col_labels = ([input_label] if inputs is not None else []) + names
+    row_labels = list(row_labels) if row_labels is not None else [f"sample {i}" for i in range(n)]
+    return render_grid(rows, row_labels=row_labels, col_labels=col_labels, title=title, cell_size=cell_size,
+                       dpi=dpi, path=path)
