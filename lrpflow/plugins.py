@@ -27,6 +27,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "lrpflow.composites",
     "lrpflow.io",
     "lrpflow.render",
+    "lrpflow.evaluate",
 )
 
 #: Registry kinds, in the order ``lrpflow-info`` lists them (hook = lrpflow_register_<kind>).
