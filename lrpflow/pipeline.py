@@ -1,0 +1,476 @@
+"""Pipelines: ordered steps of a config, streaming a dataset in batches.
+
+A step is a registered plugin (``lrpflow_register_steps``): a class whose instances
+may define ``setup(state)``, ``process(state)`` (once per batch) and ``finish(state)``.
+:func:`run` builds the steps named in ``cfg.pipeline``, calls every ``setup``, streams
+the data in batches of ``data.batch_size`` (memory stays bounded), calls every
+``process`` per batch, then every ``finish``, and returns the objective metric.
+Everything here is a plain function of a config (a mapping or OmegaConf object); only
+:mod:`lrpflow.cli` knows Hydra.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy
+
+from lrpflow.backend import to_numpy
+from lrpflow.errors import ConfigError, LrpflowError
+from lrpflow.hookspecs import hookimpl
+
+log = logging.getLogger("lrpflow.pipeline")
+
+#: keys of an lrp config that select the method rather than parametrise it
+LRP_KEYS = ("rule", "composite")
+
+
+def _plain(cfg: Any) -> Any:
+    """An OmegaConf node (or anything) as plain Python containers."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(cfg, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(cfg, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    return cfg
+
+
+def _get(cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:
+    cur: Any = cfg
+    for part in key.split("."):
+        if not isinstance(cur, Mapping) or part not in cur:
+            return default
+        cur = cur[part]
+    return cur
+
+
+def _require(cfg: Mapping[str, Any], key: str) -> Any:
+    value = _get(cfg, key)
+    if value is None or value == "???":
+        raise ConfigError(f"config field {key!r} is required")
+    return value
+
+
+@dataclass
+class State:
+    """What the steps share during one run."""
+
+    cfg: dict[str, Any]
+    output_dir: Path
+    model: Any = None
+    source: Any = None
+    rows: tuple[int, int] = (0, 0)  #: the dataset rows this job handles
+    start_row: int = 0  #: where streaming starts (after resuming a store)
+    explainer: Any = None
+    batch: Any = None
+    trace: Any = None
+    explanation: Any = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    totals: dict[str, list[float]] = field(default_factory=dict)  #: metric → [sum, count]
+    store: Any = None
+    objective: float | None = None
+    outputs: dict[str, Any] = field(default_factory=dict)  #: files written, for the summary
+    extras: dict[str, Any] = field(default_factory=dict)  #: room for third-party steps
+
+
+class Progress:
+    """A one-line progress bar on stderr with rate and time left (no dependency)."""
+
+    def __init__(self, total: int, label: str, enabled: bool = True) -> None:
+        self.total, self.label = max(0, int(total)), label
+        self.enabled = enabled and self.total > 0
+        self.start = time.perf_counter()
+        self.done = 0
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if not self.enabled:
+            return
+        elapsed = time.perf_counter() - self.start
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        left = (self.total - self.done) / rate if rate > 0 else float("nan")
+        width = 28
+        filled = int(width * self.done / self.total) if self.total else width
+        eta = f"{left:5.0f}s left" if math.isfinite(left) else "  ?s left"
+        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
+                         f"{rate:7.1f}/s {eta}")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+# --- building blocks ------------------------------------------------------------------
+
+
+def build_layers(specs: list[Mapping[str, Any]]) -> list[Any]:
+    """Layers from ``[{type: linear, m: 64, n: 10}, {type: relu}, ...]`` via the layer registry."""
+    from lrpflow.plugins import registries
+
+    layers = []
+    for i, spec in enumerate(specs):
+        spec = dict(spec)
+        kind = spec.pop("type", None)
+        if kind is None:
+            raise ConfigError(f"model.train.layers[{i}] needs a 'type'")
+        cls = registries().layers.get(kind)
+        try:
+            layers.append(cls(**spec))
+        except TypeError as err:
+            raise ConfigError(f"model.train.layers[{i}] ({kind}): {err}") from err
+    return layers
+
+
+def open_source(dcfg: Mapping[str, Any], what: str = "data") -> Any:
+    """A lazy data source for a data config (``source: digits|file``, path, labels, preprocess)."""
+    from lrpflow.io import open_data
+
+    source = dcfg.get("source", "file")
+    pre = dict(dcfg.get("preprocess") or {})
+    options = dict(dcfg.get("options") or {})
+    if source == "file":
+        path = dcfg.get("path")
+        if not path or path == "???":
+            raise ConfigError(f"{what}.path is required for source 'file'")
+        return open_data(path, format=dcfg.get("format"), labels=dcfg.get("labels"), **pre, **options)
+    return open_data(source, format=source, labels=dcfg.get("labels"), **pre, **options)
+
+
+def shard_rows(n: int, dcfg: Mapping[str, Any]) -> tuple[int, int]:
+    """Rows ``[lo, hi)`` of this job: ``start..stop`` split into ``num_shards`` contiguous parts."""
+    start = int(dcfg.get("start") or 0)
+    stop = dcfg.get("stop")
+    stop = n if stop is None else min(int(stop), n)
+    if not 0 <= start <= stop:
+        raise ConfigError(f"data.start={start} and data.stop={stop} do not select rows of a dataset of {n}")
+    k, i = int(dcfg.get("num_shards") or 1), int(dcfg.get("shard") or 0)
+    if k < 1 or not 0 <= i < k:
+        raise ConfigError(f"data.shard must lie in [0, data.num_shards), got shard={i}, num_shards={k}")
+    total = stop - start
+    lo = start + (total * i) // k
+    hi = start + (total * (i + 1)) // k
+    return lo, hi
+
+
+def explainer_from_config(model: Any, cfg: Mapping[str, Any]) -> Any:
+    """An :class:`~lrpflow.explain.Explainer` for the ``lrp``, ``backend`` and ``explain`` configs."""
+    from lrpflow.composites import Composite
+    from lrpflow.explain import Explainer
+
+    lrp = dict(cfg.get("lrp") or {})
+    params = {k: v for k, v in lrp.items() if k not in LRP_KEYS}
+    rule, composite = lrp.get("rule"), lrp.get("composite")
+    if rule is None and composite is None:
+        raise ConfigError("the lrp config needs 'rule' or 'composite'")
+    if isinstance(composite, Mapping):
+        composite, params = Composite.from_config(composite), {}
+    backend = _get(cfg, "backend.name", "numpy")
+    dtype = _get(cfg, "backend.dtype", "float32")
+    keep = list(_get(cfg, "explain.keep", []) or []) + list(_get(cfg, "store.intermediate", []) or [])
+    return Explainer(model, composite=composite, rule=rule, backend=backend, dtype=dtype,
+                     init=_get(cfg, "explain.init"), keep=keep, **params)
+
+
+# --- steps -------------------------------------------------------------------------------
+
+
+class LoadModel:
+    """Load the model file, or train it (``model.source: train``) and cache the result."""
+
+    def setup(self, state: State) -> None:
+        from lrpflow.io import load_model, save_model
+
+        m = state.cfg.get("model") or {}
+        source = m.get("source", "file")
+        path = m.get("path")
+        if source == "file":
+            state.model = load_model(_require(state.cfg, "model.path"), format=m.get("format"))
+        elif source == "train":
+            if path and os.path.exists(path) and not m.get("retrain"):
+                log.info("using the cached model %s", path)
+                state.model = load_model(path, format=m.get("format"))
+            else:
+                state.model = train_from_config(m, progress=bool(state.cfg.get("progress", True)))
+                if path:
+                    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+                    save_model(state.model, path, format=m.get("format"))
+                    log.info("trained model cached at %s", path)
+        else:
+            raise ConfigError(f"model.source must be 'file' or 'train', got {source!r}")
+        if hasattr(state.model, "drop_softmax_output_layer"):
+            state.model.drop_softmax_output_layer()
+        state.outputs["model"] = path
+
+
+def train_from_config(m: Mapping[str, Any], progress: bool = True) -> Any:
+    """Build ``model.train.layers`` and train them with lrpflow's trainer on ``model.train.data``."""
+    from lrpflow.graph import Sequential
+
+    t = dict(m.get("train") or {})
+    layers = build_layers(t.get("layers") or [])
+    if not layers:
+        raise ConfigError("model.train.layers is empty")
+    net = Sequential(layers)
+    data = open_source(_require(t, "data"), "model.train.data")
+    lo, hi = shard_rows(len(data), {**t["data"], "shard": 0, "num_shards": 1})
+    x, y = data[lo:hi], data.labels
+    if y is None:
+        raise ConfigError("model.train.data has no labels")
+    y = numpy.asarray(y)[lo:hi]
+    xv = yv = None
+    if t.get("validation"):
+        val = open_source(t["validation"], "model.train.validation")
+        vlo, vhi = shard_rows(len(val), {**t["validation"], "shard": 0, "num_shards": 1})
+        xv, yv = val[vlo:vhi], numpy.asarray(val.labels)[vlo:vhi]
+    net.train(x, y, xv, yv, batchsize=int(t.get("batchsize", 25)), iters=int(t.get("iters", 1000)),
+              lrate=float(t.get("lrate", 0.005)), lrate_decay=t.get("lrate_decay"), status=int(t.get("status", 250)),
+              rng=t.get("seed", 0), progress=progress)
+    return net
+
+
+class LoadData:
+    """Open the dataset lazily and pick this job's rows (``data.start/stop``, ``data.shard/num_shards``)."""
+
+    def setup(self, state: State) -> None:
+        d = dict(state.cfg.get("data") or {})
+        state.source = open_source(d)
+        state.rows = shard_rows(len(state.source), d)
+        state.start_row = state.rows[0]
+
+
+class Forward:
+    """Create the explainer (once) and run the forward pass of each batch."""
+
+    def setup(self, state: State) -> None:
+        state.explainer = explainer_from_config(state.model, state.cfg)
+
+    def process(self, state: State) -> None:
+        state.trace = state.explainer.forward(state.batch.x)
+
+
+class Lrp:
+    """Explain each batch (reusing the forward trace) for ``explain.target``."""
+
+    def process(self, state: State) -> None:
+        target = _get(state.cfg, "explain.target", "pred")
+        if isinstance(target, str) and target.lstrip("-").isdigit():
+            target = int(target)
+        state.explanation = state.explainer.explain(trace=state.trace, target=target, labels=state.batch.labels)
+
+
+class Evaluate:
+    """Per-sample metrics (``evaluate.metrics``) and the running mean of ``evaluate.objective``."""
+
+    def process(self, state: State) -> None:
+        from lrpflow.evaluate import evaluate
+
+        e = dict(state.cfg.get("evaluate") or {})
+        names = list(e.get("metrics") or [])
+        params = dict(e.get("params") or {})
+        x = state.trace.input if state.model.layout == "NHWC" else state.model.from_nhwc(state.trace.input)
+        state.metrics = {k: to_numpy(v) for k, v in evaluate(names, state.model, x, state.explanation, **params).items()}
+        for k, v in state.metrics.items():
+            tot = state.totals.setdefault(k, [0.0, 0])
+            tot[0] += float(numpy.sum(v))
+            tot[1] += int(numpy.size(v))
+
+    def finish(self, state: State) -> None:
+        objective = _get(state.cfg, "evaluate.objective")
+        means = {k: (s / c if c else float("nan")) for k, (s, c) in state.totals.items()}
+        state.outputs["metrics"] = means
+        if objective is not None:
+            if objective not in means:
+                raise ConfigError(f"evaluate.objective {objective!r} is not among the computed metrics {sorted(means)}")
+            state.objective = means[objective]
+
+
+class Render:
+    """Heatmaps of the first ``render.max_images`` samples in every colormap, and a grid."""
+
+    def setup(self, state: State) -> None:
+        self.x: list[Any] = []
+        self.r: list[Any] = []
+
+    def process(self, state: State) -> None:
+        r = dict(state.cfg.get("render") or {})
+        want = int(r.get("max_images", 0)) - len(self.x)
+        if not r.get("enabled", True) or want <= 0:
+            return
+        exp = state.explanation
+        self.x.extend(to_numpy(state.batch.x[:want]))
+        self.r.extend(to_numpy(exp.relevance[:want]))
+
+    def finish(self, state: State) -> None:
+        from lrpflow import render
+
+        r = dict(state.cfg.get("render") or {})
+        if not r.get("enabled", True) or not self.x:
+            return
+        out = state.output_dir / "heatmaps"
+        out.mkdir(parents=True, exist_ok=True)
+        cmaps = list(r.get("cmaps") or ["blue_white_red"])
+        x, rel = numpy.stack(self.x), numpy.stack(self.r)
+        image_like = x.ndim == 4 or (x.ndim == 2 and math.isqrt(x.shape[1]) ** 2 == x.shape[1])
+        files = []
+        for i in range(len(x)):
+            for cmap in cmaps:
+                path = out / f"{state.rows[0] + i:06d}_{cmap}.png"
+                if r.get("overlay") and x.ndim == 4 and x.shape[-1] == 3:
+                    render.render_overlay(rel[i], x[i], cmap=cmap, path=str(path))
+                elif image_like:
+                    rgb = render.hm_to_rgb(rel[i], X=x[i] if r.get("outline", True) else None,
+                                           scaling=int(r.get("scaling", 3)), sigma=float(r.get("sigma", 2.0)), cmap=cmap)
+                    render.save_image([rgb], str(path), gap=0)
+                else:
+                    continue
+                files.append(str(path))
+        if r.get("grid", True) and image_like:
+            grid = state.output_dir / "heatmap_grid.png"
+            render.colormap_grid(rel, x, cmaps=cmaps, title=state.explanation.method, path=str(grid))
+            files.append(str(grid))
+        state.outputs["images"] = files
+
+
+class Save:
+    """Write every batch to the job's HDF5 result store; resume a killed run where it stopped."""
+
+    def setup(self, state: State) -> None:
+        from lrpflow.store import ResultStore
+
+        s = dict(state.cfg.get("store") or {})
+        path = state.output_dir / s.get("path", "results.h5")
+        state.outputs["store"] = str(path)
+        self.path = path
+        self.settings = s
+        self.store = None
+
+    def _open(self, state: State) -> Any:
+        from lrpflow.store import ResultStore
+
+        exp = state.explanation
+        rel = to_numpy(exp.relevance)
+        return ResultStore.create(
+            self.path, input_shape=rel.shape[1:], n_classes=exp.logits.shape[1], ledger_nodes=list(exp.ledger),
+            intermediate={k: tuple(v.shape[1:]) for k, v in exp.intermediate.items()}, metrics=list(state.metrics),
+            config=state.cfg, model_sha256=_model_sha(state), backend=str(_get(state.cfg, "backend.name", "numpy")),
+            dtype=str(_get(state.cfg, "backend.dtype", "float32")), attrs={"rows": list(state.rows), "method": exp.method},
+            expected_rows=state.rows[1] - state.rows[0], target_width=1 if exp.target.ndim == 1 else exp.target.shape[1],
+            chunk_rows=self.settings.get("chunk_rows") or int(_get(state.cfg, "data.batch_size", 64)),
+            compression=self.settings.get("compression", "gzip"), resume=False,
+            overwrite=bool(self.settings.get("overwrite", False)))
+
+    def process(self, state: State) -> None:
+        if self.store is None:
+            self.store = self._open(state)
+        b = state.batch
+        self.store.append(state.explanation, index=numpy.arange(b.start, b.start + len(b.x)), label=b.labels,
+                          metrics=state.metrics)
+
+    def finish(self, state: State) -> None:
+        if self.store is not None:
+            self.store.finish()
+
+
+#: built-in steps, by registry name
+STEPS = {"load_model": LoadModel, "load_data": LoadData, "forward": Forward, "lrp": Lrp, "evaluate": Evaluate,
+         "render": Render, "save": Save}
+
+
+@hookimpl
+def lrpflow_register_steps(registry):  # noqa: ANN001 - typed in the hookspec
+    for name, cls in STEPS.items():
+        registry.add(name, cls)
+
+
+def run(cfg: Any, output_dir: str | os.PathLike[str] | None = None) -> float | None:
+    """Run the pipeline of a config; returns the objective (mean of ``evaluate.objective``).
+
+    ``output_dir`` (default ``paths.output_dir``, else the current directory) receives the
+    store, the images and ``summary.json``.
+    """
+    from lrpflow.plugins import registries
+
+    cfg = _plain(cfg)
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(f"a config must be a mapping, got {type(cfg).__name__}")
+    out = Path(output_dir or _get(cfg, "paths.output_dir") or ".")
+    out.mkdir(parents=True, exist_ok=True)
+    state = State(cfg=dict(cfg), output_dir=out)
+    names = list(cfg.get("pipeline") or [])
+    if not names:
+        raise ConfigError("the config's pipeline is empty")
+    steps = [(n, registries().steps.get(n)()) for n in names]
+    t0 = time.perf_counter()
+    for name, step in steps:
+        if hasattr(step, "setup"):
+            log.debug("setup %s", name)
+            step.setup(state)
+    processing = [(n, s) for n, s in steps if hasattr(s, "process")]
+    if processing:
+        if state.source is None:
+            raise ConfigError("the pipeline processes batches but no step loaded data (add load_data)")
+        save = next((s for n, s in steps if isinstance(s, Save)), None)
+        start = state.rows[0]
+        if save is not None:
+            start = _resume_point(save, state)
+        lo, hi = state.rows
+        bs = int(_get(cfg, "data.batch_size", 64))
+        bar = Progress(hi - start, "explaining", enabled=bool(cfg.get("progress", True)))
+        try:
+            for batch in state.source.batches(bs, start=start, stop=hi):
+                state.batch = batch
+                for name, step in processing:
+                    step.process(state)
+                bar.update(len(batch.x))
+        finally:
+            bar.close()
+    for name, step in steps:
+        if hasattr(step, "finish"):
+            step.finish(state)
+    summary = {"objective": state.objective, "metrics": state.outputs.get("metrics", {}), "rows": list(state.rows),
+               "seconds": time.perf_counter() - t0, "outputs": {k: v for k, v in state.outputs.items() if k != "metrics"},
+               "lrp": cfg.get("lrp"), "model": _get(cfg, "model.name"), "data": _get(cfg, "data.name")}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    log.info("done in %.1f s; objective %s", summary["seconds"], state.objective)
+    return state.objective
+
+
+def _model_sha(state: State) -> str:
+    from lrpflow.store import sha256_file
+
+    path = state.outputs.get("model")
+    return sha256_file(path) if path and os.path.exists(path) else ""
+
+
+def _resume_point(save: Save, state: State) -> int:
+    """Reopen an unfinished store of the same job and continue after its last complete row."""
+    from lrpflow.store import ResultStore
+
+    partial = Path(str(save.path) + ".partial")
+    if save.path.exists() and not partial.exists():
+        if save.settings.get("overwrite"):
+            save.path.unlink()
+            return state.rows[0]
+        raise LrpflowError(f"{save.path} exists and is complete; set store.overwrite=true or choose another output directory")
+    if not partial.exists():
+        return state.rows[0]
+    if save.settings.get("overwrite"):
+        partial.unlink()
+        return state.rows[0]
+    save.store = ResultStore.open(save.path, "a", config=state.cfg, model_sha256=_model_sha(state),
+                                  ignore_config_keys=("progress",))
+    done = save.store.next_row
+    log.info("resuming %s after %d complete rows", partial, done)
+    return state.rows[0] + done

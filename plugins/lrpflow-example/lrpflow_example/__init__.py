@@ -1,0 +1,1 @@
+"""A template lrpflow plugin (see plugin.py)."""
