@@ -267,7 +267,8 @@ class Lrp:
         target = _get(state.cfg, "explain.target", "pred")
         if isinstance(target, str) and target.lstrip("-").isdigit():
             target = int(target)
-        state.explanation = state.explainer.explain(trace=state.trace, target=target, labels=state.batch.labels)
+        state.explanation = state.explainer.explain(trace=state.trace, target=target,
+                                                    labels=class_labels(state.batch.labels))
 
 
 class Evaluate:
@@ -343,6 +344,20 @@ class Render:
         state.outputs["images"] = files
 
 
+def class_labels(labels: Any) -> numpy.ndarray | None:
+    """Labels as int64 class indices: one-hot rows become their argmax, integral floats are cast."""
+    if labels is None:
+        return None
+    lab = numpy.asarray(labels)
+    if lab.ndim == 2:
+        lab = lab.argmax(axis=1) if lab.shape[1] > 1 else lab[:, 0]
+    if lab.dtype.kind == "f":
+        if not numpy.all(numpy.isfinite(lab)) or not numpy.all(lab == numpy.round(lab)):
+            raise ConfigError("labels must be class indices (integers) or one-hot rows")
+        lab = lab.astype(numpy.int64)
+    return lab
+
+
 class Save:
     """Write every batch to the job's HDF5 result store; resume a killed run where it stopped."""
 
@@ -375,7 +390,8 @@ class Save:
         if self.store is None:
             self.store = self._open(state)
         b = state.batch
-        self.store.append(state.explanation, index=numpy.arange(b.start, b.start + len(b.x)), label=b.labels,
+        extras = {} if b.labels is None else {"label": class_labels(b.labels)}
+        self.store.append(state.explanation, index=numpy.arange(b.start, b.start + len(b.x)), **extras,
                           metrics=state.metrics)
 
     def finish(self, state: State) -> None:

@@ -94,12 +94,13 @@ def _grid(rows: list[dict[str, Any]], root: Path, max_images: int) -> str | None
     from lrpflow.store import load
 
     relevances: dict[str, Any] = {}
+    common = set.intersection(*(set(r["overrides"].split()) for r in rows)) if rows else set()
     for row in rows:
         store = row.get("store")
         if not store or not os.path.exists(store):
             continue
         data = load(store, fields=["relevance"], rows=slice(0, max_images))
-        label = row["overrides"] or f"job {row['job']}"
+        label = "\n".join(o for o in row["overrides"].split() if o not in common) or f"job {row['job']}"
         relevances[label] = data["relevance"]
     if not relevances:
         return None
