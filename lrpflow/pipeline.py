@@ -323,6 +323,8 @@ class Render:
         out.mkdir(parents=True, exist_ok=True)
         cmaps = list(r.get("cmaps") or ["blue_white_red"])
         x, rel = numpy.stack(self.x), numpy.stack(self.r)
+        if getattr(state.model, "layout", "NHWC") == "NCHW" and x.ndim == 4:  # render channels-last
+            x, rel = x.transpose(0, 2, 3, 1), rel.transpose(0, 2, 3, 1)
         image_like = x.ndim == 4 or (x.ndim == 2 and math.isqrt(x.shape[1]) ** 2 == x.shape[1])
         files = []
         for i in range(len(x)):
