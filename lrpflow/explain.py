@@ -108,13 +108,14 @@ def propagate(model: Model, trace: Trace, r_init: Any, rules: Mapping[str, Rule]
             kept[node.name] = r
         layer = node.layer
         xs = trace.inputs_of(node)
-        ctx = NodeContext(node.name, cache, tuple(nonneg[i] for i in node.inputs),
-                          output_is_z=layer.role == "linear" and bool(getattr(layer, "forward_is_apply", False)))
+        y = trace[node.name]
+        z = layer.z_from_output(y) if layer.role == "linear" and hasattr(layer, "z_from_output") else None
+        ctx = NodeContext(node.name, cache, tuple(nonneg[i] for i in node.inputs), z=z)
         try:
             rule = rules[node.name]
         except KeyError:
             raise ConfigError(f"no rule for node {node.name!r}") from None
-        r_ins = rule.backward(layer, xs, trace[node.name], r, ctx)
+        r_ins = rule.backward(layer, xs, y, r, ctx)
         if ledger:
             leaving = _per_sample_sum(r_ins[0])
             for extra in r_ins[1:]:

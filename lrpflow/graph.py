@@ -229,11 +229,16 @@ class Sequential(Model):
 
     @property
     def nodes(self) -> list[Node]:
-        nodes, prev = [], INPUT
-        for i, m in enumerate(self.modules):
-            nodes.append(Node(_node_name(i, m), m, (prev,)))
-            prev = nodes[-1].name
-        return nodes
+        key = tuple(map(id, self.modules))  # rebuilt only when ``modules`` changed
+        cached = self.__dict__.get("_nodes_cache")
+        if cached is None or cached[0] != key:
+            nodes, prev = [], INPUT
+            for i, m in enumerate(self.modules):
+                nodes.append(Node(_node_name(i, m), m, (prev,)))
+                prev = nodes[-1].name
+            cached = (key, nodes)
+            self.__dict__["_nodes_cache"] = cached
+        return cached[1]
 
     def _validate(self) -> None:
         for i, m in enumerate(self.modules):

@@ -40,7 +40,8 @@ def engine(layer, xs, r, name, params, xp, nonneg=False):
     rule = make_rule(name, **params)
     xs = [xp.asarray(x) for x in xs]
     y = layer.forward(*xs)
-    ctx = NodeContext("n", {}, tuple(nonneg for _ in xs), output_is_z=getattr(layer, "forward_is_apply", False))
+    z = layer.z_from_output(y) if hasattr(layer, "z_from_output") else None
+    ctx = NodeContext("n", {}, tuple(nonneg for _ in xs), z=z)
     out = rule.backward(layer, xs, y, xp.asarray(r), ctx)
     return [to_numpy(o) for o in out]
 

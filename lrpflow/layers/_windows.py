@@ -57,11 +57,31 @@ def windows(x: Any, kernel: tuple[int, int], stride: tuple[int, int]) -> Any:
     return view[:, :: stride[0], :: stride[1]]
 
 
+def window_sum(x: Any, kernel: tuple[int, int], stride: tuple[int, int]) -> Any:
+    """``Σ_window x`` of an (already padded) NHWC array: ``kh·kw`` strided adds."""
+    n, h, w, c = x.shape
+    ho, wo = (h - kernel[0]) // stride[0] + 1, (w - kernel[1]) // stride[1] + 1
+    out = None
+    for a in range(kernel[0]):
+        for b in range(kernel[1]):
+            part = x[:, a : a + stride[0] * (ho - 1) + 1 : stride[0], b : b + stride[1] * (wo - 1) + 1 : stride[1], :]
+            out = part.copy() if out is None else out.__iadd__(part)
+    return out
+
+
 def window_sum_transpose(g: Any, kernel: tuple[int, int], stride: tuple[int, int],
                          padded_shape: tuple[int, ...], pads: tuple[int, int, int, int]) -> Any:
     """Transpose of the window sum: every window adds its value ``g[n, p, q, c]`` to its members."""
     xp = get_namespace(g)
     n, ho, wo, c = g.shape
+    if tuple(stride) == tuple(kernel):  # non-overlapping windows: repeat each value over its window
+        kh, kw = kernel
+        tiled = xp.broadcast_to(g[:, :, None, :, None, :], (n, ho, kh, wo, kw, c)).reshape(n, ho * kh, wo * kw, c)
+        if (ho * kh, wo * kw) == tuple(padded_shape[1:3]):
+            return unpad(tiled, pads)
+        out = xp.zeros(padded_shape, dtype=g.dtype)
+        out[:, : ho * kh, : wo * kw, :] = tiled
+        return unpad(out, pads)
     out = xp.zeros(padded_shape, dtype=g.dtype)
     for a in range(kernel[0]):
         for b in range(kernel[1]):

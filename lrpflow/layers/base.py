@@ -151,6 +151,10 @@ class LinearLike(Layer):
     #: True when ``forward(x) == apply(x, *lrp_params(x))`` so that z can be read from the trace
     forward_is_apply: ClassVar[bool] = True
 
+    def z_from_output(self, y: Any) -> Any:
+        """``z = apply(x, *lrp_params(x))`` recovered from the forward output ``y`` (no recomputation)."""
+        return y if self.forward_is_apply else None
+
     def lrp_params(self, xs: Sequence[Any]) -> tuple[Any, Any]:
         """``(weight, bias)`` on the inputs' backend and dtype; bias may be None."""
         p = self.params_like(xs[0])

@@ -18,6 +18,7 @@ class Add(LinearLike):
 
     kinds = frozenset({"affine", "merge", "add"})
     keeps_nonneg = True
+    nonneg_weight = True
     n_inputs = None
 
     def lrp_params(self, xs: Sequence[Any]) -> tuple[Any, Any]:

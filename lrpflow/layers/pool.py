@@ -33,7 +33,8 @@ class _Windowed:
         return (ho, wo, s[2])
 
     def window_sum(self, x: Any) -> Any:
-        return win.windows(win.pad(x, self.pads), self.pool, self.stride).sum(axis=(4, 5))
+        """``Σ_window x`` per channel: one strided add per kernel offset (no window copies)."""
+        return win.window_sum(win.pad(x, self.pads), self.pool, self.stride)
 
     def window_sum_t(self, g: Any, x_shape: tuple[int, ...]) -> Any:
         t, b, l, r = self.pads
@@ -50,6 +51,7 @@ class SumPool(_Windowed, LinearLike):
 
     kinds = frozenset({"affine", "pool", "sum_pool"})
     keeps_nonneg = True
+    nonneg_weight = True
     toolbox_name = "SumPool"
     forward_is_apply = False
 
@@ -71,6 +73,10 @@ class SumPool(_Windowed, LinearLike):
     def forward(self, *xs: Any) -> Any:
         return self.window_sum(xs[0]) * (1.0 / math.sqrt(self.pool[0] * self.pool[1]))
 
+    def z_from_output(self, y: Any) -> Any:
+        """The window sum, ``S = Y / (1/√(hp·wp))``, exactly as the toolbox recovers it."""
+        return y / (1.0 / math.sqrt(self.pool[0] * self.pool[1]))
+
     def vjp(self, xs: Sequence[Any], y: Any, g: Any) -> list[Any]:
         return [self.window_sum_t(g * (1.0 / math.sqrt(self.pool[0] * self.pool[1])), xs[0].shape)]
 
@@ -80,6 +86,7 @@ class AvgPool(_Windowed, LinearLike):
 
     kinds = frozenset({"affine", "pool", "avg_pool"})
     keeps_nonneg = True
+    nonneg_weight = True
 
     def __init__(self, hp: int = 2, wp: int = 2, stride: Any = None, padding: Any = 0) -> None:
         super().__init__()
@@ -102,6 +109,7 @@ class GlobalAvgPool(LinearLike):
 
     kinds = frozenset({"affine", "pool", "global_avg_pool"})
     keeps_nonneg = True
+    nonneg_weight = True
 
     def lrp_params(self, xs: Sequence[Any]) -> tuple[Any, Any]:
         xp = get_namespace(xs[0])

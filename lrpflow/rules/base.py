@@ -26,16 +26,19 @@ from lrpflow.layers.base import Layer
 
 def stabilize(z: Any, eps: float) -> Any:
     """``z + ε·s(z)`` with ``s(0) = +1`` (the toolbox's sign; ``np.sign`` would give 0)."""
-    xp = get_namespace(z)
-    e = xp.asarray(eps, dtype=z.dtype)
-    return z + xp.where(z >= 0, e, -e)
+    den = (z >= 0).astype(z.dtype)  # s(z) = 2·[z ≥ 0] − 1, without a where() on a random mask
+    den *= 2 * eps
+    den -= eps
+    den += z
+    return den
 
 
 def safe_divide(a: Any, b: Any) -> Any:
     """``a / b`` where ``b ≠ 0`` and 0 where ``b = 0`` — never NaN or Inf from a zero denominator."""
-    xp = get_namespace(a, b)
     zero = b == 0
-    return xp.where(zero, 0, a / xp.where(zero, 1, b)).astype(a.dtype, copy=False)
+    q = a / (b + zero)  # 1 where b = 0, so nothing divides by zero
+    q *= ~zero
+    return q
 
 
 def divide_stabilized(r: Any, z: Any, eps: float) -> Any:
@@ -130,8 +133,8 @@ class NodeContext:
     cache: dict[Any, Any] = field(default_factory=dict)
     #: per input: True if the input is known to be ≥ 0 (after ReLU, for instance)
     nonneg: tuple[bool, ...] = ()
-    #: the forward output y of the node can stand for z = apply(x, W, b)
-    output_is_z: bool = False
+    #: z = apply(x, W, b) of the node, read from its forward output (None: recompute)
+    z: Any = None
 
     def modified(self, layer: Layer, xs: Sequence[Any], weight_fn: Modifier, bias_fn: Modifier | None) -> tuple[Any, Any]:
         """``(ρ(W), β(b))`` for this node, cached by modifier and dtype/backend."""

@@ -43,6 +43,10 @@ def _bias(use: bool, fn: Any = keep) -> Any:
     return fn if use else None
 
 
+def _has_bias(layer: Layer, xs: Sequence[Any]) -> bool:
+    return layer.lrp_params(xs)[1] is not None  # type: ignore[attr-defined]
+
+
 @dataclass(frozen=True)
 class Epsilon(Rule):
     """LRP-ε: ``R_i = Σ_j z_ij / (z_j + ε·s(z_j)) · R_j`` with ``s(0) = +1``.
@@ -60,7 +64,7 @@ class Epsilon(Rule):
         check_finite_param("epsilon", self.epsilon, "epsilon", low=0.0)
 
     def linear(self, layer: Layer, xs: Sequence[Any], y: Any, r: Any, ctx: NodeContext) -> list[Any]:
-        z = y if (self.bias and ctx.output_is_z) else None
+        z = ctx.z if (self.bias or not _has_bias(layer, xs)) else None
         eps = self.epsilon
         return modified_gradient(layer, xs, r, [Contribution(bias=_bias(self.bias))], ctx,
                                  lambda a, d: divide_stabilized(a, d, eps), z=z)
@@ -156,13 +160,18 @@ class AlphaBeta(Rule):
                 pos_div: Any, neg_div: Any) -> list[Any]:
         """Inputs ≥ 0: ``z⁺ = x W⁺ + b⁺``, ``z⁻ = x W⁻ + b⁻``; one forward less via ``z⁻ = z − z⁺``."""
         wp, bp = ctx.modified(layer, xs, positive, _bias(self.bias, positive))
+        if getattr(layer, "nonneg_weight", False):
+            # pools and Add: every contribution is ≥ 0, so P = z, N = 0 and R_in = α·x ⊙ Wᵀ(R / P)
+            zp = ctx.z if ctx.z is not None else layer.apply(xs, wp, bp)  # type: ignore[attr-defined]
+            sp = pos_div(r, zp) * alpha
+            return [x * g for x, g in zip(xs, layer.apply_transpose(sp, wp, xs))]  # type: ignore[attr-defined]
         wn, bn = ctx.modified(layer, xs, negative, _bias(self.bias, negative))
         zp = layer.apply(xs, wp, bp)  # type: ignore[attr-defined]
         if beta == 0:
             sp = pos_div(r, zp) * alpha
             return [x * g for x, g in zip(xs, layer.apply_transpose(sp, wp, xs))]  # type: ignore[attr-defined]
-        if self.bias and ctx.output_is_z:
-            zn = y - zp
+        if ctx.z is not None and (self.bias or not _has_bias(layer, xs)):
+            zn = ctx.z - zp
         else:
             zn = layer.apply(xs, wn, bn)  # type: ignore[attr-defined]
         sn = neg_div(r, zn) * beta
