@@ -195,6 +195,8 @@ class LoadModel:
         m = state.cfg.get("model") or {}
         source = m.get("source", "file")
         path = m.get("path")
+        if source == "train" and path:
+            path = cached_model_path(path, m.get("train") or {})
         if source == "file":
             state.model = load_model(_require(state.cfg, "model.path"), format=m.get("format"))
         elif source == "train":
@@ -212,6 +214,15 @@ class LoadModel:
         if hasattr(state.model, "drop_softmax_output_layer"):
             state.model.drop_softmax_output_layer()
         state.outputs["model"] = path
+
+
+def cached_model_path(path: str, train_cfg: Mapping[str, Any]) -> str:
+    """``path`` with a digest of the training config: a changed recipe never reuses a stale model."""
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps(train_cfg, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    base, ext = os.path.splitext(path)
+    return f"{base}-{digest}{ext}"
 
 
 def train_from_config(m: Mapping[str, Any], progress: bool = True) -> Any:

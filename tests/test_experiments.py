@@ -90,7 +90,7 @@ def test_default_experiment_end_to_end(tmp_path):
     assert data["relevance"].shape == (64, 8, 8, 1) and data["relevance"].dtype == numpy.float32
     numpy.testing.assert_array_equal(data["index"], numpy.arange(1597, 1661))
     # the stored rows are what explain() gives for the same rows
-    model = lrpflow.load_model(tmp_path / "cache" / "digits_mlp_0.txt")
+    model = lrpflow.load_model(summary["outputs"]["model"])
     model.drop_softmax_output_layer()
     x = lrpflow.io.load_data("digits")[1597:1661]
     ref = lrpflow.explain(model, x, rule="epsilon", epsilon=0.01)
@@ -99,9 +99,13 @@ def test_default_experiment_end_to_end(tmp_path):
     pngs = sorted(p.name for p in (out / "heatmaps").glob("*.png"))
     assert len(pngs) == 3 * 5 and (out / "heatmap_grid.png").exists()
     # the trained model is cached: a second run does not train again
-    stamp = os.path.getmtime(tmp_path / "cache" / "digits_mlp_0.txt")
+    assert pathlib.Path(summary["outputs"]["model"]).parent == tmp_path / "cache"
+    stamp = os.path.getmtime(summary["outputs"]["model"])
     run(small(tmp_path, "store.overwrite=true"))
-    assert os.path.getmtime(tmp_path / "cache" / "digits_mlp_0.txt") == stamp
+    assert os.path.getmtime(summary["outputs"]["model"]) == stamp
+    assert len(list((tmp_path / "cache").glob("digits_mlp_0-*.txt"))) == 1
+    run(small(tmp_path, "store.overwrite=true", "model.train.iters=300"))  # another recipe, another cached file
+    assert len(list((tmp_path / "cache").glob("digits_mlp_0-*.txt"))) == 2
 
 
 def test_mnist_lenet5_experiment(tmp_path, shared, mnist):
@@ -144,7 +148,8 @@ def test_cli_end_to_end_from_any_directory(tmp_path):
         cfg = OmegaConf.create(str(h.attrs["config"]))
         assert cfg.lrp.rule == "epsilon" and cfg.data.stop == 1629
         assert len(h.attrs["model_sha256"]) == 64 and h["relevance"].compression == "gzip"
-    model = lrpflow.load_model(tmp_path / "cache" / "digits_mlp_0.txt")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    model = lrpflow.load_model(summary["outputs"]["model"])
     ref = lrpflow.explain(model, lrpflow.io.load_data("digits")[1597:1629], rule="epsilon", epsilon=0.01)
     numpy.testing.assert_allclose(data["relevance"], ref.relevance, rtol=1e-5, atol=1e-6)
     numpy.testing.assert_allclose(data["conservation"], ref.conservation, rtol=1e-4, atol=1e-6)
