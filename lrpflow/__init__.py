@@ -17,7 +17,7 @@ from lrpflow.errors import (
 from lrpflow.explain import Explainer, Explanation, LedgerEntry, explain
 from lrpflow.graph import Model, Node, Sequential, Trace
 from lrpflow.hookspecs import hookimpl
-from lrpflow.io import load_model, save_model
+from lrpflow.io import load_data, load_model, open_data, save_data, save_model
 from lrpflow.plugins import make_plugin_manager, registries
 from lrpflow.rules import make_rule
 from lrpflow.train import TrainResult, train
@@ -26,7 +26,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "__version__", "hookimpl", "layers", "render", "train", "TrainResult", "Model", "Node", "Sequential", "Trace", "Composite", "Override",
-    "Explainer", "Explanation", "LedgerEntry", "explain", "make_rule", "load_model", "save_model",
+    "Explainer", "Explanation", "LedgerEntry", "explain", "make_rule", "load_model", "save_model", "load_data", "open_data", "save_data",
     "make_plugin_manager", "registries", "LrpflowError", "ConfigError", "PluginError", "DuplicateNameError",
     "UnknownNameError", "UnsupportedLayerError", "ShapeError", "ModelFormatError", "DataFormatError", "BackendError",
 ]

@@ -1,0 +1,248 @@
+"""lrpflow's native model format: one HDF5 file, the graph as JSON in attributes, parameters as datasets.
+
+Layout (``format_version`` 1)::
+
+    /                    attrs: format = "lrpflow-model", format_version = 1, lrpflow_version,
+                                graph = JSON (see below)
+    /params/<k>/<name>   dataset: parameter ``name`` of node number k, stored in its own dtype
+
+``graph`` JSON: ``{"kind": "sequential"|"model", "layout", "input_shape", "input_name",
+"output", "canonizers", "nodes": [{"name", "type", "config", "inputs", "params",
+"lrp_var", "lrp_param"}]}``; ``type`` is the layer's registry name (plugins' layers work
+when their plugin is installed), ``config`` its constructor arguments (``Layer.config()``).
+A layer is rebuilt as ``cls(**config, **params)``. Round trips are lossless.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import numpy
+
+from lrpflow.errors import LrpflowError, ModelFormatError
+from lrpflow.graph import Model, Node, Sequential
+
+FORMAT = "lrpflow-model"
+VERSION = 1
+#: deflate never compresses better than about 1032:1 (bound for a declared dataset size)
+MAX_DEFLATE_RATIO = 1032
+
+
+def _layer_names() -> dict[type, str]:
+    from lrpflow.plugins import registries
+
+    out: dict[type, str] = {}
+    for entry in registries().layers:
+        out.setdefault(entry.impl, entry.name)
+    return out
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, (tuple, list)):
+        return [_jsonable(a) for a in v]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(a) for k, a in v.items()}
+    if isinstance(v, numpy.generic):
+        return v.item()
+    return v
+
+
+def write(model: Model, path: str | os.PathLike[str]) -> None:
+    """Write any lrpflow model (Sequential or DAG) losslessly."""
+    import h5py
+
+    from lrpflow import __version__
+    from lrpflow.backend import to_numpy
+
+    path = os.fspath(path)
+    if not isinstance(model, Model):
+        raise ModelFormatError(f"{path}: expected an lrpflow Model, got {type(model).__name__}")
+    names = _layer_names()
+    nodes, arrays = [], []
+    for k, node in enumerate(model.nodes):
+        layer = node.layer
+        type_name = names.get(type(layer))
+        if type_name is None:
+            raise ModelFormatError(f"{path}: node {node.name!r}: layer class {type(layer).__module__}.{type(layer).__name__} "
+                                   f"is not registered (no plugin provides it)")
+        params = {p: to_numpy(v) for p, v in layer.params().items() if v is not None}
+        config = _jsonable(layer.config())
+        try:
+            json.dumps(config)
+        except TypeError as err:
+            raise ModelFormatError(f"{path}: node {node.name!r}: config of {type_name} is not JSON: {err}") from err
+        nodes.append({"name": node.name, "type": type_name, "config": config, "inputs": list(node.inputs),
+                      "params": sorted(params), "lrp_var": layer.lrp_var,
+                      "lrp_param": None if layer.lrp_param is None else float(layer.lrp_param)})
+        arrays.append(params)
+    graph = {
+        "kind": "sequential" if isinstance(model, Sequential) else "model",
+        "layout": model.layout,
+        "input_shape": None if model.input_shape is None else list(model.input_shape),
+        "input_name": model.input_name,
+        "output": model.output if not isinstance(model, Sequential) else None,
+        "canonizers": list(getattr(model, "canonizers", []) or []),
+        "nodes": nodes,
+    }
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = FORMAT
+            f.attrs["format_version"] = VERSION
+            f.attrs["lrpflow_version"] = __version__
+            f.attrs["graph"] = json.dumps(graph)
+            group = f.create_group("params")
+            for k, params in enumerate(arrays):
+                g = group.create_group(str(k))
+                for p, v in params.items():
+                    g.create_dataset(p, data=numpy.asarray(v))
+        os.replace(tmp, path)
+    except OSError as err:
+        raise ModelFormatError(f"{path}: cannot write: {err}") from err
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _field(obj: dict[str, Any], key: str, types: Any, where: str, optional: bool = False) -> Any:
+    if key not in obj:
+        if optional:
+            return None
+        raise ModelFormatError(f"{where}: missing field {key!r}")
+    v = obj[key]
+    if v is None and optional:
+        return None
+    if not isinstance(v, types):
+        raise ModelFormatError(f"{where}: field {key!r} has type {type(v).__name__}")
+    return v
+
+
+def _read_param(ds: Any, where: str, file_size: int) -> numpy.ndarray:
+    import h5py
+
+    if not isinstance(ds, h5py.Dataset):
+        raise ModelFormatError(f"{where}: not a dataset")
+    if ds.dtype.kind not in "fiub" or ds.dtype.fields is not None:
+        raise ModelFormatError(f"{where}: dtype {ds.dtype} is not numeric")
+    nbytes = ds.dtype.itemsize * math.prod(ds.shape or ())
+    stored = ds.id.get_storage_size()
+    compressed = ds.compression is not None or bool(ds.id.get_create_plist().get_nfilters())
+    limit = stored * MAX_DEFLATE_RATIO + 4096 if compressed else stored
+    if nbytes > limit or nbytes > MAX_DEFLATE_RATIO * max(file_size, 1):
+        raise ModelFormatError(f"{where}: declares shape {ds.shape} ({nbytes} bytes) but stores {stored} bytes")
+    return numpy.asarray(ds[()])
+
+
+def read(path: str | os.PathLike[str]) -> Model:
+    """Read a native lrpflow model file."""
+    import h5py
+
+    from lrpflow.plugins import registries
+
+    path = os.fspath(path)
+    try:
+        size = os.path.getsize(path)
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise ModelFormatError(f"{path}: not a readable lrpflow model (HDF5) file: {err}") from err
+    except Exception as err:
+        raise ModelFormatError(f"{path}: not a readable lrpflow model (HDF5) file: {type(err).__name__}: {err}") from err
+    try:
+        with f:
+            fmt = f.attrs.get("format")
+            if isinstance(fmt, bytes):
+                fmt = fmt.decode("utf-8", "replace")
+            if fmt != FORMAT:
+                raise ModelFormatError(f"{path}: not an lrpflow model file (attribute format={fmt!r}, expected {FORMAT!r})")
+            version = f.attrs.get("format_version")
+            if not isinstance(version, (int, numpy.integer)) or not 1 <= int(version) <= VERSION:
+                shown = int(version) if isinstance(version, (int, numpy.integer)) else repr(version)
+                raise ModelFormatError(f"{path}: unsupported format_version {shown} (this lrpflow reads 1 to {VERSION})")
+            text = f.attrs.get("graph")
+            if isinstance(text, bytes):
+                text = text.decode("utf-8")
+            if not isinstance(text, str):
+                raise ModelFormatError(f"{path}: attribute 'graph' is missing or not text")
+            try:
+                graph = json.loads(text)
+            except ValueError as err:
+                raise ModelFormatError(f"{path}: attribute 'graph' is not valid JSON: {err}") from err
+            if not isinstance(graph, dict):
+                raise ModelFormatError(f"{path}: attribute 'graph' must be a JSON object")
+            nodes_json = _field(graph, "nodes", list, f"{path}: graph")
+            layers_reg = registries().layers
+            nodes = []
+            for k, spec in enumerate(nodes_json):
+                where = f"{path}: node {k}"
+                if not isinstance(spec, dict):
+                    raise ModelFormatError(f"{where}: must be a JSON object")
+                name = _field(spec, "name", str, where)
+                where = f"{path}: node {k} ({name!r})"
+                type_name = _field(spec, "type", str, where)
+                config = _field(spec, "config", dict, where)
+                inputs = _field(spec, "inputs", list, where)
+                pnames = _field(spec, "params", list, where)
+                if not all(isinstance(i, str) for i in inputs) or not all(isinstance(p, str) for p in pnames):
+                    raise ModelFormatError(f"{where}: inputs and params must be lists of names")
+                try:
+                    cls = layers_reg.get(type_name)
+                except LrpflowError as err:
+                    raise ModelFormatError(f"{where}: {err}") from err
+                missing = [p for p in getattr(cls, "param_names", ()) if p not in pnames]
+                if missing:  # never let a constructor draw (possibly huge) random parameters
+                    raise ModelFormatError(f"{where}: {type_name} needs parameters {missing}")
+                params = {}
+                for p in pnames:
+                    key = f"params/{k}/{p}"
+                    if key not in f:
+                        raise ModelFormatError(f"{where}: missing dataset {key}")
+                    params[p] = _read_param(f[key], f"{where}: dataset {key}", size)
+                try:
+                    layer = cls(**config, **params)
+                except LrpflowError as err:
+                    raise ModelFormatError(f"{where}: {type_name}: {err}") from err
+                except (TypeError, ValueError, KeyError, IndexError, OverflowError) as err:
+                    raise ModelFormatError(f"{where}: cannot build {type_name} from config {config}: {err}") from err
+                lrp_var = spec.get("lrp_var")
+                if lrp_var is not None:
+                    lrp_param = spec.get("lrp_param")
+                    if not isinstance(lrp_var, str) or not isinstance(lrp_param, (int, float, type(None))):
+                        raise ModelFormatError(f"{where}: lrp_var/lrp_param have the wrong types")
+                    layer.set_lrp_parameters(lrp_var, lrp_param)
+                nodes.append(Node(name, layer, tuple(inputs)))
+            kind = graph.get("kind", "model")
+            layout = graph.get("layout", "NHWC")
+            input_shape = graph.get("input_shape")
+            if input_shape is not None and (not isinstance(input_shape, list)
+                                            or not all(isinstance(s, int) and s > 0 for s in input_shape)):
+                raise ModelFormatError(f"{path}: graph input_shape must be a list of positive integers")
+            if kind == "sequential":
+                model: Model = Sequential([n.layer for n in nodes], input_shape=input_shape, layout=layout)
+                for want, got in zip(model.nodes, nodes):
+                    if (want.name, want.inputs) != (got.name, got.inputs):
+                        raise ModelFormatError(f"{path}: sequential graph: node {got.name!r} <- {list(got.inputs)} "
+                                               f"breaks the chain (expected {want.name!r} <- {list(want.inputs)})")
+            elif kind == "model":
+                input_name = graph.get("input_name", "input")
+                output = graph.get("output")
+                if not isinstance(input_name, str) or not isinstance(output, (str, type(None))):
+                    raise ModelFormatError(f"{path}: graph input_name/output must be names")
+                model = Model(nodes, output=output, input_shape=input_shape, input_name=input_name, layout=layout)
+            else:
+                raise ModelFormatError(f"{path}: graph kind must be 'sequential' or 'model', got {kind!r}")
+            canonizers = graph.get("canonizers") or []
+            if canonizers:
+                if not isinstance(canonizers, list) or not all(isinstance(c, str) for c in canonizers):
+                    raise ModelFormatError(f"{path}: graph canonizers must be a list of strings")
+                model.canonizers = list(canonizers)  # type: ignore[attr-defined]
+            return model
+    except ModelFormatError:
+        raise
+    except LrpflowError as err:
+        raise ModelFormatError(f"{path}: {err}") from err
+    except RecursionError as err:
+        raise ModelFormatError(f"{path}: graph nested too deeply") from err
+    except Exception as err:  # h5py/HDF5 errors on damaged files
+        raise ModelFormatError(f"{path}: damaged lrpflow model file: {type(err).__name__}: {err}") from err

@@ -1,0 +1,183 @@
+"""The native HDF5 model format: lossless round trips of any DAG and every built-in layer; clear errors."""
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy
+import pytest
+
+import lrpflow
+from lrpflow.graph import Model, Node
+from lrpflow.io import fold_batchnorm
+from lrpflow.layers import (
+    Add, AvgPool, BatchNorm, Concat, Conv2d, Dropout, Flatten, GlobalAvgPool, Identity, LeakyReLU, Linear, MaxPool,
+    Pad, ReLU, Reshape, Sigmoid, SoftMax, SumPool, Tanh,
+)
+from lrpflow.layers import BUILTIN_LAYERS
+
+
+def every_layer_model(rng, dtype=numpy.float64):
+    """A DAG that uses every built-in layer type at least once."""
+    def r(*shape):
+        return rng.normal(0, 0.5, shape).astype(dtype)
+
+    nodes = [
+        Node("pad", Pad((1, 0, 0, 1), value=-0.5), ("input",)),
+        Node("conv", Conv2d(3, 3, 2, 4, stride=(1, 2), padding=(1, 1, 0, 2), weight=r(3, 3, 2, 4), bias=r(4)), ("pad",)),
+        Node("bn", BatchNorm(4, gamma=rng.uniform(0.5, 1.5, 4).astype(dtype), beta=r(4), mean=r(4),
+                             var=rng.uniform(0.5, 2, 4).astype(dtype), eps=1e-3), ("conv",)),
+        Node("relu", ReLU(), ("bn",)),
+        Node("leaky", LeakyReLU(0.2), ("bn",)),
+        Node("add", Add(), ("relu", "leaky")),
+        Node("sig", Sigmoid(), ("add",)),
+        Node("tanh", Tanh(), ("add",)),
+        Node("cat", Concat(axis=-1), ("sig", "tanh")),
+        Node("max", MaxPool(2, 2, stride=(1, 1), padding=(0, 1, 0, 1)), ("cat",)),
+        Node("sum", SumPool(2, 2, stride=(1, 1)), ("max",)),
+        Node("avg", AvgPool(2, 2, stride=(2, 2), padding=1), ("sum",)),
+        Node("gap", GlobalAvgPool(), ("avg",)),
+        Node("drop", Dropout(0.25), ("gap",)),
+        Node("id", Identity(), ("drop",)),
+        Node("reshape", Reshape((2, 4)), ("id",)),
+        Node("flat", Flatten(), ("reshape",)),
+        Node("fc", Linear(8, 3, weight=r(8, 3), bias=r(3)), ("flat",)),
+        Node("prob", SoftMax(), ("fc",)),
+    ]
+    return Model(nodes, input_shape=(7, 9, 2))
+
+
+def test_the_test_model_covers_every_builtin_layer():
+    used = {type(layer) for layer in every_layer_model(numpy.random.default_rng(0)).layers}
+    assert {cls for cls, _ in BUILTIN_LAYERS.values()} <= used
+
+
+@pytest.mark.parametrize("dtype", [numpy.float64, numpy.float32])
+def test_round_trip_every_layer_is_lossless(tmp_path, dtype):
+    rng = numpy.random.default_rng(1)
+    model = every_layer_model(rng, dtype)
+    model.node("fc").layer.set_lrp_parameters("epsilon", 0.5)
+    lrpflow.save_model(model, tmp_path / "m.h5")
+    back = lrpflow.load_model(tmp_path / "m.h5")
+    assert type(back) is Model and back.input_shape == model.input_shape and back.output == model.output
+    for a, b in zip(model.nodes, back.nodes):
+        assert a.name == b.name and a.inputs == b.inputs and type(a.layer) is type(b.layer)
+        assert a.layer.config() == b.layer.config()
+        for k in a.layer.param_names:
+            pa, pb = getattr(a.layer, k), getattr(b.layer, k)
+            assert pb.dtype == pa.dtype
+            numpy.testing.assert_array_equal(pa, pb)
+    assert back.node("fc").layer.lrp_var == "epsilon" and back.node("fc").layer.lrp_param == 0.5
+    x = rng.normal(size=(3, 7, 9, 2))
+    for rule in ("epsilon", "alpha_beta", "gradient"):
+        a = lrpflow.explain(model, x, rule=rule, dtype="float64")
+        b = lrpflow.explain(back, x, rule=rule, dtype="float64")
+        numpy.testing.assert_array_equal(a.logits, b.logits)
+        numpy.testing.assert_array_equal(a.relevance, b.relevance)
+
+
+def test_round_trip_of_a_sequential_keeps_the_toolbox_surface(tmp_path, shared):
+    net = lrpflow.load_model(shared / "models" / "MNIST" / "LeNet-5.txt")
+    lrpflow.save_model(net, tmp_path / "lenet.hdf5")
+    back = lrpflow.load_model(tmp_path / "lenet.hdf5")
+    assert isinstance(back, lrpflow.Sequential) and [n.name for n in back.nodes] == [n.name for n in net.nodes]
+    x = numpy.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 1))
+    y = net.forward(x)
+    numpy.testing.assert_array_equal(back.forward(x), y)
+    numpy.testing.assert_array_equal(back.lrp(y, "alphabeta", 2.0), net.lrp(y, "alphabeta", 2.0))
+
+
+def test_layout_and_canonizers_survive(tmp_path):
+    rng = numpy.random.default_rng(2)
+    model = Model([Node("conv", Conv2d(3, 3, 1, 2, rng=rng), ("input",)),
+                   Node("bn", BatchNorm(2, gamma=numpy.array([2.0, 0.5])), ("conv",)),
+                   Node("gap", GlobalAvgPool(), ("bn",))], layout="NCHW")
+    folded = fold_batchnorm(model)
+    assert [n.name for n in folded.nodes] == ["conv+bn", "gap"]
+    lrpflow.save_model(folded, tmp_path / "m.h5")
+    back = lrpflow.load_model(tmp_path / "m.h5")
+    assert back.layout == "NCHW" and back.canonizers == ["fold_batchnorm: bn -> conv+bn"]
+    x = rng.normal(size=(2, 1, 5, 5))
+    numpy.testing.assert_allclose(lrpflow.explain(back, x).relevance, lrpflow.explain(model, x).relevance,
+                                  rtol=1e-5, atol=1e-6)
+
+
+def test_file_layout(tmp_path):
+    lrpflow.save_model(lrpflow.Sequential([Linear(3, 2, rng=0), ReLU()]), tmp_path / "m.h5")
+    with h5py.File(tmp_path / "m.h5") as f:
+        assert f.attrs["format"] == "lrpflow-model" and f.attrs["format_version"] == 1
+        graph = json.loads(f.attrs["graph"])
+        assert graph["kind"] == "sequential"
+        assert graph["nodes"][0] == {"name": "0_linear", "type": "linear", "config": {"m": 3, "n": 2},
+                                     "inputs": ["input"], "params": ["bias", "weight"], "lrp_var": None,
+                                     "lrp_param": None}
+        assert f["params/0/weight"].shape == (3, 2)
+
+
+def _edit(path, graph=None, attrs=None, drop=None, data=None):
+    with h5py.File(path, "r+") as f:
+        if graph is not None:
+            g = json.loads(f.attrs["graph"])
+            graph(g)
+            f.attrs["graph"] = json.dumps(g)
+        for k, v in (attrs or {}).items():
+            f.attrs[k] = v
+        if drop:
+            del f[drop]
+        for k, v in (data or {}).items():
+            del f[k]
+            f.create_dataset(k, data=v)
+
+
+@pytest.mark.parametrize("edit,match", [
+    (dict(attrs={"format": "something"}), "not an lrpflow model file"),
+    (dict(attrs={"format_version": 99}), "unsupported format_version 99"),
+    (dict(attrs={"graph": "{not json"}), "not valid JSON"),
+    (dict(graph=lambda g: g["nodes"][0].update(type="conv3d")), r"node 0 \('0_linear'\): unknown layer 'conv3d'"),
+    (dict(graph=lambda g: g["nodes"][0].pop("config")), "missing field 'config'"),
+    (dict(graph=lambda g: g["nodes"][0].update(config={"m": 3, "n": 2, "size": 4})), "cannot build linear"),
+    (dict(graph=lambda g: g["nodes"][1].update(inputs=["nowhere"])), "nowhere"),
+    (dict(graph=lambda g: g.update(kind="tree")), "graph kind"),
+    (dict(drop="params/0/weight"), "missing dataset params/0/weight"),
+    (dict(data={"params/0/weight": numpy.zeros((4, 2))}), "weight must have shape"),
+    (dict(data={"params/0/weight": numpy.array([["a", "b"]] * 3, dtype="S1")}), "not numeric"),
+])
+def test_malformed_native_files(tmp_path, edit, match):
+    path = tmp_path / "m.h5"
+    lrpflow.save_model(lrpflow.Sequential([Linear(3, 2, rng=0), ReLU()]), path)
+    _edit(path, **edit)
+    with pytest.raises(lrpflow.ModelFormatError, match=match) as info:
+        lrpflow.load_model(path)
+    assert str(path) in str(info.value)
+
+
+def test_declared_size_beyond_the_file_is_refused(tmp_path):
+    """A dataset whose declared shape is not stored (huge, unallocated) is refused before it is read."""
+    path = tmp_path / "m.h5"
+    lrpflow.save_model(lrpflow.Sequential([Linear(3, 2, rng=0)]), path)
+    with h5py.File(path, "r+") as f:
+        g = json.loads(f.attrs["graph"])
+        g["nodes"][0]["config"] = {"m": 100000, "n": 100000}
+        f.attrs["graph"] = json.dumps(g)
+        del f["params/0/weight"]
+        f.create_dataset("params/0/weight", shape=(100000, 100000), dtype="f8", chunks=(100, 100))
+    with pytest.raises(lrpflow.ModelFormatError, match="declares shape"):
+        lrpflow.load_model(path)
+
+
+def test_not_hdf5_and_missing(tmp_path):
+    p = tmp_path / "m.h5"
+    p.write_bytes(b"not an hdf5 file at all")
+    with pytest.raises(lrpflow.ModelFormatError, match="not a readable lrpflow model"):
+        lrpflow.load_model(p)
+    with pytest.raises(lrpflow.ModelFormatError, match="missing.h5"):
+        lrpflow.load_model(tmp_path / "missing.h5")
+
+
+def test_unregistered_layer_cannot_be_written(tmp_path):
+    class Custom(Identity):
+        pass
+
+    with pytest.raises(lrpflow.ModelFormatError, match="Custom is not registered"):
+        lrpflow.save_model(lrpflow.Sequential([Custom()]), tmp_path / "m.h5")
+    assert not (tmp_path / "m.h5").exists()
