@@ -32,6 +32,12 @@ def info(argv: list[str] | None = None) -> int:
                 extra.append("aliases: " + ", ".join(e.aliases))
             if e.meta.get("suffixes"):
                 extra.append("suffixes: " + ", ".join(e.meta["suffixes"]))
+            if e.meta.get("patterns"):
+                extra.append("patterns: " + ", ".join(e.meta["patterns"]))
+            for flag, text in (("no_suffix", "files without suffix"), ("directories", "folders"),
+                               ("globs", "glob patterns"), ("dataset", "bundled dataset")):
+                if e.meta.get(flag):
+                    extra.append(text)
             tail = f"  [{'; '.join(extra)}]" if extra else ""
             print(f"  {e.name:<24} {e.plugin}{tail}")
     return 0

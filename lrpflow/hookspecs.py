@@ -67,7 +67,14 @@ def lrpflow_register_model_writers(registry: Registry) -> None:
 
 @hookspec
 def lrpflow_register_data_readers(registry: Registry) -> None:
-    """Register data readers ``read(path, **options) -> array`` (by suffix and name)."""
+    """Register data readers ``read(path, **options) -> ndarray | lrpflow.io.DataSource``.
+
+    A reader returning a :class:`~lrpflow.io.DataSource` is read lazily (in batches).
+    Registration metadata selects the reader for a path: ``suffixes=(".npy",)``,
+    ``no_suffix=True``, ``patterns=("*-ubyte",)`` (file-name globs), ``directories=True``,
+    ``globs=True`` (folders / glob patterns), ``dataset=True`` (a named dataset needing no
+    file, e.g. ``"digits"``). An option the reader does not accept is an error naming it.
+    """
 
 
 @hookspec

@@ -256,6 +256,10 @@ class LoadData:
 
     def setup(self, state: State) -> None:
         d = dict(state.cfg.get("data") or {})
+        layout = d.get("layout") or "NHWC"
+        if layout not in ("NHWC", "NCHW"):
+            raise ConfigError(f"data.layout must be NHWC or NCHW, got {layout!r}")
+        state.extras["data_layout"] = layout
         state.source = open_source(d)
         state.rows = shard_rows(len(state.source), d)
         state.start_row = state.rows[0]
@@ -268,7 +272,13 @@ class Forward:
         state.explainer = explainer_from_config(state.model, state.cfg)
 
     def process(self, state: State) -> None:
-        state.trace = state.explainer.forward(state.batch.x)
+        x = state.batch.x
+        data_layout = state.extras.get("data_layout", "NHWC")
+        model_layout = getattr(state.model, "layout", "NHWC")
+        if x.ndim == 4 and data_layout != model_layout:  # e.g. NHWC images into an NCHW (ONNX) model
+            x = x.transpose(0, 3, 1, 2) if model_layout == "NCHW" else x.transpose(0, 2, 3, 1)
+            state.batch = state.batch._replace(x=numpy.ascontiguousarray(x))
+        state.trace = state.explainer.forward(x)
 
 
 class Lrp:
@@ -290,7 +300,7 @@ class Evaluate:
 
         e = dict(state.cfg.get("evaluate") or {})
         names = list(e.get("metrics") or [])
-        params = dict(e.get("params") or {})
+        params = {k: v for k, v in dict(e.get("params") or {}).items() if k in names}  # only the requested metrics
         x = state.trace.input if state.model.layout == "NHWC" else state.model.from_nhwc(state.trace.input)
         state.metrics = {k: to_numpy(v) for k, v in evaluate(names, state.model, x, state.explanation, **params).items()}
         for k, v in state.metrics.items():

@@ -247,3 +247,31 @@ def test_example_plugin_from_a_config(tmp_path):
     numpy.testing.assert_allclose(stats, numpy.abs(data["relevance"]).mean(0), rtol=1e-5)
     assert (out / "relevance_stats.png").exists() and len(list((out / "heatmaps").glob("*cold_hot.png"))) == 2
     assert data["relevance"].shape == (40, 64)
+
+
+@pytest.mark.parametrize("target,width", [("pred", 1), ("topk:2", 2), ("3", 1)])
+def test_images_experiment_through_an_onnx_model(tmp_path, target, width):
+    pytest.importorskip("lrpflow_onnx")
+    onnx = pytest.importorskip("onnx")
+    import test_io_onnx
+
+    proto, _ = test_io_onnx.resnet()  # NCHW input (3, 16, 16), 4 classes
+    onnx.save(proto, str(tmp_path / "net.onnx"))
+    rng = numpy.random.default_rng(0)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(5):
+        lrpflow.io.save_data(rng.integers(0, 256, (20, 24, 3), dtype=numpy.uint8), folder / f"img{i}.png")
+    cfg = make_cfg(tmp_path, ["experiment=images", f"model.path={tmp_path / 'net.onnx'}", f"data.path={folder}",
+                              "data.options.size=[16,16]", "data.batch_size=2", f"explain.target={target}",
+                              "render.max_images=2"])
+    run(cfg)
+    data = load(tmp_path / "out" / "results.h5")
+    assert data["relevance"].shape == (5, 3, 16, 16)  # the model's layout, NCHW
+    assert data["target"].shape == ((5,) if width == 1 else (5, 2))
+    model = lrpflow.load_model(tmp_path / "net.onnx")
+    x = lrpflow.io.load_data(folder, size=(16, 16)).transpose(0, 3, 1, 2)
+    ref = lrpflow.explain(model, x, composite="epsilon_plus_flat", epsilon=1e-6,
+                          target=int(target) if target.isdigit() else target)
+    numpy.testing.assert_allclose(data["relevance"], ref.relevance, rtol=1e-4, atol=1e-6)
+    assert len(list((tmp_path / "out" / "heatmaps").glob("*.png"))) == 2 * 5
