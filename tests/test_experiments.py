@@ -275,3 +275,23 @@ def test_images_experiment_through_an_onnx_model(tmp_path, target, width):
                           target=int(target) if target.isdigit() else target)
     numpy.testing.assert_allclose(data["relevance"], ref.relevance, rtol=1e-4, atol=1e-6)
     assert len(list((tmp_path / "out" / "heatmaps").glob("*.png"))) == 2 * 5
+
+
+def test_mnist_train_experiment_saves_a_toolbox_text_model(tmp_path, shared):
+    images, labels = shared / "data" / "MNIST" / "test_images.mat", shared / "data" / "MNIST" / "test_labels.npy"
+    cfg = make_cfg(tmp_path, ["experiment=mnist_train", f"paths.shared={shared}", f"paths.mnist_train_images={images}",
+                              f"paths.mnist_train_labels={labels}", "model.train.data.stop=2000",
+                              "model.train.validation.start=2000", "model.train.validation.stop=2500",
+                              "model.train.iters=60", "model.train.status=30", "data.start=9000", "data.stop=9064",
+                              "data.batch_size=32", "render.max_images=1", "evaluate=none"])
+    run(cfg)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    saved = pathlib.Path(summary["outputs"]["model"])
+    assert saved.suffix == ".txt" and saved.read_text().startswith("Flatten\nLinear 784 1296\n")
+    net = lrpflow.load_model(saved)
+    assert [type(m).__name__ for m in net.modules] == ["Flatten", "Linear", "ReLU", "Linear", "ReLU", "Linear", "SoftMax"]
+    data = load(tmp_path / "out" / "results.h5")
+    x = lrpflow.io.load_data(images, divide=127.5, shift=-1.0)[9000:9064]
+    ref = lrpflow.explain(net, x, rule="epsilon", epsilon=0.01)
+    numpy.testing.assert_allclose(data["relevance"], ref.relevance, rtol=1e-4, atol=1e-6)
+    assert (data["target"] == data["label"]).mean() > 0.5  # 60 SGD steps already beat chance by far
