@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ import numpy
 from lrpflow.backend import to_numpy
 from lrpflow.errors import ConfigError, LrpflowError
 from lrpflow.hookspecs import hookimpl
+from lrpflow.progress import ProgressBar
 
 log = logging.getLogger("lrpflow.pipeline")
 
@@ -83,41 +83,19 @@ class State:
     extras: dict[str, Any] = field(default_factory=dict)  #: room for third-party steps
 
 
-class Progress:
-    """A one-line progress bar on stderr with rate and time left (no dependency)."""
-
-    def __init__(self, total: int, label: str, enabled: bool = True) -> None:
-        self.total, self.label = max(0, int(total)), label
-        self.enabled = enabled and self.total > 0
-        self.start = time.perf_counter()
-        self.done = 0
-
-    def update(self, n: int) -> None:
-        self.done += n
-        if not self.enabled:
-            return
-        elapsed = time.perf_counter() - self.start
-        rate = self.done / elapsed if elapsed > 0 else 0.0
-        left = (self.total - self.done) / rate if rate > 0 else float("nan")
-        width = 28
-        filled = int(width * self.done / self.total) if self.total else width
-        eta = f"{left:5.0f}s left" if math.isfinite(left) else "  ?s left"
-        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
-                         f"{rate:7.1f}/s {eta}")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-
 # --- building blocks ------------------------------------------------------------------
 
 
-def build_layers(specs: list[Mapping[str, Any]]) -> list[Any]:
-    """Layers from ``[{type: linear, m: 64, n: 10}, {type: relu}, ...]`` via the layer registry."""
+def build_layers(specs: list[Mapping[str, Any]], seed: Any = None) -> list[Any]:
+    """Layers from ``[{type: linear, m: 64, n: 10}, {type: relu}, ...]`` via the layer registry.
+
+    Layers that take an ``rng`` get one generator seeded with ``seed``: same seed, same initial weights.
+    """
+    import inspect
+
     from lrpflow.plugins import registries
+
+    rng = numpy.random.default_rng(seed)
 
     layers = []
     for i, spec in enumerate(specs):
@@ -126,6 +104,8 @@ def build_layers(specs: list[Mapping[str, Any]]) -> list[Any]:
         if kind is None:
             raise ConfigError(f"model.train.layers[{i}] needs a 'type'")
         cls = registries().layers.get(kind)
+        if "rng" in inspect.signature(cls).parameters and "rng" not in spec:
+            spec["rng"] = rng
         try:
             layers.append(cls(**spec))
         except TypeError as err:
@@ -230,7 +210,7 @@ def train_from_config(m: Mapping[str, Any], progress: bool = True) -> Any:
     from lrpflow.graph import Sequential
 
     t = dict(m.get("train") or {})
-    layers = build_layers(t.get("layers") or [])
+    layers = build_layers(t.get("layers") or [], seed=t.get("seed", 0))
     if not layers:
         raise ConfigError("model.train.layers is empty")
     net = Sequential(layers)
@@ -466,7 +446,7 @@ def run(cfg: Any, output_dir: str | os.PathLike[str] | None = None) -> float | N
             start = _resume_point(save, state)
         lo, hi = state.rows
         bs = int(_get(cfg, "data.batch_size", 64))
-        bar = Progress(hi - start, "explaining", enabled=bool(cfg.get("progress", True)))
+        bar = ProgressBar(hi - start, enabled=bool(cfg.get("progress", True)), label="explaining")
         try:
             for batch in state.source.batches(bs, start=start, stop=hi):
                 state.batch = batch

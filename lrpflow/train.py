@@ -10,12 +10,11 @@ from __future__ import annotations
 import logging
 import math
 import numbers
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, TextIO
+from typing import Any
 
 import numpy
 
@@ -23,6 +22,7 @@ from lrpflow.backend import get_namespace, to_numpy
 from lrpflow.errors import ConfigError, DataFormatError, ShapeError
 from lrpflow.graph import Model, Node, Sequential, Trace
 from lrpflow.layers.base import Layer
+from lrpflow.progress import ProgressBar, clock
 
 logger = logging.getLogger("lrpflow.train")
 
@@ -163,62 +163,6 @@ def score(model: Model, X: Any, Y: Any, *, batchsize: int = 1024) -> tuple[float
         loss = loss + xp.abs(y - t).sum(dtype=xp.float64)
         hits = hits + (y.argmax(axis=1) == t.argmax(axis=1)).sum()
     return float(loss) / n, float(hits) / n
-
-
-# -- the progress bar ---------------------------------------------------------------
-
-def _clock(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    s = int(round(seconds))
-    d, s = divmod(s, 86400)
-    h, s = divmod(s, 3600)
-    m, s = divmod(s, 60)
-    hms = f"{h:d}:{m:02d}:{s:02d}" if h else f"{m:d}:{s:02d}"
-    return f"{d}d {hms}" if d else hms
-
-
-class _ProgressBar:
-    """A one-line ``\\r`` progress bar: iteration, batch loss, learning rate, time left."""
-
-    def __init__(self, total: int, enabled: bool, stream: TextIO | None = None, interval: float = 0.2,
-                 width: int = 20) -> None:
-        self.total, self.enabled, self.interval, self.width = total, enabled, interval, width
-        self.stream = stream if stream is not None else sys.stderr
-        self.start = time.perf_counter()
-        self._last = -math.inf
-        self._shown = 0  # length of the line on screen
-
-    def due(self) -> bool:
-        return self.enabled and time.perf_counter() - self._last >= self.interval
-
-    def draw(self, it: int, loss: float, lrate: float) -> None:
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        self._last = now
-        elapsed = now - self.start
-        left = elapsed / it * (self.total - it) if it else math.inf
-        fill = int(self.width * it / self.total)
-        line = (f"[{'#' * fill}{'.' * (self.width - fill)}] {it}/{self.total} loss {loss:.4g} "
-                f"lrate {lrate:.3g} left {_clock(left)}")
-        self.stream.write("\r" + line + " " * max(self._shown - len(line), 0))
-        self.stream.flush()
-        self._shown = len(line)
-
-    def clear(self) -> None:
-        """Erase the line (before a log message goes to the same terminal)."""
-        if self.enabled and self._shown:
-            self.stream.write("\r" + " " * self._shown + "\r")
-            self.stream.flush()
-            self._shown = 0
-            self._last = -math.inf  # redraw at the next chance
-
-    def close(self) -> None:
-        if self.enabled and self._shown:
-            self.stream.write("\n")
-            self.stream.flush()
-            self._shown = 0
 
 
 # -- validation and conversion --------------------------------------------------------
@@ -428,7 +372,7 @@ def train(model: Model, X: Any, Y: Any, Xval: Any = None, Yval: Any = None, batc
         layer.set_params(**work[lid])
 
     draw = numpy.random.default_rng(rng)
-    bar = _ProgressBar(iters, bool(progress))
+    bar = ProgressBar(iters, bool(progress))
     history: list[tuple[int, float, float]] = []
     best: dict[int, dict[str, Any]] | None = None
     best_iteration = best_loss = best_accuracy = None
@@ -482,9 +426,9 @@ def train(model: Model, X: Any, Y: Any, Xval: Any = None, Yval: Any = None, batc
                     if 0 < convergence <= stale:
                         say(logging.INFO, "no improvement in %d evaluations: accepting convergence", stale)
                         break
-                bar.draw(it, loss, lrate * factor)
+                bar.draw(it, f"loss {loss:.4g} lrate {lrate * factor:.3g}")
             elif bar.due():
-                bar.draw(it, float(xp.abs(delta).sum()) / batchsize, lrate * factor)
+                bar.draw(it, f"loss {float(xp.abs(delta).sum()) / batchsize:.4g} lrate {lrate * factor:.3g}")
     finally:
         # install the best (or, without any evaluation, the last) parameters in their original storage
         final = best if best is not None else work
@@ -498,8 +442,8 @@ def train(model: Model, X: Any, Y: Any, Xval: Any = None, Yval: Any = None, batc
     seconds = time.perf_counter() - t_start
     if best is not None:
         log.info("training ran %d iterations (%s); restored the parameters of iteration %d: accuracy %.2f%%, "
-                 "l1-loss %.4g", it, _clock(seconds), best_iteration, 100 * best_accuracy, best_loss)
+                 "l1-loss %.4g", it, clock(seconds), best_iteration, 100 * best_accuracy, best_loss)
     else:
         log.info("training ran %d iterations (%s) without an evaluation (status=%d); kept the last parameters",
-                 it, _clock(seconds), status)
+                 it, clock(seconds), status)
     return TrainResult(best_iteration, best_loss, best_accuracy, it, history, seconds)
