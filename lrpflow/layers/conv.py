@@ -26,6 +26,8 @@ class Conv2d(LinearLike):
     """
 
     kinds = frozenset({"affine", "conv", "convolution"})
+    #: the weight's last two axes are (input, output) channels: rules may stack channel blocks
+    channel_blocks = True
     param_names = ("weight", "bias")
     toolbox_name = "Convolution"
 

@@ -24,6 +24,8 @@ class Linear(LinearLike):
     """
 
     kinds = frozenset({"affine", "dense"})
+    #: the weight's last two axes are (input, output) channels: rules may stack channel blocks
+    channel_blocks = True
     param_names = ("weight", "bias")
     toolbox_name = "Linear"
 

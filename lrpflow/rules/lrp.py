@@ -143,6 +143,8 @@ class AlphaBeta(Rule):
         neg_div = lambda a, d: safe_divide(a, d - eps)  # noqa: E731
         if ctx.nonneg and all(ctx.nonneg):
             return self._nonneg(layer, xs, y, r, ctx, alpha, beta, pos_div, neg_div)
+        if getattr(layer, "channel_blocks", False) and len(xs) == 1:
+            return self._blocked(layer, xs, r, ctx, alpha, beta, pos_div, neg_div)
         out = None
         if alpha != 0:
             pos = [Contribution(positive, positive, _bias(self.bias, positive)), Contribution(negative, negative, None)]
@@ -155,6 +157,30 @@ class AlphaBeta(Rule):
             xp = get_namespace(r)
             out = [xp.zeros_like(x) for x in xs]
         return out
+
+    def _blocked(self, layer: Layer, xs: Sequence[Any], r: Any, ctx: NodeContext, alpha: float, beta: float,
+                 pos_div: Any, neg_div: Any) -> list[Any]:
+        """Signed inputs in one modified forward and one transpose, on stacked channels.
+
+        ``[x⁺, x⁻]`` (channels stacked) times the block weight ``[[W⁺, W⁻], [W⁻, W⁺]]`` gives
+        ``[P, N]`` at once; the transpose of ``[α R/P, −β R/N]`` gives both input shares.
+        """
+        xp = get_namespace(r)
+        x = xs[0]
+        x2 = xp.concatenate([positive(x), negative(x)], axis=-1)
+        if beta == 0 or alpha == 0:  # one share only: [x⁺, x⁻] · [W⁺; W⁻] = P (or [W⁻; W⁺] = N)
+            wfn, bfn = (_pos_stack, positive) if beta == 0 else (_neg_stack, negative)
+            wb, bb = ctx.modified(layer, xs, wfn, _bias(self.bias, bfn))
+            z = layer.apply([x2], wb, bb)  # type: ignore[attr-defined]
+            s = pos_div(r, z) * alpha if beta == 0 else neg_div(r, z) * -beta
+        else:
+            wb, bb = ctx.modified(layer, xs, _sign_blocks, _bias(self.bias, _sign_split))
+            z = layer.apply([x2], wb, bb)  # type: ignore[attr-defined]
+            n = z.shape[-1] // 2
+            s = xp.concatenate([pos_div(r, z[..., :n]) * alpha, neg_div(r, z[..., n:]) * -beta], axis=-1)
+        g = layer.apply_transpose(s, wb, [x2])[0]  # type: ignore[attr-defined]
+        c = x.shape[-1]
+        return [x2[..., :c] * g[..., :c] + x2[..., c:] * g[..., c:]]
 
     def _nonneg(self, layer: Layer, xs: Sequence[Any], y: Any, r: Any, ctx: NodeContext, alpha: float, beta: float,
                 pos_div: Any, neg_div: Any) -> list[Any]:
@@ -175,12 +201,45 @@ class AlphaBeta(Rule):
         else:
             zn = layer.apply(xs, wn, bn)  # type: ignore[attr-defined]
         sn = neg_div(r, zn) * beta
+        if alpha != 0 and getattr(layer, "channel_blocks", False):
+            # one transpose for both shares: [W⁺, W⁻]ᵀ [α R/P, −β R/N]
+            xp = get_namespace(r)
+            wcat, _ = ctx.modified(layer, xs, _sign_concat, None)
+            s = xp.concatenate([pos_div(r, zp) * alpha, -sn], axis=-1)
+            return [x * g for x, g in zip(xs, layer.apply_transpose(s, wcat, xs))]  # type: ignore[attr-defined]
         gn = layer.apply_transpose(sn, wn, xs)  # type: ignore[attr-defined]
         if alpha == 0:
             return [-x * g for x, g in zip(xs, gn)]
         sp = pos_div(r, zp) * alpha
         gp = layer.apply_transpose(sp, wp, xs)  # type: ignore[attr-defined]
         return [x * (a - b) for x, a, b in zip(xs, gp, gn)]
+
+
+def _sign_blocks(w: Any) -> Any:
+    """``[[W⁺, W⁻], [W⁻, W⁺]]`` over the weight's last two axes (input, output channels)."""
+    xp = get_namespace(w)
+    wp, wn = positive(w), negative(w)
+    return xp.concatenate([xp.concatenate([wp, wn], axis=-1), xp.concatenate([wn, wp], axis=-1)], axis=-2)
+
+
+def _pos_stack(w: Any) -> Any:
+    """``[W⁺; W⁻]`` along the input channels (pairs with inputs ``[x⁺, x⁻]``: the positive share)."""
+    return get_namespace(w).concatenate([positive(w), negative(w)], axis=-2)
+
+
+def _neg_stack(w: Any) -> Any:
+    """``[W⁻; W⁺]`` along the input channels (pairs with inputs ``[x⁺, x⁻]``: the negative share)."""
+    return get_namespace(w).concatenate([negative(w), positive(w)], axis=-2)
+
+
+def _sign_concat(w: Any) -> Any:
+    """``[W⁺, W⁻]`` along the output channels."""
+    return get_namespace(w).concatenate([positive(w), negative(w)], axis=-1)
+
+
+def _sign_split(b: Any) -> Any:
+    """``[b⁺, b⁻]``."""
+    return get_namespace(b).concatenate([positive(b), negative(b)])
 
 
 @dataclass(frozen=True)
