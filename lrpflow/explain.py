@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy
 
-from lrpflow.backend import backend_of, get_namespace, namespace, resolve_dtype, to_backend, to_numpy
+from lrpflow.backend import get_namespace, namespace, resolve_dtype, to_backend, to_numpy
 from lrpflow.composites import Composite, make_composite
-from lrpflow.errors import ConfigError, DataFormatError, LrpflowError, ShapeError
+from lrpflow.errors import ConfigError, DataFormatError, ShapeError
 from lrpflow.graph import Model, Trace
 from lrpflow.rules import Rule, make_rule
 from lrpflow.rules.base import NodeContext
@@ -253,11 +253,11 @@ class Explainer:
     def _method(self, composite: Any, rule: Any, params: Mapping[str, Any]) -> tuple[dict[str, Rule], Rule, str]:
         if composite is not None and rule is not None:
             raise ConfigError("give either composite= or rule=, not both")
-        key = (id(composite) if not isinstance(composite, (str, type(None))) else composite,
-               id(rule) if not isinstance(rule, (str, type(None))) else rule, tuple(sorted(params.items())))
+        # the specs themselves are the key (an id() could be reused by a later object)
+        key = (composite, rule, tuple(sorted(params.items())))
         try:
             hit = self._assignments.get(key)
-        except TypeError:  # unhashable parameter values
+        except TypeError:  # a mapping spec or unhashable parameter values: not cached
             hit, key = None, None
         if hit is not None:
             return hit
@@ -379,4 +379,4 @@ def explain(model: Model, x: Any, rule: Any = None, composite: Any = None, *, ta
     return exp.explain(x, target=target, labels=labels)
 
 
-__all__ = ["Explainer", "Explanation", "LedgerEntry", "explain", "propagate", "initial_relevance", "backend_of", "LrpflowError"]
+__all__ = ["Explainer", "Explanation", "LedgerEntry", "explain", "propagate", "initial_relevance"]

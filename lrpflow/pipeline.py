@@ -35,13 +35,10 @@ LRP_KEYS = ("rule", "composite")
 
 def _plain(cfg: Any) -> Any:
     """An OmegaConf node (or anything) as plain Python containers."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
+    from omegaconf import DictConfig, ListConfig, OmegaConf
 
-        if isinstance(cfg, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(cfg, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
+    if isinstance(cfg, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(cfg, resolve=True)
     return cfg
 
 
@@ -365,8 +362,6 @@ class Save:
     """Write every batch to the job's HDF5 result store; resume a killed run where it stopped."""
 
     def setup(self, state: State) -> None:
-        from lrpflow.store import ResultStore
-
         s = dict(state.cfg.get("store") or {})
         path = state.output_dir / s.get("path", "results.h5")
         state.outputs["store"] = str(path)
@@ -378,9 +373,8 @@ class Save:
         from lrpflow.store import ResultStore
 
         exp = state.explanation
-        rel = to_numpy(exp.relevance)
         return ResultStore.create(
-            self.path, input_shape=rel.shape[1:], n_classes=exp.logits.shape[1], ledger_nodes=list(exp.ledger),
+            self.path, input_shape=exp.relevance.shape[1:], n_classes=exp.logits.shape[1], ledger_nodes=list(exp.ledger),
             intermediate={k: tuple(v.shape[1:]) for k, v in exp.intermediate.items()}, metrics=list(state.metrics),
             config=state.cfg, model_sha256=_model_sha(state), backend=str(_get(state.cfg, "backend.name", "numpy")),
             dtype=str(_get(state.cfg, "backend.dtype", "float32")), attrs={"rows": list(state.rows), "method": exp.method},
@@ -467,10 +461,13 @@ def run(cfg: Any, output_dir: str | os.PathLike[str] | None = None) -> float | N
 
 
 def _model_sha(state: State) -> str:
+    """sha256 of the model file, hashed once per run."""
     from lrpflow.store import sha256_file
 
-    path = state.outputs.get("model")
-    return sha256_file(path) if path and os.path.exists(path) else ""
+    if "model_sha256" not in state.extras:
+        path = state.outputs.get("model")
+        state.extras["model_sha256"] = sha256_file(path) if path and os.path.exists(path) else ""
+    return state.extras["model_sha256"]
 
 
 def _resume_point(save: Save, state: State) -> int:

@@ -311,11 +311,12 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+def flatten_keys(value: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}`` (dotted keys of a nested mapping)."""
     if isinstance(value, Mapping) and value:
         out: dict[str, Any] = {}
         for k, v in value.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+            out.update(flatten_keys(v, f"{prefix}.{k}" if prefix else str(k)))
         return out
     return {prefix: value}
 
@@ -341,7 +342,7 @@ def config_diff(old: str, new: str, ignore: Sequence[str] = ()) -> list[str]:
         a, b = yaml.safe_load(old) or {}, yaml.safe_load(new) or {}
     except yaml.YAMLError:
         return [] if old == new else ["<config text>: differs"]
-    fa, fb = _flatten(a), _flatten(b)
+    fa, fb = flatten_keys(a), flatten_keys(b)
 
     def ignored(key: str) -> bool:
         return any(key == p or key.startswith(p + ".") for p in ignore)

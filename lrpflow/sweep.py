@@ -16,6 +16,7 @@ from typing import Any
 import numpy
 
 from lrpflow.errors import LrpflowError
+from lrpflow.store import flatten_keys
 
 log = logging.getLogger("lrpflow.sweep")
 
@@ -29,14 +30,6 @@ def _overrides(job: Path) -> list[str]:
     return [str(o) for o in OmegaConf.load(path)]
 
 
-def _flat(prefix: str, value: Any, out: dict[str, Any]) -> None:
-    if isinstance(value, dict):
-        for k, v in value.items():
-            _flat(f"{prefix}.{k}" if prefix else str(k), v, out)
-    else:
-        out[prefix] = value
-
-
 def collect(sweep_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """One row per job: job number, overrides, lrp parameters, objective and metric means."""
     rows = []
@@ -46,7 +39,7 @@ def collect(sweep_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     for job in jobs:
         summary = json.loads((job / "summary.json").read_text())
         row: dict[str, Any] = {"job": job.name, "overrides": " ".join(_overrides(job)), "objective": summary.get("objective")}
-        _flat("lrp", summary.get("lrp") or {}, row)
+        row.update(flatten_keys(summary.get("lrp") or {}, "lrp"))
         for k, v in (summary.get("metrics") or {}).items():
             row[f"metric.{k}"] = v
         row["seconds"] = summary.get("seconds")
