@@ -7,6 +7,7 @@ leaving it (to its inputs) and what its bias/stabiliser absorbed.
 """
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Any
 import numpy
 
 from lrpflow.backend import get_namespace, namespace, resolve_dtype, to_backend, to_numpy
+from lrpflow.chunks import cpu_workers, map_chunks, plan
 from lrpflow.composites import Composite, make_composite
 from lrpflow.errors import ConfigError, DataFormatError, ShapeError
 from lrpflow.graph import Model, Trace
@@ -204,6 +206,36 @@ def _check_classes(idx: Any, c: int) -> None:
         raise ConfigError(f"target classes must lie in [0, {c}), got values from {int(idx.min())} to {int(idx.max())}")
 
 
+def _rows_of(value: Any, n: int, what: str) -> bool:
+    """True if ``value`` holds one row per sample (an array to slice with the batch)."""
+    if value is None or isinstance(value, (str, int, numpy.integer)):
+        return False
+    shape = getattr(value, "shape", None)
+    if shape is None:
+        value = numpy.asarray(value)
+        shape = value.shape
+    if len(shape) == 0:
+        return False
+    if shape[0] != n:
+        raise ShapeError(f"{what} must have one row per sample ({n}), got shape {tuple(shape)}")
+    return True
+
+
+def _concatenate(parts: Sequence[Explanation]) -> Explanation:
+    """One explanation from the explanations of consecutive row chunks."""
+    xp = get_namespace(parts[0].relevance)
+
+    def cat(arrays: Sequence[Any]) -> Any:
+        return xp.concatenate(list(arrays), axis=0)
+
+    first = parts[0]
+    ledger = {k: LedgerEntry(cat([p.ledger[k].entering for p in parts]), cat([p.ledger[k].leaving for p in parts]))
+              for k in first.ledger}
+    kept = {k: cat([p.intermediate[k] for p in parts]) for k in first.intermediate}
+    return Explanation(cat([p.relevance for p in parts]), cat([p.logits for p in parts]), cat([p.target for p in parts]),
+                       cat([p.r_init for p in parts]), cat([p.conservation for p in parts]), ledger, kept, first.method)
+
+
 def _describe(rule: Rule | None, composite: Composite | None) -> str:
     if composite is not None:
         return composite.name or repr(composite)
@@ -230,11 +262,18 @@ class Explainer:
         Node names whose incoming relevance the result keeps (``intermediate``).
     ledger : bool
         Record the per-node conservation ledger (default True).
+    chunk_size : int, optional
+        Rows explained per pass. Default: as many as fit 1 GiB of forward trace, split
+        further so every CPU worker gets a chunk (≥ 16 rows each). Results do not depend on it.
+    workers : int, optional
+        Threads explaining chunks side by side. Default: on numpy, the threads numpy's
+        BLAS may use (``OPENBLAS_NUM_THREADS``, ...), with BLAS held to one thread per chunk
+        meanwhile; on cupy, 1.
     """
 
     def __init__(self, model: Model, composite: Any = None, rule: Any = None, *, backend: str | None = None,
                  dtype: Any = "float32", init: str | None = None, keep: Sequence[str] = (), ledger: bool = True,
-                 **params: Any) -> None:
+                 chunk_size: int | None = None, workers: int | None = None, **params: Any) -> None:
         if not isinstance(model, Model):
             raise ConfigError(f"model must be an lrpflow Model, got {type(model).__name__}")
         self.model = model
@@ -245,6 +284,12 @@ class Explainer:
         self.init = init
         self.keep = tuple(keep)
         self.ledger = ledger
+        for name, value in (("chunk_size", chunk_size), ("workers", workers)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, numpy.integer)) or value < 1):
+                raise ConfigError(f"Explainer: {name} must be a positive integer or None, got {value!r}")
+        self.chunk_size = None if chunk_size is None else int(chunk_size)
+        self.workers = None if workers is None else int(workers)
+        self._trace_bytes: dict[tuple[int, ...], int] = {}
         self.cache: dict[Any, Any] = {}
         self._assignments: dict[Any, tuple[dict[str, Rule], Rule, str]] = {}
         self.default_method = self._method(composite, rule, params)
@@ -314,15 +359,57 @@ class Explainer:
         ``target``: ``"pred"`` (argmax), ``"true"`` (needs ``labels``), a class index, per-sample
         class indices (N,), ``"topk:K"`` (sum of the K best), or an explicit R_init array (N, C).
         ``composite``/``rule`` (+ params) override the explainer's own for this call.
+        Large batches are explained in row chunks (see ``chunk_size`` and ``workers``).
         """
         if trace is None:
             if x is None:
                 raise ConfigError("explain() needs an input x or a trace")
-            trace = x if isinstance(x, Trace) else self.forward(x)
-        rules, head, desc = self.default_method if composite is None and rule is None and not params \
+            if isinstance(x, Trace):
+                trace = x
+            else:
+                x = self.prepare(x)
+        method = self.default_method if composite is None and rule is None and not params \
             else self._method(composite, rule, params)
         keep = self.keep if keep is None else tuple(keep)
-        init = init or self.init or head.default_init
+        init = init or self.init or method[1].default_init
+        batch = trace.input if trace is not None else x
+        slices = self._chunks(batch, method[1])
+        if len(slices) == 1:
+            return self._explain_rows(x, trace, target, labels, init, method, keep)
+        n = batch.shape[0]
+        target_rows, label_rows = _rows_of(target, n, "target"), _rows_of(labels, n, "labels")
+
+        def one(sl: slice) -> Explanation:
+            return self._explain_rows(
+                None if trace is not None else x[sl], trace.rows(sl) if trace is not None else None,
+                target[sl] if target_rows else target, labels[sl] if label_rows else labels, init, method, keep)
+
+        return _concatenate(map_chunks(one, slices, self._workers(batch)))
+
+    def _workers(self, x: Any) -> int:
+        if self.workers is not None:
+            return self.workers
+        return cpu_workers() if get_namespace(x) is numpy else 1
+
+    def _chunks(self, x: Any, head: Rule) -> list[slice]:
+        """Row chunks for a batch: bounded trace memory, and enough chunks for the CPU workers."""
+        n = x.shape[0]
+        if head.batch_coupled:
+            return [slice(0, n)]  # random draws over the whole batch: chunks would change the result
+        key = tuple(x.shape[1:]) + (x.dtype.itemsize,)
+        per_sample = self._trace_bytes.get(key)
+        if per_sample is None:
+            shapes = self.model.infer_shapes(tuple(x.shape[1:]))
+            per_sample = sum(math.prod(s) for s in shapes.values()) * x.dtype.itemsize
+            self._trace_bytes[key] = per_sample
+        return plan(n, per_sample, self._workers(x), self.chunk_size)
+
+    def _explain_rows(self, x: Any, trace: Trace | None, target: Any, labels: Any, init: str,
+                      method: tuple[dict[str, Rule], Rule, str], keep: tuple[str, ...]) -> Explanation:
+        """Explain one chunk of rows (``x`` already prepared, or its ``trace``)."""
+        rules, head, desc = method
+        if trace is None:
+            _, trace = self.model.run(x, upto=self.model.logits_node)
         logits = trace.logits
         r_init, tgt = initial_relevance(logits, target, init, labels)
         x_in = trace.input
@@ -370,12 +457,14 @@ class Explainer:
 
 def explain(model: Model, x: Any, rule: Any = None, composite: Any = None, *, target: Any = "pred",
             labels: Any = None, init: str | None = None, backend: str | None = None, dtype: Any = "float32",
-            keep: Sequence[str] = (), **params: Any) -> Explanation:
+            keep: Sequence[str] = (), chunk_size: int | None = None, workers: int | None = None,
+            **params: Any) -> Explanation:
     """Explain ``x`` with one rule (``rule="epsilon", epsilon=0.01``) or a composite (``composite="epsilon_plus"``).
 
     See :class:`Explainer` for the parameters and :meth:`Explainer.explain` for targets.
     """
-    exp = Explainer(model, composite=composite, rule=rule, backend=backend, dtype=dtype, init=init, keep=keep, **params)
+    exp = Explainer(model, composite=composite, rule=rule, backend=backend, dtype=dtype, init=init, keep=keep,
+                    chunk_size=chunk_size, workers=workers, **params)
     return exp.explain(x, target=target, labels=labels)
 
 

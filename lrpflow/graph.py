@@ -51,6 +51,10 @@ class Trace:
     def logits(self) -> Any:
         return self.values[self.output]
 
+    def rows(self, sl: slice) -> Trace:
+        """The trace of a slice of the batch (views, no copies)."""
+        return Trace(self.model, {k: v[sl] for k, v in self.values.items()}, self.output)
+
     def inputs_of(self, node: Node) -> list[Any]:
         return [self.values[n] for n in node.inputs]
 

@@ -157,7 +157,8 @@ def explainer_from_config(model: Any, cfg: Mapping[str, Any]) -> Any:
     dtype = _get(cfg, "backend.dtype", "float32")
     keep = list(_get(cfg, "explain.keep", []) or []) + list(_get(cfg, "store.intermediate", []) or [])
     return Explainer(model, composite=composite, rule=rule, backend=backend, dtype=dtype,
-                     init=_get(cfg, "explain.init"), keep=keep, **params)
+                     init=_get(cfg, "explain.init"), keep=keep, chunk_size=_get(cfg, "backend.chunk_size"),
+                     workers=_get(cfg, "backend.workers"), **params)
 
 
 # --- steps -------------------------------------------------------------------------------

@@ -190,6 +190,9 @@ class Rule:
     default_init: ClassVar[str] = "logit"
     #: True for whole-model attribution methods (gradient, smoothgrad, ...): not for overrides
     global_only: ClassVar[bool] = False
+    #: True if the result for a sample depends on the whole batch (random draws of the batch's
+    #: shape): the batch is then explained in one piece, never in chunks
+    batch_coupled: ClassVar[bool] = False
 
     def backward(self, layer: Layer, xs: Sequence[Any], y: Any, r: Any, ctx: NodeContext) -> list[Any]:
         role = layer.role

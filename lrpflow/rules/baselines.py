@@ -53,6 +53,7 @@ class SmoothGrad(Gradient):
     n: int = 16
     noise: float = 0.1
     seed: int = 0
+    batch_coupled = True
 
     def __post_init__(self) -> None:
         if int(self.n) < 1:
@@ -96,6 +97,7 @@ class Random(Rule):
 
     seed: int = 0
     global_only = True
+    batch_coupled = True
 
     def backward(self, layer: Layer, xs: Sequence[Any], y: Any, r: Any, ctx: NodeContext) -> list[Any]:
         xp = get_namespace(r)
