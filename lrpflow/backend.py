@@ -6,6 +6,8 @@ plain value (``"numpy"``, ``"cupy"``, ``"cupy:1"``) that fits in a YAML file.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from types import ModuleType
 from typing import Any
 
@@ -110,3 +112,44 @@ def to_numpy(x: Any) -> Any:
     if type(x).__module__.startswith("cupy"):
         return x.get()
     return numpy.asarray(x)
+
+
+# --- host allocator ---------------------------------------------------------------
+
+#: glibc ``mallopt`` parameters: M_TRIM_THRESHOLD, M_MMAP_THRESHOLD
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_ALLOCATOR_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_ARENA_MAX")
+_allocator_tuned: bool | None = None
+
+
+def tune_host_allocator(mmap_threshold: int = 32 << 20, trim_threshold: int = 512 << 20) -> bool:
+    """Let glibc keep freed blocks of up to ``mmap_threshold`` bytes for reuse (once per process).
+
+    An explanation allocates and frees the same large temporaries (im2col patches,
+    activations, relevance maps) batch after batch. By default glibc maps blocks above
+    a few MiB fresh from the kernel and hands freed heap back, so every batch pays page
+    faults on memory it just freed (a quarter of the time of LRP-ε on LeNet-5 on a
+    2-core VM). With these settings a process keeps up to ``trim_threshold`` bytes of
+    freed heap. Skipped when not on glibc, when the user set any ``MALLOC_*`` variable
+    (:data:`_ALLOCATOR_ENV`), or when ``LRPFLOW_TUNE_MALLOC=0``. Returns True if applied.
+    """
+    global _allocator_tuned
+    if _allocator_tuned is not None:
+        return _allocator_tuned
+    _allocator_tuned = False
+    if os.environ.get("LRPFLOW_TUNE_MALLOC", "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    if any(k in os.environ for k in _ALLOCATOR_ENV) or sys.platform != "linux":
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        if not hasattr(libc, "mallopt") or not hasattr(libc, "gnu_get_libc_version"):
+            return False  # not glibc (musl has no tunable thresholds)
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold)) == 1
+        ok = (libc.mallopt(_M_TRIM_THRESHOLD, int(trim_threshold)) == 1) and ok
+    except (OSError, AttributeError):
+        return False
+    _allocator_tuned = ok
+    return ok

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy
 
-from lrpflow.backend import get_namespace, namespace, resolve_dtype, to_backend, to_numpy
+from lrpflow.backend import get_namespace, namespace, resolve_dtype, to_backend, to_numpy, tune_host_allocator
 from lrpflow.chunks import cpu_workers, map_chunks, plan
 from lrpflow.composites import Composite, make_composite
 from lrpflow.errors import ConfigError, DataFormatError, ShapeError
@@ -290,6 +290,7 @@ class Explainer:
         self.chunk_size = None if chunk_size is None else int(chunk_size)
         self.workers = None if workers is None else int(workers)
         self._trace_bytes: dict[tuple[int, ...], int] = {}
+        tune_host_allocator()  # numpy temporaries: reuse freed memory instead of page-faulting it back
         self.cache: dict[Any, Any] = {}
         self._assignments: dict[Any, tuple[dict[str, Rule], Rule, str]] = {}
         self.default_method = self._method(composite, rule, params)

@@ -115,19 +115,79 @@ def batch_chunks(n: int, per_sample: int) -> list[slice]:
     return [slice(i, min(n, i + step)) for i in range(0, n, step)]
 
 
+def band_width_forward(cin: int, cout: int, kw: int, s1: int, wo: int) -> int:
+    """Output columns per band for :func:`conv_forward` (1: plain im2col).
+
+    Banding pays where im2col's GEMM is skinny (few output channels) and its copy long
+    (few input channels): measured on one CPU core for kernels 3–5, c_in 1–32, c_out 10–64.
+    """
+    if wo < 2 or s1 >= kw or cout >= 96 or (cout >= 48 and cin >= 10):
+        return 1
+    return min(wo, 4 if (wo >= 24 and cout <= 32) else 2)
+
+
+def band_width_transpose(cin: int, cout: int, kw: int, s1: int, wo: int) -> int:
+    """Output columns per band for :func:`conv_transpose` (1: batch-last col2im)."""
+    if wo < 2 or s1 >= kw:
+        return 1
+    if cout >= 48:
+        return min(wo, 4 if wo >= 24 else 2)
+    if wo <= 8 and cin >= 3:
+        return 2
+    return 1
+
+
+def banded_weight(weight: Any, bq: int, s1: int) -> Any:
+    """The weight of ``bq`` neighbouring output columns at once: a banded (Toeplitz) matrix.
+
+    ``T[a, t, c, j, k] = W[a, t − j·s1, c, k]`` (0 outside the kernel), shape
+    ``(kh·Tw·C_in, bq·C_out)`` with ``Tw = (bq − 1)·s1 + kw`` input columns per band.
+    """
+    xp = get_namespace(weight)
+    kh, kw, cin, cout = weight.shape
+    tw = (bq - 1) * s1 + kw
+    t = xp.zeros((kh, tw, cin, bq, cout), dtype=weight.dtype)
+    for j in range(bq):
+        t[:, j * s1 : j * s1 + kw, :, j, :] = weight
+    return t.reshape(kh * tw * cin, bq * cout)
+
+
 def conv_forward(x: Any, weight: Any, stride: tuple[int, int], pads: tuple[int, int, int, int]) -> Any:
-    """Cross-correlation of NHWC ``x`` with ``weight[kh, kw, c_in, c_out]`` (no bias) as chunked GEMMs."""
+    """Cross-correlation of NHWC ``x`` with ``weight[kh, kw, c_in, c_out]`` (no bias) as chunked GEMMs.
+
+    im2col: each output position's window ``(kh, kw, C_in)`` is a row, times ``W`` as a
+    ``(kh·kw·C_in, C_out)`` matrix. Banded (see :func:`band_width_forward`): each row holds
+    the ``(kh, Tw, C_in)`` input block of ``bq`` neighbouring outputs, times
+    :func:`banded_weight`, so the copy shrinks ~``bq·kw/Tw``-fold and the GEMM gets
+    ``bq·C_out`` columns.
+    """
     xp = get_namespace(x, weight)
     kh, kw, cin, cout = weight.shape
-    xpad = pad(x, pads)
-    n, hp, wp, _ = xpad.shape
-    ho, wo = (hp - kh) // stride[0] + 1, (wp - kw) // stride[1] + 1
-    w2 = weight.reshape(kh * kw * cin, cout)
+    s0, s1 = stride
+    n = x.shape[0]
+    hp, wp = x.shape[1] + pads[0] + pads[1], x.shape[2] + pads[2] + pads[3]
+    ho, wo = (hp - kh) // s0 + 1, (wp - kw) // s1 + 1
     out = xp.empty((n, ho, wo, cout), dtype=xp.result_type(x, weight))
-    for sl in batch_chunks(n, ho * wo * kh * kw * cin):
-        patches = windows(xpad[sl], (kh, kw), stride).transpose(0, 1, 2, 4, 5, 3)  # N,Ho,Wo,kh,kw,C
-        m = patches.shape[0] * ho * wo
-        out[sl] = (patches.reshape(m, kh * kw * cin) @ w2).reshape(-1, ho, wo, cout)
+    bq = band_width_forward(cin, cout, kw, s1, wo)
+    if bq == 1:
+        xpad = pad(x, pads)
+        w2 = weight.reshape(kh * kw * cin, cout)
+        for sl in batch_chunks(n, ho * wo * kh * kw * cin):
+            patches = windows(xpad[sl], (kh, kw), stride).transpose(0, 1, 2, 4, 5, 3)  # N,Ho,Wo,kh,kw,C
+            m = patches.shape[0] * ho * wo
+            out[sl] = (patches.reshape(m, kh * kw * cin) @ w2).reshape(-1, ho, wo, cout)
+        return out
+    nqb, d, tw = -(-wo // bq), bq * s1, (bq - 1) * s1 + kw
+    extra = max(0, (nqb - 1) * d + tw - wp)  # the last band may reach past the input: zeros
+    xpad = pad(x, (pads[0], pads[1], pads[2], pads[3] + extra))
+    band = banded_weight(weight, bq, s1)
+    sn, sh, sw, sc = xpad.strides
+    for sl in batch_chunks(n, ho * nqb * kh * tw * cin):
+        xs = xpad[sl]
+        m = xs.shape[0]
+        blocks = xp.lib.stride_tricks.as_strided(xs, (m, ho, nqb, kh, tw, cin), (sn, sh * s0, sw * d, sh, sw, sc))
+        y = (blocks.reshape(m * ho * nqb, kh * tw * cin) @ band).reshape(m, ho, nqb * bq, cout)
+        out[sl] = y[:, :, :wo]
     return out
 
 
@@ -135,30 +195,70 @@ def conv_transpose(s: Any, weight: Any, stride: tuple[int, int], pads: tuple[int
                    in_shape: tuple[int, ...]) -> Any:
     """Vector–Jacobian product of :func:`conv_forward` w.r.t. its input: ``Wᵀ s`` back on the input grid.
 
-    One GEMM gives every window's column ``W s`` in kernel-offset-major order
-    ``(kh, kw, C, N, Ho, Wo)``, so each of the ``kh·kw`` scatter-adds reads a contiguous block
-    (channel-first accumulation, one transpose back to NHWC at the end). Small outputs use
-    the NHWC column layout directly.
+    Batch-last col2im (:func:`_transpose_columns`) or, where it pays
+    (:func:`band_width_transpose`), bands: ``s`` of ``bq`` neighbouring output columns times
+    the banded weight's transpose gives each band's ``(kh, Tw, C_in)`` input block, added
+    back with ``kh·⌈Tw/(bq·s1)⌉`` strided adds.
+    """
+    xp = get_namespace(s, weight)
+    kh, kw, cin, cout = weight.shape
+    s0, s1 = stride
+    n, ho, wo, _ = s.shape
+    bq = band_width_transpose(cin, cout, kw, s1, wo)
+    if bq == 1:
+        return _transpose_columns(s, weight, stride, pads, in_shape)
+    hp, wp = in_shape[1] + pads[0] + pads[1], in_shape[2] + pads[2] + pads[3]
+    nqb, d, tw = -(-wo // bq), bq * s1, (bq - 1) * s1 + kw
+    nu = -(-tw // d)  # input blocks of width d one band touches
+    nblk = max(nqb + nu - 1, -(-wp // d))
+    band_t = banded_weight(weight, bq, s1).T
+    parts = []
+    for sl in batch_chunks(n, ho * nqb * kh * tw * cin):
+        sc = s[sl]
+        m = sc.shape[0]
+        if nqb * bq != wo:
+            sc = xp.concatenate([sc, xp.zeros((m, ho, nqb * bq - wo, cout), dtype=sc.dtype)], axis=2)
+        cols = (sc.reshape(m * ho * nqb, bq * cout) @ band_t).reshape(m, ho, nqb, kh, tw, cin)
+        acc = xp.zeros((m, hp, nblk, d, cin), dtype=cols.dtype)
+        for a in range(kh):
+            for u in range(nu):
+                width = min(d, tw - u * d)
+                acc[:, a : a + s0 * ho : s0, u : u + nqb, :width, :] += cols[:, :, :, a, u * d : u * d + width, :]
+        parts.append(unpad(acc.reshape(m, hp, nblk * d, cin)[:, :, :wp], pads))
+    out = parts[0] if len(parts) == 1 else xp.concatenate(parts)
+    return xp.ascontiguousarray(out)
+
+
+def _transpose_columns(s: Any, weight: Any, stride: tuple[int, int], pads: tuple[int, int, int, int],
+                       in_shape: tuple[int, ...]) -> Any:
+    """:func:`conv_transpose` by col2im in batch-last order.
+
+     with ``s`` as ``(C_out, Ho, Wo, N)``, one GEMM per kernel row ``a``
+    gives the columns ``W[a]ᵀ s`` as ``(kw, C_in, Ho, Wo, N)``, and each of the ``kw``
+    strided adds into the ``(C_in, Hp, Wp, N)`` accumulator moves runs of ``Wo·N``
+    contiguous values (an NHWC accumulator would move runs of ``C_in``). Outputs of fewer
+    than 64 positions use the NHWC columns directly.
     """
     xp = get_namespace(s, weight)
     kh, kw, cin, cout = weight.shape
     n, ho, wo, _ = s.shape
     hp, wp = in_shape[1] + pads[0] + pads[1], in_shape[2] + pads[2] + pads[3]
-    w2 = weight.reshape(kh * kw * cin, cout)
     parts = []
     for sl in batch_chunks(n, ho * wo * kh * kw * cin):
         sc = s[sl]
         m = sc.shape[0]
         if ho * wo < 64:
-            cols = (sc.reshape(-1, cout) @ w2.T).reshape(m, ho, wo, kh, kw, cin)
+            cols = (sc.reshape(-1, cout) @ weight.reshape(kh * kw * cin, cout).T).reshape(m, ho, wo, kh, kw, cin)
             parts.append(scatter_windows(cols, (kh, kw), stride, (m, hp, wp, cin), pads))
             continue
-        cols = (w2 @ sc.reshape(-1, cout).T).reshape(kh, kw, cin, m, ho, wo)
-        acc = xp.zeros((cin, m, hp, wp), dtype=cols.dtype)
+        s_t = xp.ascontiguousarray(sc.transpose(3, 1, 2, 0)).reshape(cout, ho * wo * m)
+        acc = xp.zeros((cin, hp, wp, m), dtype=xp.result_type(s, weight))
         for a in range(kh):
+            cols = (weight[a].reshape(kw * cin, cout) @ s_t).reshape(kw, cin, ho, wo, m)
             for b in range(kw):
-                acc[:, :, a : a + stride[0] * ho : stride[0], b : b + stride[1] * wo : stride[1]] += cols[a, b]
-        parts.append(unpad(acc.transpose(1, 2, 3, 0), pads))
+                acc[:, a : a + stride[0] * ho : stride[0], b : b + stride[1] * wo : stride[1], :] += cols[b]
+        t, bt, l, r = pads
+        parts.append(acc[:, t : hp - bt, l : wp - r, :].transpose(3, 1, 2, 0))
     out = parts[0] if len(parts) == 1 else xp.concatenate(parts)
     return xp.ascontiguousarray(out)
 

@@ -149,13 +149,30 @@ class NodeContext:
         return hit
 
 
+@dataclass(frozen=True)
+class Stacked:
+    """``[ρ_1(W); ρ_2(W); ...]`` along the weight's input-channel axis (axis −2)."""
+
+    parts: tuple[Modifier, ...]
+
+    def __call__(self, w: Any) -> Any:
+        return get_namespace(w).concatenate([f(w) for f in self.parts], axis=-2)
+
+
 def modified_gradient(layer: Layer, xs: Sequence[Any], r: Any, parts: Sequence[Contribution], ctx: NodeContext,
                       divide: Callable[[Any, Any], Any], z: Any | None = None) -> list[Any]:
     """Relevance through a linear-like layer by the modified-gradient scheme.
 
     ``z = Σ_k apply(f_k(x), ρ_k(W), β_k(b))`` (or the given ``z``), ``s = divide(r, z)``,
     ``R_in = Σ_k f_k(x) ⊙ ρ_k(W)ᵀ s``.
+
+    On layers whose weight ends in (input, output) channels (``channel_blocks``) several
+    contributions are one product: inputs ``[f_1(x), f_2(x), ...]`` stacked along the
+    channels against ``[ρ_1(W); ρ_2(W); ...]`` give ``z`` in one modified forward, and one
+    transpose gives every ``ρ_k(W)ᵀ s`` at once.
     """
+    if len(parts) > 1 and len(xs) == 1 and getattr(layer, "channel_blocks", False):
+        return _stacked_gradient(layer, xs[0], r, parts, ctx, divide, z)
     prepared = []
     for part in parts:
         fx = [part.inputs(x) for x in xs] if part.inputs is not keep else list(xs)
@@ -173,6 +190,29 @@ def modified_gradient(layer: Layer, xs: Sequence[Any], r: Any, parts: Sequence[C
         out = terms if out is None else [o + t for o, t in zip(out, terms)]
     assert out is not None
     return out
+
+
+def _stacked_gradient(layer: Layer, x: Any, r: Any, parts: Sequence[Contribution], ctx: NodeContext,
+                      divide: Callable[[Any, Any], Any], z: Any | None) -> list[Any]:
+    """:func:`modified_gradient` for several contributions as one product on stacked channels."""
+    xp = get_namespace(x)
+    fx = [part.inputs(x) for part in parts]
+    w, _ = ctx.modified(layer, [x], Stacked(tuple(p.weight for p in parts)), None)
+    x_stack = xp.concatenate(fx, axis=-1)
+    if z is None:
+        bias = None
+        for part in parts:
+            if part.bias is not None:
+                b = ctx.modified(layer, [x], part.weight, part.bias)[1]
+                if b is not None:
+                    bias = b if bias is None else bias + b
+        z = layer.apply([x_stack], w, bias)  # type: ignore[attr-defined]
+    g = layer.apply_transpose(divide(r, z), w, [x_stack])[0]  # type: ignore[attr-defined]
+    c = x.shape[-1]
+    out = fx[0] * g[..., :c]
+    for k in range(1, len(parts)):
+        out += fx[k] * g[..., k * c : (k + 1) * c]
+    return [out]
 
 
 # --- the rule protocol --------------------------------------------------------------

@@ -1,0 +1,106 @@
+"""Convolution kernels (lrpflow/layers/_windows.py): every path against brute-force loops."""
+from __future__ import annotations
+
+import numpy
+import pytest
+
+from lrpflow.layers import _windows as win
+
+
+def brute_conv(x, w, stride, pads):
+    t, b, l, r = pads
+    xp = numpy.pad(x, ((0, 0), (t, b), (l, r), (0, 0)))
+    kh, kw, _, cout = w.shape
+    ho = (xp.shape[1] - kh) // stride[0] + 1
+    wo = (xp.shape[2] - kw) // stride[1] + 1
+    out = numpy.zeros((x.shape[0], ho, wo, cout))
+    for p in range(ho):
+        for q in range(wo):
+            patch = xp[:, p * stride[0] : p * stride[0] + kh, q * stride[1] : q * stride[1] + kw, :]
+            out[:, p, q, :] = numpy.einsum("nabc,abck->nk", patch, w)
+    return out
+
+
+def brute_transpose(s, w, stride, pads, in_shape):
+    t, b, l, r = pads
+    n, h, wd, cin = in_shape
+    kh, kw = w.shape[:2]
+    acc = numpy.zeros((n, h + t + b, wd + l + r, cin))
+    for p in range(s.shape[1]):
+        for q in range(s.shape[2]):
+            acc[:, p * stride[0] : p * stride[0] + kh, q * stride[1] : q * stride[1] + kw, :] += \
+                numpy.einsum("nk,abck->nabc", s[:, p, q, :], w)
+    return acc[:, t : t + h, l : l + wd, :]
+
+
+def random_geometry(rng):
+    while True:
+        kh, kw = (int(v) for v in rng.integers(1, 6, 2))
+        stride = tuple(int(v) for v in rng.integers(1, 4, 2))
+        pads = tuple(int(v) for v in rng.integers(0, 3, 4))
+        h, w = (int(v) for v in rng.integers(1, 13, 2))
+        if h + pads[0] + pads[1] >= kh and w + pads[2] + pads[3] >= kw:
+            cin, cout = (int(v) for v in rng.integers(1, 5, 2))
+            return (kh, kw, cin, cout), stride, pads, (int(rng.integers(1, 4)), h, w, cin)
+
+
+@pytest.mark.parametrize("band", [None, 1, 2, 3, 5])
+def test_conv_forward_and_transpose_on_every_path(rng, monkeypatch, band):
+    """None: the built-in choice; 1: im2col / batch-last col2im; ≥ 2: banded (Toeplitz) GEMMs."""
+    if band is not None:
+        monkeypatch.setattr(win, "band_width_forward", lambda *a: min(band, a[-1]))
+        monkeypatch.setattr(win, "band_width_transpose", lambda *a: min(band, a[-1]))
+    for _ in range(60):
+        wshape, stride, pads, xshape = random_geometry(rng)
+        x, w = rng.normal(size=xshape), rng.normal(size=wshape)
+        y = win.conv_forward(x, w, stride, pads)
+        numpy.testing.assert_allclose(y, brute_conv(x, w, stride, pads), rtol=1e-12, atol=1e-12)
+        s = rng.normal(size=y.shape)
+        g = win.conv_transpose(s, w, stride, pads, x.shape)
+        assert g.shape == x.shape and g.flags.c_contiguous
+        numpy.testing.assert_allclose(g, brute_transpose(s, w, stride, pads, x.shape), rtol=1e-12, atol=1e-12)
+        # adjoint: <conv(x), s> = <x, convᵀ(s)>
+        assert abs(numpy.vdot(y, s) - numpy.vdot(x, g)) <= 1e-10 * max(1.0, abs(numpy.vdot(y, s)))
+
+
+@pytest.mark.parametrize("band", [1, 2, 4])
+def test_conv_paths_on_lenet_shapes_and_chunked_workspace(rng, monkeypatch, band):
+    """LeNet-5-like layers, float32, with a workspace small enough to force batch chunks."""
+    monkeypatch.setattr(win, "band_width_forward", lambda *a: min(band, a[-1]))
+    monkeypatch.setattr(win, "band_width_transpose", lambda *a: min(band, a[-1]))
+    monkeypatch.setattr(win, "WORKSPACE_ELEMENTS", 5000)
+    for xshape, wshape in [((7, 32, 32, 1), (5, 5, 1, 10)), ((5, 14, 14, 10), (5, 5, 10, 25)),
+                           ((6, 5, 5, 25), (4, 4, 25, 100))]:
+        x = rng.normal(size=xshape).astype(numpy.float32)
+        w = rng.normal(size=wshape).astype(numpy.float32)
+        y = win.conv_forward(x, w, (1, 1), (0, 0, 0, 0))
+        assert y.dtype == numpy.float32
+        ref = brute_conv(x.astype(float), w.astype(float), (1, 1), (0, 0, 0, 0))
+        numpy.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4 * numpy.abs(ref).max())
+        s = rng.normal(size=y.shape).astype(numpy.float32)
+        g = win.conv_transpose(s, w, (1, 1), (0, 0, 0, 0), x.shape)
+        assert g.dtype == numpy.float32
+        ref = brute_transpose(s.astype(float), w.astype(float), (1, 1), (0, 0, 0, 0), x.shape)
+        numpy.testing.assert_allclose(g, ref, rtol=1e-4, atol=1e-4 * numpy.abs(ref).max())
+
+
+def test_banded_weight_is_the_toeplitz_band():
+    w = numpy.arange(2 * 3 * 1 * 2, dtype=float).reshape(2, 3, 1, 2) + 1
+    t = win.banded_weight(w, bq=2, s1=2).reshape(2, 5, 1, 2, 2)  # Tw = (2 − 1)·2 + 3 = 5
+    numpy.testing.assert_array_equal(t[:, 0:3, :, 0, :], w)
+    numpy.testing.assert_array_equal(t[:, 3:5, :, 0, :], 0)
+    numpy.testing.assert_array_equal(t[:, 2:5, :, 1, :], w)
+    numpy.testing.assert_array_equal(t[:, 0:2, :, 1, :], 0)
+
+
+def test_band_width_choices_stay_in_range():
+    for cin in (1, 3, 10, 64):
+        for cout in (1, 10, 25, 64, 128):
+            for kw in (1, 3, 5, 7):
+                for s1 in (1, 2, 3):
+                    for wo in (1, 2, 5, 8, 28, 224):
+                        for fn in (win.band_width_forward, win.band_width_transpose):
+                            b = fn(cin, cout, kw, s1, wo)
+                            assert 1 <= b <= max(1, wo)
+                            if s1 >= kw:  # no overlap between windows: a band would be all waste
+                                assert b == 1
