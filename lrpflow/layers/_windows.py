@@ -130,7 +130,7 @@ def band_width_transpose(cin: int, cout: int, kw: int, s1: int, wo: int) -> int:
     """Output columns per band for :func:`conv_transpose` (1: batch-last col2im)."""
     if wo < 2 or s1 >= kw:
         return 1
-    if cout >= 48:
+    if cout >= 48 or (cout >= 20 and wo >= 24):
         return min(wo, 4 if wo >= 24 else 2)
     if wo <= 8 and cin >= 3:
         return 2

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy
+
 from lrpflow.backend import get_namespace
 from lrpflow.errors import UnsupportedLayerError
 from lrpflow.layers.base import Layer
@@ -35,6 +37,11 @@ def stabilize(z: Any, eps: float) -> Any:
 
 def safe_divide(a: Any, b: Any) -> Any:
     """``a / b`` where ``b ≠ 0`` and 0 where ``b = 0`` — never NaN or Inf from a zero denominator."""
+    xp = get_namespace(a, b)
+    if xp is numpy:  # one masked division into zeros
+        q = numpy.zeros(numpy.broadcast_shapes(numpy.shape(a), numpy.shape(b)), dtype=numpy.result_type(a, b))
+        numpy.divide(a, b, out=q, where=b != 0)
+        return q
     zero = b == 0
     q = a / (b + zero)  # 1 where b = 0, so nothing divides by zero
     q *= ~zero

@@ -162,8 +162,10 @@ class AlphaBeta(Rule):
                  pos_div: Any, neg_div: Any) -> list[Any]:
         """Signed inputs in one modified forward and one transpose, on stacked channels.
 
-        ``[x⁺, x⁻]`` (channels stacked) times the block weight ``[[W⁺, W⁻], [W⁻, W⁺]]`` gives
-        ``[P, N]`` at once; the transpose of ``[α R/P, −β R/N]`` gives both input shares.
+        ``[x⁺, x⁻]`` (channels stacked) times ``[W⁺; W⁻]`` gives ``P``; ``N = z − P`` is read
+        from the forward output as the toolbox does (with the bias left out, ``[[W⁺, W⁻],
+        [W⁻, W⁺]]`` gives ``[P, N]`` at once). The transpose of ``[α R/P, −β R/N]`` against
+        the block weight gives both input shares.
         """
         xp = get_namespace(r)
         x = xs[0]
@@ -173,12 +175,18 @@ class AlphaBeta(Rule):
             wb, bb = ctx.modified(layer, xs, wfn, _bias(self.bias, bfn))
             z = layer.apply([x2], wb, bb)  # type: ignore[attr-defined]
             s = pos_div(r, z) * alpha if beta == 0 else neg_div(r, z) * -beta
+            g = layer.apply_transpose(s, wb, [x2])[0]  # type: ignore[attr-defined]
         else:
             wb, bb = ctx.modified(layer, xs, _sign_blocks, _bias(self.bias, _sign_split))
-            z = layer.apply([x2], wb, bb)  # type: ignore[attr-defined]
-            n = z.shape[-1] // 2
-            s = xp.concatenate([pos_div(r, z[..., :n]) * alpha, neg_div(r, z[..., n:]) * -beta], axis=-1)
-        g = layer.apply_transpose(s, wb, [x2])[0]  # type: ignore[attr-defined]
+            if ctx.z is not None and (self.bias or not _has_bias(layer, xs)):
+                wp, bp = ctx.modified(layer, xs, _pos_stack, _bias(self.bias, positive))
+                zp = layer.apply([x2], wp, bp)  # type: ignore[attr-defined]
+                s = _shares(r, zp, ctx.z - zp, alpha, beta, pos_div, neg_div)
+            else:
+                z = layer.apply([x2], wb, bb)  # type: ignore[attr-defined]
+                n = z.shape[-1] // 2
+                s = _shares(r, z[..., :n], z[..., n:], alpha, beta, pos_div, neg_div)
+            g = layer.apply_transpose(s, wb, [x2])[0]  # type: ignore[attr-defined]
         c = x.shape[-1]
         return [x2[..., :c] * g[..., :c] + x2[..., c:] * g[..., c:]]
 
@@ -200,19 +208,30 @@ class AlphaBeta(Rule):
             zn = ctx.z - zp
         else:
             zn = layer.apply(xs, wn, bn)  # type: ignore[attr-defined]
-        sn = neg_div(r, zn) * beta
         if alpha != 0 and getattr(layer, "channel_blocks", False):
             # one transpose for both shares: [W⁺, W⁻]ᵀ [α R/P, −β R/N]
-            xp = get_namespace(r)
             wcat, _ = ctx.modified(layer, xs, _sign_concat, None)
-            s = xp.concatenate([pos_div(r, zp) * alpha, -sn], axis=-1)
+            s = _shares(r, zp, zn, alpha, beta, pos_div, neg_div)
             return [x * g for x, g in zip(xs, layer.apply_transpose(s, wcat, xs))]  # type: ignore[attr-defined]
+        sn = neg_div(r, zn) * beta
         gn = layer.apply_transpose(sn, wn, xs)  # type: ignore[attr-defined]
         if alpha == 0:
             return [-x * g for x, g in zip(xs, gn)]
         sp = pos_div(r, zp) * alpha
         gp = layer.apply_transpose(sp, wp, xs)  # type: ignore[attr-defined]
         return [x * (a - b) for x, a, b in zip(xs, gp, gn)]
+
+
+def _shares(r: Any, p: Any, n: Any, alpha: float, beta: float, pos_div: Any, neg_div: Any) -> Any:
+    """``[α R/P, −β R/N]`` along the channels, written in place into one array."""
+    xp = get_namespace(r)
+    c = r.shape[-1]
+    out = xp.empty(r.shape[:-1] + (2 * c,), dtype=r.dtype)
+    out[..., :c] = pos_div(r, p)
+    out[..., :c] *= alpha
+    out[..., c:] = neg_div(r, n)
+    out[..., c:] *= -beta
+    return out
 
 
 def _sign_blocks(w: Any) -> Any:
