@@ -57,12 +57,15 @@ def cpu_workers() -> int:
 
 
 def plan(n: int, per_sample_bytes: int, workers: int, chunk_size: int | None = None,
-         budget_bytes: int = TRACE_BUDGET_BYTES) -> list[slice]:
+         budget_bytes: int = TRACE_BUDGET_BYTES, param_bytes: int = 0) -> list[slice]:
     """Row slices covering ``range(n)``.
 
     ``chunk_size`` given: chunks of at most that many rows. Otherwise chunks hold at most
     ``budget_bytes`` of trace, and with ``workers > 1`` there are at least ``workers``
-    chunks, as long as each keeps ≥ :data:`MIN_CHUNK` rows. Chunk sizes differ by ≤ 1 row.
+    chunks, as long as each keeps ≥ :data:`MIN_CHUNK` rows and at least as many bytes of
+    trace as the model has parameters (``param_bytes``): every chunk reads all weights,
+    so splitting a small batch of a dense network would only multiply weight traffic.
+    Chunk sizes differ by ≤ 1 row.
     """
     if n <= 0:
         return [slice(0, max(n, 0))]
@@ -70,8 +73,9 @@ def plan(n: int, per_sample_bytes: int, workers: int, chunk_size: int | None = N
         count = -(-n // max(1, int(chunk_size)))
     else:
         count = -(-n // max(1, budget_bytes // max(1, per_sample_bytes)))
-        if workers > 1:  # one chunk per worker at least, unless that leaves chunks under MIN_CHUNK rows
-            count = max(count, min(workers, n // MIN_CHUNK))
+        if workers > 1:  # one chunk per worker at least, unless that leaves chunks too small
+            min_rows = max(MIN_CHUNK, -(-param_bytes // max(1, per_sample_bytes)))
+            count = max(count, min(workers, n // min_rows))
     base, extra = divmod(n, count)  # equal chunks: the slowest thread sets the pace
     out, start = [], 0
     for i in range(count):

@@ -289,7 +289,7 @@ class Explainer:
                 raise ConfigError(f"Explainer: {name} must be a positive integer or None, got {value!r}")
         self.chunk_size = None if chunk_size is None else int(chunk_size)
         self.workers = None if workers is None else int(workers)
-        self._trace_bytes: dict[tuple[int, ...], int] = {}
+        self._trace_bytes: dict[tuple[int, ...], tuple[int, int]] = {}
         tune_host_allocator()  # numpy temporaries: reuse freed memory instead of page-faulting it back
         self.cache: dict[Any, Any] = {}
         self._assignments: dict[Any, tuple[dict[str, Rule], Rule, str]] = {}
@@ -398,12 +398,14 @@ class Explainer:
         if head.batch_coupled:
             return [slice(0, n)]  # random draws over the whole batch: chunks would change the result
         key = tuple(x.shape[1:]) + (x.dtype.itemsize,)
-        per_sample = self._trace_bytes.get(key)
-        if per_sample is None:
+        sizes = self._trace_bytes.get(key)
+        if sizes is None:
             shapes = self.model.infer_shapes(tuple(x.shape[1:]))
             per_sample = sum(math.prod(s) for s in shapes.values()) * x.dtype.itemsize
-            self._trace_bytes[key] = per_sample
-        return plan(n, per_sample, self._workers(x), self.chunk_size)
+            params = sum(math.prod(v.shape) for layer in self.model.layers for v in layer.params().values()
+                         if v is not None) * x.dtype.itemsize
+            sizes = self._trace_bytes[key] = (per_sample, params)
+        return plan(n, sizes[0], self._workers(x), self.chunk_size, param_bytes=sizes[1])
 
     def _explain_rows(self, x: Any, trace: Trace | None, target: Any, labels: Any, init: str,
                       method: tuple[dict[str, Rule], Rule, str], keep: tuple[str, ...]) -> Explanation:

@@ -39,6 +39,17 @@ def test_plan_respects_chunk_size_and_memory_budget():
     assert chunks.plan(0, 8, 2) == [slice(0, 0)]
 
 
+def test_plan_does_not_split_small_batches_of_weight_heavy_models():
+    # MLP 784-1296-1296-1296-10: ~4.4 M weights, ~8.6 k trace values per sample (float32)
+    mlp = {"per_sample_bytes": 8_600 * 4, "param_bytes": 4_400_000 * 4}
+    assert len(chunks.plan(256, workers=2, **mlp)) == 1  # each chunk would re-read 17 MB of weights
+    assert len(chunks.plan(1024, workers=2, **mlp)) == 2
+    # LeNet-5: ~48 k weights, ~25 k trace values per sample: split at the usual MIN_CHUNK
+    lenet = {"per_sample_bytes": 25_000 * 4, "param_bytes": 48_000 * 4}
+    assert len(chunks.plan(256, workers=2, **lenet)) == 2
+    assert len(chunks.plan(31, workers=2, **lenet)) == 1
+
+
 def test_map_chunks_keeps_order_holds_blas_to_one_thread_and_restores_it():
     ctl = chunks._blas_controller()
     before = [i["num_threads"] for i in ctl.info()] if ctl is not None else None

@@ -131,7 +131,9 @@ def band_width_transpose(cin: int, cout: int, kw: int, s1: int, wo: int) -> int:
     if wo < 2 or s1 >= kw:
         return 1
     if cout >= 48 or (cout >= 20 and wo >= 24):
-        return min(wo, 4 if wo >= 24 else 2)
+        if wo >= 24:
+            return 4
+        return min(wo, kw if kw >= 5 else 2)  # wide kernels: a band as wide as the kernel, 2 adds per row
     if wo <= 8 and cin >= 3:
         return 2
     return 1

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy
+
 from lrpflow.backend import get_namespace
 from lrpflow.errors import ConfigError, UnsupportedLayerError
 from lrpflow.layers.base import Layer
@@ -139,8 +141,7 @@ class AlphaBeta(Rule):
         alpha, beta, eps = float(self.alpha), float(self.beta), self.stabilizer  # type: ignore[arg-type]
         # P ≥ 0 and N ≤ 0, so with s > 0 neither denominator can vanish; N read as z − P may
         # carry rounding of either sign, hence the safe division there
-        pos_div = (lambda a, d: a / (d + eps)) if eps > 0 else safe_divide  # noqa: E731
-        neg_div = lambda a, d: safe_divide(a, d - eps)  # noqa: E731
+        pos_div, neg_div = _StabilizedDivision(eps), _StabilizedDivision(-eps)
         if ctx.nonneg and all(ctx.nonneg):
             return self._nonneg(layer, xs, y, r, ctx, alpha, beta, pos_div, neg_div)
         if getattr(layer, "channel_blocks", False) and len(xs) == 1:
@@ -223,15 +224,28 @@ class AlphaBeta(Rule):
 
 
 def _shares(r: Any, p: Any, n: Any, alpha: float, beta: float, pos_div: Any, neg_div: Any) -> Any:
-    """``[α R/P, −β R/N]`` along the channels, written in place into one array."""
+    """``[α R/P, −β R/N]`` along the channels (each half divided in place, then joined)."""
     xp = get_namespace(r)
-    c = r.shape[-1]
-    out = xp.empty(r.shape[:-1] + (2 * c,), dtype=r.dtype)
-    out[..., :c] = pos_div(r, p)
-    out[..., :c] *= alpha
-    out[..., c:] = neg_div(r, n)
-    out[..., c:] *= -beta
-    return out
+    halves = []
+    for den, div, factor in ((p, pos_div, alpha), (n, neg_div, -beta)):
+        if xp is numpy:
+            q = den + div.stabilizer
+            xp.divide(r, q, out=q, where=q != 0)  # where the denominator is 0, q holds that 0
+        else:
+            q = div(r, den)
+        q *= factor
+        halves.append(q)
+    return xp.concatenate(halves, axis=-1)
+
+
+class _StabilizedDivision:
+    """``a / (d + stabilizer)``, 0 where that denominator is 0 (the αβ shares' divisions)."""
+
+    def __init__(self, stabilizer: float) -> None:
+        self.stabilizer = stabilizer
+
+    def __call__(self, a: Any, d: Any) -> Any:
+        return safe_divide(a, d + self.stabilizer)
 
 
 def _sign_blocks(w: Any) -> Any:
