@@ -30,8 +30,12 @@ layer, as lrpflow's composite does).
 Every point is timed interleaved with its floor in one process: each case is warmed
 up, given an inner repeat count so one sample takes ≈0.1 s, then all cases of the
 point run round after round (alternating order) until each has ≥ ``--min-runs``
-samples and ≥ ``--min-time`` seconds; the median sample is reported. Timings are
-only printed, never asserted.
+samples and ≥ ``--min-time`` seconds; the median sample is reported. Before each
+timed block the case pauses (``--settle``) and then makes one untimed call, so no
+sample includes waking idle cores (on a VM a call after a pause is up to 20% slower,
+and a slow case with one call per sample would pay that every time while a fast
+floor with several calls per sample would not). Timings are only printed, never
+asserted.
 
 Run ``python benchmarks/bench_lrp.py --help``; see benchmarks/README.md.
 """
@@ -406,9 +410,11 @@ def measure(cases: list[Case], min_time: float, min_runs: int, settle: float = 0
         while True:
             order = cases if rnd % 2 == 0 else cases[::-1]
             for c in order:
-                c.samples.append(c.timed(c.inner) / c.inner)
                 if settle > 0:
-                    time.sleep(settle)  # let the idle BLAS/OpenMP workers of this case stop spinning
+                    time.sleep(settle)  # let the idle BLAS/OpenMP workers of the last case stop spinning
+                    c.fn()  # ... and wake this case's cores, caches and threads: an untimed call, every case alike
+                    c.sync()
+                c.samples.append(c.timed(c.inner) / c.inner)
             rnd += 1
             enough = all(len(c.samples) >= min_runs and sum(c.samples) * c.inner >= min_time for c in cases)
             if enough or (rnd >= min_runs and time.perf_counter() - start > MAX_POINT_S):
