@@ -202,6 +202,33 @@ def peak_rss_mib() -> float:
 # --- data and networks ---------------------------------------------------------------
 
 
+def explain_memory(explainer, model, x) -> tuple[float, float] | None:
+    """``(peak MiB allocated during one explanation, that / the forward Trace's bytes)`` (numpy only).
+
+    Measured with tracemalloc, which sees numpy's data buffers; the input itself is the
+    caller's and not counted. The Trace is every node's output of one unchunked forward
+    pass (the input included): the memory any backward pass needs to keep.
+    """
+    import tracemalloc
+
+    import numpy
+
+    if not isinstance(x, numpy.ndarray):
+        return None
+    _, trace = model.run(x)
+    trace_bytes = sum(v.nbytes for v in trace.values.values())
+    del trace
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        out = explainer(x)
+        peak = tracemalloc.get_traced_memory()[1] - base
+        del out
+    finally:
+        tracemalloc.stop()
+    return peak / 2**20, peak / trace_bytes
+
+
 def load_mnist(shared: str, n: int):
     """``n`` MNIST test images scaled to [-1, 1] as (n, 784) float64, repeated if needed; synthetic if unreadable."""
     import numpy as np
@@ -571,6 +598,7 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 for a in zctx:
                     a.__exit__(None, None, None)
+            mem = {m: explain_memory(exp, model, x) for m, exp in explainers.items()}
             med = {c.key: c.median for c in cases}
             info = {c.key: (len(c.samples), c.inner) for c in cases}
             fwd = med[("lrpflow", "forward")]
@@ -589,6 +617,8 @@ def main(argv: list[str] | None = None) -> int:
                     "ratio_to_zennit": None if z is None else t / z,
                     "runs": info[("lrpflow", m)][0], "inner": info[("lrpflow", m)][1],
                     "peak_rss_mib": peak_rss_mib(), "other_cpu_cores": others,
+                    "explain_peak_mib": (mem.get(m) or (None, None))[0],
+                    "explain_peak_x_trace": (mem.get(m) or (None, None))[1],
                 })
                 print_row(rows[-1], header=(len(rows) == 1 or (n == args.batches[0] and m == "forward")),
                           zennit=zennit_ok)
@@ -600,6 +630,8 @@ def main(argv: list[str] | None = None) -> int:
     for i, r in enumerate(rows):
         print_row(r, header=(i == 0), zennit=zennit_ok)
     print(f"x floor: lrpflow time / PyTorch floor time ({torch_note}); x fwd: / lrpflow forward-only time; "
+          f"peak MiB: memory allocated during one explanation (tracemalloc, numpy); x trace: that / the bytes of "
+          f"one forward Trace; "
           f"others: CPU cores used by other processes during the point (> {NOISY_CORES}: timings disturbed)")
     print(f"peak RSS: {meta['peak_rss_mib']:.0f} MiB | timed section: {meta['wall_s']:.1f} s | "
           f"load average before {meta['loadavg_before']}, after {meta['loadavg_after']} "
@@ -616,6 +648,8 @@ def print_row(r: dict, header: bool, zennit: bool) -> None:
             ("ms/batch", 9, "{:.3f}"), ("floor ms", 9, "{:.3f}"), ("x floor", 7, "{:.2f}"), ("x fwd", 7, "{:.2f}")]
     keys = ["network", "batch", "method", "heatmaps_per_s", "ms_per_batch", "floor_ms", "ratio_to_floor",
             "ratio_to_forward"]
+    cols += [("peak MiB", 8, "{:.1f}"), ("x trace", 7, "{:.2f}")]
+    keys += ["explain_peak_mib", "explain_peak_x_trace"]
     if zennit:
         cols += [("zennit ms", 9, "{:.3f}"), ("x zennit", 8, "{:.2f}")]
         keys += ["zennit_ms", "ratio_to_zennit"]

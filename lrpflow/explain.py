@@ -85,11 +85,15 @@ def _per_sample_sum(a: Any) -> Any:
 
 
 def propagate(model: Model, trace: Trace, r_init: Any, rules: Mapping[str, Rule], *, cache: dict | None = None,
-              keep: Sequence[str] = (), ledger: bool = True, start: str | None = None) -> Propagation:
+              keep: Sequence[str] = (), ledger: bool = True, start: str | None = None,
+              release: bool = False) -> Propagation:
     """Propagate ``r_init`` (at node ``start``, default the trace's output) back to the model input.
 
     Nodes are visited in reverse topological order; a node's relevance is the sum of
-    what its consumers handed it. ``rules`` gives each node's rule.
+    what its consumers handed it. ``rules`` gives each node's rule. ``release=True``
+    drops each node's output from the trace once the node is done (its consumers came
+    before it), so the backward pass frees the forward activations as it goes; only
+    for traces nobody else reads.
     """
     start = start or trace.output
     cache = {} if cache is None else cache
@@ -123,8 +127,12 @@ def propagate(model: Model, trace: Trace, r_init: Any, rules: Mapping[str, Rule]
             for extra in r_ins[1:]:
                 leaving = leaving + _per_sample_sum(extra)
             book[node.name] = LedgerEntry(_per_sample_sum(r), leaving)
+        del xs, y, z, ctx
+        if release:
+            trace.values.pop(node.name, None)
         for name, ri in zip(node.inputs, r_ins):
             pending[name] = ri if name not in pending else pending[name] + ri
+        del r, r_ins
     r_in = pending.get(model.input_name)
     if r_in is None:
         r_in = xp.zeros_like(trace.input)
@@ -411,21 +419,23 @@ class Explainer:
                       method: tuple[dict[str, Rule], Rule, str], keep: tuple[str, ...]) -> Explanation:
         """Explain one chunk of rows (``x`` already prepared, or its ``trace``)."""
         rules, head, desc = method
-        if trace is None:
+        private = trace is None  # our own forward pass: the backward pass may free it as it goes
+        if private:
             _, trace = self.model.run(x, upto=self.model.logits_node)
         logits = trace.logits
         r_init, tgt = initial_relevance(logits, target, init, labels)
         x_in = trace.input
         samples = head.samples(x_in)
         if samples is None:
-            prop = propagate(self.model, trace, r_init, rules, cache=self.cache, keep=keep, ledger=self.ledger)
+            prop = propagate(self.model, trace, r_init, rules, cache=self.cache, keep=keep, ledger=self.ledger,
+                             release=private)
             r_in = prop.relevance
         else:  # averaged over perturbed inputs (SmoothGrad, Integrated Gradients)
             r_in, prop = None, None
             for xs, weight in samples:
                 _, tr = self.model.run(xs, upto=self.model.logits_node)
                 r_k = tr.logits * (r_init != 0) if init == "logit" else r_init
-                p = propagate(self.model, tr, r_k, rules, cache=self.cache, keep=keep, ledger=False)
+                p = propagate(self.model, tr, r_k, rules, cache=self.cache, keep=keep, ledger=False, release=True)
                 r_in = p.relevance * weight if r_in is None else r_in + p.relevance * weight
             prop = Propagation(r_in)
         relevance = _finite_guard(head.finalize(x_in, r_in))

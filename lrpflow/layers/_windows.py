@@ -6,12 +6,15 @@ over the batch so the patch workspace stays bounded.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from lrpflow.backend import get_namespace
 
-#: Elements of im2col workspace per chunk (float64: 256 MiB).
+#: Elements of im2col workspace per chunk at most (float64: 256 MiB).
 WORKSPACE_ELEMENTS = 1 << 25
+#: Workspace a chunk may always use, even for a small result (float32: 2 MiB).
+MIN_WORKSPACE_ELEMENTS = 1 << 19
 
 
 def pair(v: Any, name: str) -> tuple[int, int]:
@@ -109,9 +112,13 @@ def unpad(x: Any, pads: tuple[int, int, int, int]) -> Any:
     return x[:, t : x.shape[1] - b, l : x.shape[2] - r, :]
 
 
-def batch_chunks(n: int, per_sample: int) -> list[slice]:
-    """Batch slices whose workspace stays under :data:`WORKSPACE_ELEMENTS`."""
-    step = max(1, WORKSPACE_ELEMENTS // max(1, per_sample))
+def batch_chunks(n: int, per_sample: int, result: int = 0) -> list[slice]:
+    """Batch slices whose workspace (``per_sample`` elements a sample) stays under
+    :data:`WORKSPACE_ELEMENTS` and under the size of the ``result`` being computed
+    (at least :data:`MIN_WORKSPACE_ELEMENTS`): scratch memory never outgrows the
+    activations themselves."""
+    limit = min(WORKSPACE_ELEMENTS, max(MIN_WORKSPACE_ELEMENTS, result))
+    step = max(1, limit // max(1, per_sample))
     return [slice(i, min(n, i + step)) for i in range(0, n, step)]
 
 
@@ -174,22 +181,25 @@ def conv_forward(x: Any, weight: Any, stride: tuple[int, int], pads: tuple[int, 
     if bq == 1:
         xpad = pad(x, pads)
         w2 = weight.reshape(kh * kw * cin, cout)
-        for sl in batch_chunks(n, ho * wo * kh * kw * cin):
+        for sl in batch_chunks(n, ho * wo * kh * kw * cin, n * ho * wo * cout):
             patches = windows(xpad[sl], (kh, kw), stride).transpose(0, 1, 2, 4, 5, 3)  # N,Ho,Wo,kh,kw,C
             m = patches.shape[0] * ho * wo
-            out[sl] = (patches.reshape(m, kh * kw * cin) @ w2).reshape(-1, ho, wo, cout)
+            xp.matmul(patches.reshape(m, kh * kw * cin), w2, out=out[sl].reshape(m, cout))
         return out
     nqb, d, tw = -(-wo // bq), bq * s1, (bq - 1) * s1 + kw
     extra = max(0, (nqb - 1) * d + tw - wp)  # the last band may reach past the input: zeros
     xpad = pad(x, (pads[0], pads[1], pads[2], pads[3] + extra))
     band = banded_weight(weight, bq, s1)
     sn, sh, sw, sc = xpad.strides
-    for sl in batch_chunks(n, ho * nqb * kh * tw * cin):
+    for sl in batch_chunks(n, ho * nqb * kh * tw * cin, n * ho * wo * cout):
         xs = xpad[sl]
         m = xs.shape[0]
         blocks = xp.lib.stride_tricks.as_strided(xs, (m, ho, nqb, kh, tw, cin), (sn, sh * s0, sw * d, sh, sw, sc))
-        y = (blocks.reshape(m * ho * nqb, kh * tw * cin) @ band).reshape(m, ho, nqb * bq, cout)
-        out[sl] = y[:, :, :wo]
+        rows = blocks.reshape(m * ho * nqb, kh * tw * cin)
+        if nqb * bq == wo:  # the GEMM writes the output in place
+            xp.matmul(rows, band, out=out[sl].reshape(m * ho * nqb, bq * cout))
+        else:
+            out[sl] = (rows @ band).reshape(m, ho, nqb * bq, cout)[:, :, :wo]
     return out
 
 
@@ -215,7 +225,7 @@ def conv_transpose(s: Any, weight: Any, stride: tuple[int, int], pads: tuple[int
     nblk = max(nqb + nu - 1, -(-wp // d))
     band_t = banded_weight(weight, bq, s1).T
     parts = []
-    for sl in batch_chunks(n, ho * nqb * kh * tw * cin):
+    for sl in batch_chunks(n, ho * nqb * kh * tw * cin, math.prod(in_shape)):
         sc = s[sl]
         m = sc.shape[0]
         if nqb * bq != wo:
@@ -246,7 +256,7 @@ def _transpose_columns(s: Any, weight: Any, stride: tuple[int, int], pads: tuple
     n, ho, wo, _ = s.shape
     hp, wp = in_shape[1] + pads[0] + pads[1], in_shape[2] + pads[2] + pads[3]
     parts = []
-    for sl in batch_chunks(n, ho * wo * kh * kw * cin):
+    for sl in batch_chunks(n, ho * wo * kh * kw * cin, math.prod(in_shape)):
         sc = s[sl]
         m = sc.shape[0]
         if ho * wo < 64:

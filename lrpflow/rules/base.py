@@ -51,7 +51,10 @@ def safe_divide(a: Any, b: Any) -> Any:
 def divide_stabilized(r: Any, z: Any, eps: float) -> Any:
     """``r / (z + ε·s(z))``; with ε > 0 the denominator is never 0, with ε = 0 zeros give 0."""
     if eps > 0:
-        return r / stabilize(z, eps)
+        den = stabilize(z, eps)  # a fresh array
+        if den.shape == r.shape and den.dtype == r.dtype:
+            return get_namespace(r).divide(r, den, out=den)  # in place: one activation-sized buffer less
+        return r / den
     return safe_divide(r, z)
 
 
@@ -193,10 +196,22 @@ def modified_gradient(layer: Layer, xs: Sequence[Any], r: Any, parts: Sequence[C
     out: list[Any] | None = None
     for fx, w, _ in prepared:
         grads = layer.apply_transpose(s, w, fx)  # type: ignore[attr-defined]
-        terms = [f * g for f, g in zip(fx, grads)]
+        terms = [_times(f, g, s, r) for f, g in zip(fx, grads)] if len(xs) == 1 else [f * g for f, g in zip(fx, grads)]
         out = terms if out is None else [o + t for o, t in zip(out, terms)]
     assert out is not None
     return out
+
+
+def _times(f: Any, g: Any, *others: Any) -> Any:
+    """``f ⊙ g``, computed in place in ``g`` when ``g`` is a fresh writeable array of the
+    result's shape and dtype that shares no memory with ``others`` (saves one activation)."""
+    xp = get_namespace(g)
+    flags = getattr(g, "flags", None)
+    if flags is not None and flags.owndata and flags.writeable and g.shape == f.shape and g.dtype == f.dtype \
+            and not any(o is g or xp.may_share_memory(o, g) for o in others):
+        g *= f
+        return g
+    return f * g
 
 
 def _stacked_gradient(layer: Layer, x: Any, r: Any, parts: Sequence[Contribution], ctx: NodeContext,
