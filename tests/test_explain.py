@@ -7,6 +7,7 @@ import pytest
 import lrpflow
 import nets
 from lrpflow.backend import to_numpy
+from lrpflow.explain import initial_relevance, propagate
 from lrpflow.rules import AlphaBeta, Epsilon, Flat, Gamma, ZBox, ZPlus
 
 
@@ -264,3 +265,38 @@ def test_maxpool_proportional_composite_option(rng):
     assert not numpy.allclose(wta.relevance, prop.relevance)
     numpy.testing.assert_allclose(wta.ledger["2_maxpool"].entering, wta.ledger["2_maxpool"].leaving, rtol=1e-9)
     numpy.testing.assert_allclose(prop.ledger["2_maxpool"].entering, prop.ledger["2_maxpool"].leaving, rtol=1e-9)
+
+
+def test_propagate_release_frees_activations_and_keeps_results(cnn, rng):
+    x = rng.normal(0, 1, (3, 10, 10, 2))
+    exp = lrpflow.Explainer(cnn, rule="epsilon", epsilon=0.01, dtype="float64")
+    trace = exp.forward(x)
+    kept = dict(trace.values)
+    r_init, _ = initial_relevance(trace.logits, "pred", "logit")
+    rules = exp.rules()
+    full = propagate(cnn, trace, r_init, rules)
+    assert trace.values.keys() == kept.keys()  # a shared trace is left alone
+    freed = propagate(cnn, trace, r_init, rules, release=True)
+    assert list(trace.values) == ["input"]  # every node output dropped once its node was done
+    numpy.testing.assert_array_equal(freed.relevance, full.relevance)
+
+
+class _PassThrough(lrpflow.layers.Linear):
+    """A plugin-style layer whose transpose hands back the very array it was given (identity weight)."""
+
+    channel_blocks = False  # one transpose per contribution, all sharing one s
+
+    def apply_transpose(self, s, weight, xs):
+        return [s] if numpy.array_equal(weight, numpy.eye(4)) else [s @ weight.T]
+
+
+def test_in_place_products_never_touch_arrays_a_layer_hands_back(rng):
+    x = rng.normal(0, 1, (5, 4))
+    r = rng.normal(0, 1, (5, 4))
+    layer = _PassThrough(4, 4, weight=numpy.eye(4), bias=numpy.zeros(4))
+    plain = lrpflow.layers.Linear(4, 4, weight=numpy.eye(4), bias=numpy.zeros(4))
+    for rule in ({"rule": "gamma", "gamma": 0.5}, {"rule": "epsilon", "epsilon": 0.0}):
+        got = lrpflow.Explainer(lrpflow.Sequential([layer]), dtype="float64", **rule)(x, target=r)
+        ref = lrpflow.Explainer(lrpflow.Sequential([plain]), dtype="float64", **rule)(x, target=r)
+        numpy.testing.assert_allclose(got.relevance, ref.relevance, rtol=1e-12, atol=1e-12)
+        numpy.testing.assert_array_equal(got.r_init, r)  # R_init was not overwritten in place
