@@ -297,7 +297,8 @@ class Explainer:
                 raise ConfigError(f"Explainer: {name} must be a positive integer or None, got {value!r}")
         self.chunk_size = None if chunk_size is None else int(chunk_size)
         self.workers = None if workers is None else int(workers)
-        self._trace_bytes: dict[tuple[int, ...], tuple[int, int]] = {}
+        #: per input shape and itemsize: (trace bytes per sample, parameter bytes)
+        self._sizes: dict[tuple[int, ...], tuple[int, int]] = {}
         tune_host_allocator()  # numpy temporaries: reuse freed memory instead of page-faulting it back
         self.cache: dict[Any, Any] = {}
         self._assignments: dict[Any, tuple[dict[str, Rule], Rule, str]] = {}
@@ -382,7 +383,8 @@ class Explainer:
         keep = self.keep if keep is None else tuple(keep)
         init = init or self.init or method[1].default_init
         batch = trace.input if trace is not None else x
-        slices = self._chunks(batch, method[1])
+        workers = self._workers(batch)
+        slices = self._chunks(batch, method[1], workers)
         if len(slices) == 1:
             return self._explain_rows(x, trace, target, labels, init, method, keep)
         n = batch.shape[0]
@@ -393,27 +395,27 @@ class Explainer:
                 None if trace is not None else x[sl], trace.rows(sl) if trace is not None else None,
                 target[sl] if target_rows else target, labels[sl] if label_rows else labels, init, method, keep)
 
-        return _concatenate(map_chunks(one, slices, self._workers(batch)))
+        return _concatenate(map_chunks(one, slices, workers))
 
     def _workers(self, x: Any) -> int:
         if self.workers is not None:
             return self.workers
         return cpu_workers() if get_namespace(x) is numpy else 1
 
-    def _chunks(self, x: Any, head: Rule) -> list[slice]:
+    def _chunks(self, x: Any, head: Rule, workers: int) -> list[slice]:
         """Row chunks for a batch: bounded trace memory, and enough chunks for the CPU workers."""
         n = x.shape[0]
         if head.batch_coupled:
             return [slice(0, n)]  # random draws over the whole batch: chunks would change the result
         key = tuple(x.shape[1:]) + (x.dtype.itemsize,)
-        sizes = self._trace_bytes.get(key)
+        sizes = self._sizes.get(key)
         if sizes is None:
             shapes = self.model.infer_shapes(tuple(x.shape[1:]))
             per_sample = sum(math.prod(s) for s in shapes.values()) * x.dtype.itemsize
             params = sum(math.prod(v.shape) for layer in self.model.layers for v in layer.params().values()
                          if v is not None) * x.dtype.itemsize
-            sizes = self._trace_bytes[key] = (per_sample, params)
-        return plan(n, sizes[0], self._workers(x), self.chunk_size, param_bytes=sizes[1])
+            sizes = self._sizes[key] = (per_sample, params)
+        return plan(n, sizes[0], workers, self.chunk_size, param_bytes=sizes[1])
 
     def _explain_rows(self, x: Any, trace: Trace | None, target: Any, labels: Any, init: str,
                       method: tuple[dict[str, Rule], Rule, str], keep: tuple[str, ...]) -> Explanation:

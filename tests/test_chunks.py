@@ -109,7 +109,8 @@ def test_chunked_explanation_equals_one_piece(rng, method, chunk_size, workers):
     whole = lrpflow.Explainer(net, dtype="float64", workers=1, keep=keep, **method)
     part = lrpflow.Explainer(net, dtype="float64", chunk_size=chunk_size, workers=workers, keep=keep, **method)
     if chunk_size is None:  # 19 rows, 2 workers: one piece (chunks would fall below MIN_CHUNK)
-        assert len(part._chunks(whole.prepare(x), part.default_method[1])) == 1
+        xx = whole.prepare(x)
+        assert len(part._chunks(xx, part.default_method[1], part._workers(xx))) == 1
     labels = rng.integers(0, 4, 19)
     r = rng.normal(0, 1, (19, 4))
     for target, kw in [("pred", {}), ("topk:2", {}), (2, {}), (labels, {}), ("true", {"labels": labels}),

@@ -23,6 +23,7 @@ from typing import Any, BinaryIO
 import numpy
 
 from lrpflow.errors import DataFormatError, LrpflowError
+from lrpflow.io.files import atomic_write
 from lrpflow.io.source import ArraySource, DataSource, check_sample_count
 
 #: Files smaller than this are read into memory rather than memory-mapped.
@@ -44,21 +45,6 @@ def file_size(path: str) -> int:
 def check_dtype(path: str, dtype: numpy.dtype, what: str = "data") -> None:
     if dtype.kind not in NUMERIC_KINDS or dtype.fields is not None or dtype.subdtype is not None:
         raise DataFormatError(f"{path}: {what} has dtype {dtype}, expected booleans, integers or floats")
-
-
-def _atomic(path: str, write: Callable[[str], None]) -> None:
-    """Write through a temporary file in the same folder, then rename (no half-written file)."""
-    path = os.fspath(path)
-    base, ext = os.path.splitext(path)
-    tmp = f"{base}.tmp-{os.getpid()}{ext}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as err:
-        raise DataFormatError(f"{path}: cannot write: {err.strerror or err}") from err
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 # --------------------------------------------------------------------------- npy / npz
@@ -210,7 +196,7 @@ def read_npz(path: str, key: str | None = None, labels_key: str | None = "labels
 
 def write_npy(x: Any, path: str) -> None:
     arr = numpy.asarray(x)
-    _atomic(path, lambda tmp: numpy.save(tmp, arr, allow_pickle=False))
+    atomic_write(path, lambda tmp: numpy.save(tmp, arr, allow_pickle=False))
 
 
 def write_npz(x: Any, path: str, labels: Any = None, compressed: bool = True) -> None:
@@ -224,7 +210,7 @@ def write_npz(x: Any, path: str, labels: Any = None, compressed: bool = True) ->
         with open(tmp, "wb") as f:
             save(f, **arrays)
 
-    _atomic(path, write)
+    atomic_write(path, write)
 
 
 # --------------------------------------------------------------------------- mat
@@ -316,7 +302,7 @@ def write_mat(x: Any, path: str, key: str = "data") -> None:
     import scipy.io
 
     arr = numpy.asarray(x)
-    _atomic(path, lambda tmp: scipy.io.savemat(tmp, {key: arr}, appendmat=False))
+    atomic_write(path, lambda tmp: scipy.io.savemat(tmp, {key: arr}, appendmat=False))
 
 
 # --------------------------------------------------------------------------- txt
@@ -413,4 +399,4 @@ def write_txt(x: Any, path: str) -> None:
             numpy.savetxt(buf, flat, fmt=fmt)
             f.write(buf.getvalue())
 
-    _atomic(path, write)
+    atomic_write(path, write)

@@ -18,7 +18,8 @@ from typing import Any, BinaryIO
 import numpy
 
 from lrpflow.errors import DataFormatError, LrpflowError
-from lrpflow.io.arrays import MMAP_THRESHOLD, StreamSource, _atomic, file_size
+from lrpflow.io.arrays import MMAP_THRESHOLD, StreamSource, file_size
+from lrpflow.io.files import atomic_write
 from lrpflow.io.source import ArraySource, DataSource, check_sample_count
 
 TYPES: dict[int, str] = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -118,4 +119,4 @@ def write_idx(x: Any, path: str) -> None:
         with opener(tmp, "wb") as f:
             f.write(payload)
 
-    _atomic(path, write)
+    atomic_write(path, write)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy
 
 from lrpflow.errors import DataFormatError, LrpflowError
-from lrpflow.io.arrays import _atomic
+from lrpflow.io.files import atomic_write
 from lrpflow.io.source import DataSource
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".webp")
@@ -184,4 +184,4 @@ def write_image(x: Any, path: str) -> None:
         if arr.dtype.kind != "f" or arr.size and (arr.min() < 0 or arr.max() > 1):
             raise DataFormatError(f"{path}: image values must be uint8 or floats in [0, 1], got {arr.dtype}")
         arr = numpy.round(arr * 255).astype(numpy.uint8)
-    _atomic(path, lambda tmp: skimage.io.imsave(tmp, arr, check_contrast=False))
+    atomic_write(path, lambda tmp: skimage.io.imsave(tmp, arr, check_contrast=False))

@@ -23,6 +23,7 @@ import numpy
 
 from lrpflow.errors import LrpflowError, ModelFormatError
 from lrpflow.graph import Model, Node, Sequential
+from lrpflow.io.files import atomic_write
 
 FORMAT = "lrpflow-model"
 VERSION = 1
@@ -86,8 +87,8 @@ def write(model: Model, path: str | os.PathLike[str]) -> None:
         "canonizers": list(getattr(model, "canonizers", []) or []),
         "nodes": nodes,
     }
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
+
+    def write_h5(tmp: str) -> None:
         with h5py.File(tmp, "w") as f:
             f.attrs["format"] = FORMAT
             f.attrs["format_version"] = VERSION
@@ -98,12 +99,8 @@ def write(model: Model, path: str | os.PathLike[str]) -> None:
                 g = group.create_group(str(k))
                 for p, v in params.items():
                     g.create_dataset(p, data=numpy.asarray(v))
-        os.replace(tmp, path)
-    except OSError as err:
-        raise ModelFormatError(f"{path}: cannot write: {err}") from err
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+    atomic_write(path, write_h5, ModelFormatError)
 
 
 def _field(obj: dict[str, Any], key: str, types: Any, where: str, optional: bool = False) -> Any:

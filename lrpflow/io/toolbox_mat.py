@@ -22,6 +22,7 @@ import numpy
 
 from lrpflow.errors import LrpflowError, ModelFormatError
 from lrpflow.graph import Sequential
+from lrpflow.io.files import atomic_write, check_model_file
 from lrpflow.layers import Conv2d, Flatten, Linear, MaxPool, ReLU, SoftMax, SumPool, Tanh
 
 LAYER_CLASSES = ("Linear", "Convolution", "SumPool", "MaxPool", "Flatten", "Rect", "Tanh", "SoftMax")
@@ -169,12 +170,7 @@ def read(path: str | os.PathLike[str]) -> Sequential:
     """Read a toolbox Matlab model file (MCOS ``modules.Sequential``) into a :class:`Sequential`."""
     path = os.fspath(path)
     matio = _matio()
-    try:
-        size = os.path.getsize(path)
-    except OSError as err:
-        raise ModelFormatError(f"{path}: cannot read model file: {err.strerror or err}") from err
-    if size == 0:
-        raise ModelFormatError(f"{path}: empty model file")
+    check_model_file(path)
     if not _is_hdf5(path):
         from lrpflow.io._mat5 import check_mat5
 
@@ -249,15 +245,10 @@ def write(model: Sequential, path: str | os.PathLike[str]) -> None:
         kind, props = _props(layer, f"{path}, layer {i}")
         cell[0, i] = opaque(props, f"modules.{kind}")
     seq = opaque({"modules": cell, "lrp_var": _EMPTY, "lrp_param": _EMPTY}, "modules.Sequential")
-    base, ext = os.path.splitext(path)
-    tmp = f"{base}.tmp-{os.getpid()}{ext}"
-    try:
+
+    def save(tmp: str) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             matio.save_to_mat(tmp, {"model": seq}, version="v7")
-        os.replace(tmp, path)
-    except Exception as err:
-        raise ModelFormatError(f"{path}: cannot write: {err}") from err
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+    atomic_write(path, save, ModelFormatError, catch=(Exception,))  # mat-io raises more than OSError

@@ -33,6 +33,7 @@ import numpy
 
 from lrpflow.errors import LrpflowError, ModelFormatError
 from lrpflow.graph import Sequential
+from lrpflow.io.files import read_model_file, write_file
 from lrpflow.layers import Conv2d, Flatten, Linear, MaxPool, ReLU, SoftMax, SumPool, Tanh
 
 #: The toolbox's module classes.
@@ -278,14 +279,7 @@ def to_sequential(obj: Any, path: str = "<pickle>") -> Sequential:
 def read(path: str | os.PathLike[str]) -> Sequential:
     """Read a toolbox pickle (``.nn``/``.pickle``) without executing anything it names."""
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as err:
-        raise ModelFormatError(f"{path}: cannot read model file: {err.strerror or err}") from err
-    if not data:
-        raise ModelFormatError(f"{path}: empty model file")
-    tree = unpickle(data, path)
+    tree = unpickle(read_model_file(path), path)
     try:
         return to_sequential(tree, path)
     except LrpflowError:
@@ -379,10 +373,4 @@ def write(model: Sequential, path: str | os.PathLike[str]) -> None:
     seq = STAND_INS["Sequential"]({"modules": objs, "lrp_var": None, "lrp_param": 1.0})
     buf = io.BytesIO()
     _ToolboxPickler(buf, protocol=2).dump(seq)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(buf.getvalue())
-        os.replace(tmp, path)
-    except OSError as err:
-        raise ModelFormatError(f"{path}: cannot write: {err.strerror or err}") from err
+    write_file(path, buf.getvalue(), ModelFormatError)

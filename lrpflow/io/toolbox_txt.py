@@ -21,6 +21,7 @@ import numpy
 
 from lrpflow.errors import ModelFormatError
 from lrpflow.graph import Sequential
+from lrpflow.io.files import read_model_file, write_file
 from lrpflow.layers import Conv2d, Flatten, Linear, MaxPool, ReLU, SoftMax, SumPool, Tanh
 
 
@@ -155,12 +156,7 @@ def read(path: str | os.PathLike[str], **_: Any) -> Sequential:
     """Read a toolbox plain-text model file into a :class:`Sequential` (float64 parameters)."""
     path = os.fspath(path)
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as err:
-        raise ModelFormatError(f"{path}: cannot read model file: {err.strerror}") from err
-    try:
-        text = raw.decode("utf-8")
+        text = read_model_file(path).decode("utf-8")
     except UnicodeDecodeError as err:
         raise ModelFormatError(f"{path}: not a text model file (byte {err.start} is not UTF-8)") from err
     return parse(text, path)
@@ -193,9 +189,6 @@ def write(model: Sequential, path: str | os.PathLike[str], **_: Any) -> None:
             out.append(f"{name} {layer.pool[0]} {layer.pool[1]} {layer.stride[0]} {layer.stride[1]}")
         else:
             out.append(name)
-    tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write("\n".join(out) + "\n")
-    os.replace(tmp, path)
+    write_file(path, "\n".join(out) + "\n", ModelFormatError)
 
 

@@ -245,8 +245,7 @@ def _transpose_columns(s: Any, weight: Any, stride: tuple[int, int], pads: tuple
                        in_shape: tuple[int, ...]) -> Any:
     """:func:`conv_transpose` by col2im in batch-last order.
 
-     with ``s`` as ``(C_out, Ho, Wo, N)``, one GEMM per kernel row ``a``
-    gives the columns ``W[a]ᵀ s`` as ``(kw, C_in, Ho, Wo, N)``, and each of the ``kw``
+    With ``s`` as ``(C_out, Ho, Wo, N)``, one GEMM per kernel row ``a`` gives the columns ``W[a]ᵀ s`` as ``(kw, C_in, Ho, Wo, N)``, and each of the ``kw``
     strided adds into the ``(C_in, Hp, Wp, N)`` accumulator moves runs of ``Wo·N``
     contiguous values (an NHWC accumulator would move runs of ``C_in``). Outputs of fewer
     than 64 positions use the NHWC columns directly.
@@ -269,8 +268,7 @@ def _transpose_columns(s: Any, weight: Any, stride: tuple[int, int], pads: tuple
             cols = (weight[a].reshape(kw * cin, cout) @ s_t).reshape(kw, cin, ho, wo, m)
             for b in range(kw):
                 acc[:, a : a + stride[0] * ho : stride[0], b : b + stride[1] * wo : stride[1], :] += cols[b]
-        t, bt, l, r = pads
-        parts.append(acc[:, t : hp - bt, l : wp - r, :].transpose(3, 1, 2, 0))
+        parts.append(unpad(acc, pads).transpose(3, 1, 2, 0))  # (C, H, W, N): spatial axes 1, 2 as in NHWC
     out = parts[0] if len(parts) == 1 else xp.concatenate(parts)
     return xp.ascontiguousarray(out)
 

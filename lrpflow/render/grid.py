@@ -6,7 +6,7 @@ with a matplotlib ``Figure`` on an Agg canvas (no pyplot, safe headless and in t
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy
@@ -197,17 +197,9 @@ def heatmap_grid(
     for k, v in columns.items():
         if len(v) != n:
             raise DataFormatError(f"heatmap_grid: column {k!r} has {len(v)} samples, the first column {n}")
-    inputs = _input_images(x, n, scaling, shape, image_range) if x is not None else None
-    xs = _samples(x, "grid input x") if x is not None and outline else [None] * n
-    rows = []
-    for i in range(n):
-        row = [inputs[i]] if inputs is not None else []
-        row += [hm_to_rgb(col[i], xs[i], scaling, shape, sigma, cmap, normalize) for col in columns.values()]
-        rows.append(row)
-    col_labels = ([input_label] if inputs is not None else []) + list(columns)
-    row_labels = list(row_labels) if row_labels is not None else [f"sample {i}" for i in range(n)]
-    return render_grid(rows, row_labels=row_labels, col_labels=col_labels, title=title, cell_size=cell_size,
-                       dpi=dpi, path=path)
+    return _samples_grid(
+        n, lambda i, xi: [hm_to_rgb(col[i], xi, scaling, shape, sigma, cmap, normalize) for col in columns.values()],
+        list(columns), x, scaling, shape, outline, input_label, image_range, row_labels, title, cell_size, dpi, path)
 
 
 def colormap_grid(
@@ -235,15 +227,21 @@ def colormap_grid(
     """
     rs = _samples(relevance, "colormap_grid relevance")
     n = len(rs)
+    names = [c if isinstance(c, str) else getattr(c, "name", getattr(c, "__name__", repr(c))) for c in cmaps]
+    return _samples_grid(
+        n, lambda i, xi: [hm_to_rgb(rs[i], xi, scaling, shape, sigma, c, normalize) for c in cmaps],
+        names, x, scaling, shape, outline, input_label, image_range, row_labels, title, cell_size, dpi, path)
+
+
+def _samples_grid(n: int, cells: Callable[[int, Any], list[numpy.ndarray]], col_names: list[str], x: Any,
+                  scaling: int, shape: Sequence[int], outline: bool, input_label: str,
+                  image_range: tuple[float, float] | None, row_labels: Sequence[str] | None, title: str | None,
+                  cell_size: float, dpi: float, path: PathLike | None) -> numpy.ndarray:
+    """One row per sample: its input image (if ``x``), then ``cells(i, x_i)`` (``x_i`` None without outline)."""
     inputs = _input_images(x, n, scaling, shape, image_range) if x is not None else None
     xs = _samples(x, "grid input x") if x is not None and outline else [None] * n
-    rows = []
-    for i in range(n):
-        row = [inputs[i]] if inputs is not None else []
-        row += [hm_to_rgb(rs[i], xs[i], scaling, shape, sigma, c, normalize) for c in cmaps]
-        rows.append(row)
-    names = [c if isinstance(c, str) else getattr(c, "name", getattr(c, "__name__", repr(c))) for c in cmaps]
-    col_labels = ([input_label] if inputs is not None else []) + names
+    rows = [([inputs[i]] if inputs is not None else []) + cells(i, xs[i]) for i in range(n)]
+    col_labels = ([input_label] if inputs is not None else []) + col_names
     row_labels = list(row_labels) if row_labels is not None else [f"sample {i}" for i in range(n)]
     return render_grid(rows, row_labels=row_labels, col_labels=col_labels, title=title, cell_size=cell_size,
                        dpi=dpi, path=path)

@@ -35,11 +35,19 @@ def stabilize(z: Any, eps: float) -> Any:
     return den
 
 
-def safe_divide(a: Any, b: Any) -> Any:
-    """``a / b`` where ``b ≠ 0`` and 0 where ``b = 0`` — never NaN or Inf from a zero denominator."""
+def safe_divide(a: Any, b: Any, overwrite_b: bool = False) -> Any:
+    """``a / b`` where ``b ≠ 0`` and 0 where ``b = 0`` — never NaN or Inf from a zero denominator.
+
+    ``overwrite_b=True``: ``b`` is a scratch array the caller no longer needs; on numpy
+    the quotient is then written into it (where it is 0 it stays 0).
+    """
     xp = get_namespace(a, b)
-    if xp is numpy:  # one masked division into zeros
-        q = numpy.zeros(numpy.broadcast_shapes(numpy.shape(a), numpy.shape(b)), dtype=numpy.result_type(a, b))
+    if xp is numpy:  # one masked division
+        shape, dtype = numpy.broadcast_shapes(numpy.shape(a), numpy.shape(b)), numpy.result_type(a, b)
+        if overwrite_b and isinstance(b, numpy.ndarray) and b.shape == shape and b.dtype == dtype:
+            q = b
+        else:
+            q = numpy.zeros(shape, dtype=dtype)
         numpy.divide(a, b, out=q, where=b != 0)
         return q
     zero = b == 0
@@ -169,6 +177,17 @@ class Stacked:
         return get_namespace(w).concatenate([f(w) for f in self.parts], axis=-2)
 
 
+@dataclass(frozen=True)
+class Summed:
+    """``β_1(b) + β_2(b) + ...`` over the bias modifiers that are not None (the stacked product's bias)."""
+
+    parts: tuple[Modifier | None, ...]
+
+    def __call__(self, b: Any) -> Any:
+        terms = [f(b) for f in self.parts if f is not None]
+        return sum(terms[1:], terms[0])
+
+
 def modified_gradient(layer: Layer, xs: Sequence[Any], r: Any, parts: Sequence[Contribution], ctx: NodeContext,
                       divide: Callable[[Any, Any], Any], z: Any | None = None) -> list[Any]:
     """Relevance through a linear-like layer by the modified-gradient scheme.
@@ -219,15 +238,11 @@ def _stacked_gradient(layer: Layer, x: Any, r: Any, parts: Sequence[Contribution
     """:func:`modified_gradient` for several contributions as one product on stacked channels."""
     xp = get_namespace(x)
     fx = [part.inputs(x) for part in parts]
-    w, _ = ctx.modified(layer, [x], Stacked(tuple(p.weight for p in parts)), None)
+    biases = tuple(p.bias for p in parts)
+    w, bias = ctx.modified(layer, [x], Stacked(tuple(p.weight for p in parts)),
+                           Summed(biases) if any(b is not None for b in biases) else None)
     x_stack = xp.concatenate(fx, axis=-1)
     if z is None:
-        bias = None
-        for part in parts:
-            if part.bias is not None:
-                b = ctx.modified(layer, [x], part.weight, part.bias)[1]
-                if b is not None:
-                    bias = b if bias is None else bias + b
         z = layer.apply([x_stack], w, bias)  # type: ignore[attr-defined]
     g = layer.apply_transpose(divide(r, z), w, [x_stack])[0]  # type: ignore[attr-defined]
     c = x.shape[-1]

@@ -224,18 +224,11 @@ class AlphaBeta(Rule):
 
 
 def _shares(r: Any, p: Any, n: Any, alpha: float, beta: float, pos_div: Any, neg_div: Any) -> Any:
-    """``[α R/P, −β R/N]`` along the channels (each half divided in place, then joined)."""
-    xp = get_namespace(r)
-    halves = []
-    for den, div, factor in ((p, pos_div, alpha), (n, neg_div, -beta)):
-        if xp is numpy:
-            q = den + div.stabilizer
-            xp.divide(r, q, out=q, where=q != 0)  # where the denominator is 0, q holds that 0
-        else:
-            q = div(r, den)
-        q *= factor
-        halves.append(q)
-    return xp.concatenate(halves, axis=-1)
+    """``[α R/P, −β R/N]`` along the channels."""
+    pos, neg = pos_div(r, p), neg_div(r, n)
+    pos *= alpha
+    neg *= -beta
+    return get_namespace(r).concatenate([pos, neg], axis=-1)
 
 
 class _StabilizedDivision:
@@ -245,7 +238,7 @@ class _StabilizedDivision:
         self.stabilizer = stabilizer
 
     def __call__(self, a: Any, d: Any) -> Any:
-        return safe_divide(a, d + self.stabilizer)
+        return safe_divide(a, d + self.stabilizer, overwrite_b=True)  # d + s is ours: divide in place
 
 
 def _sign_blocks(w: Any) -> Any:
@@ -302,8 +295,6 @@ class ZBox(Rule):
             v = getattr(self, n)
             if v is not None and not isinstance(v, (int, float)):
                 # arrays are kept as tuples so the rule stays hashable
-                import numpy
-
                 object.__setattr__(self, n, _Frozen(numpy.asarray(v, dtype=float)))
             elif v is not None:
                 check_finite_param(n, v, "zbox")

@@ -31,6 +31,7 @@ import numpy
 
 from lrpflow.errors import LrpflowError, ModelFormatError, ShapeError, UnsupportedLayerError
 from lrpflow.graph import Model, Node
+from lrpflow.io.files import check_model_file
 from lrpflow.layers import (
     Add, AvgPool, BatchNorm, Concat, Conv2d, Dropout, Flatten, GlobalAvgPool, LeakyReLU, Linear, MaxPool, Pad, ReLU,
     Reshape, Sigmoid, SoftMax, Tanh,
@@ -897,12 +898,7 @@ def read(path: str | os.PathLike[str], fold_batchnorm: bool = False, input_shape
     import onnx
 
     path = os.fspath(path)
-    try:
-        size = os.path.getsize(path)
-    except OSError as err:
-        raise ModelFormatError(f"{path}: cannot read model file: {err.strerror or err}") from err
-    if size == 0:
-        raise ModelFormatError(f"{path}: empty model file")
+    check_model_file(path)
     try:
         proto = onnx.load(path, load_external_data=False)
     except Exception as err:  # protobuf DecodeError and friends
