@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -36,12 +37,29 @@ def cupy_available() -> bool:
         return False
 
 
+#: Array types of other device namespaces (array type → its module); see :func:`register_array_type`.
+_DEVICE_TYPES: dict[type, ModuleType] = {}
+
+
+def register_array_type(array_type: type, xp: ModuleType) -> Callable[[], None]:
+    """Treat arrays of ``array_type`` as device arrays of the namespace ``xp``.
+
+    ``xp`` must follow cupy's API, and its arrays copy to the host only through
+    ``.get()`` (as cupy's do). Used by the tests' sync-checking stand-in for cupy
+    (``tests/devicestub.py``). Returns a function that undoes the registration.
+    """
+    _DEVICE_TYPES[array_type] = xp
+    return lambda: _DEVICE_TYPES.pop(array_type, None)  # type: ignore[func-returns-value]
+
+
 def get_namespace(*arrays: Any) -> ModuleType:
     """The array module (numpy or cupy) of the given arrays; numpy for anything else."""
     for a in arrays:
-        mod = type(a).__module__
-        if mod.startswith("cupy"):
+        t = type(a)
+        if t.__module__.startswith("cupy"):
             return _cupy()  # type: ignore[return-value]
+        if _DEVICE_TYPES and t in _DEVICE_TYPES:
+            return _DEVICE_TYPES[t]
     return numpy
 
 
@@ -84,6 +102,8 @@ def backend_of(x: Any) -> str:
     xp = get_namespace(x)
     if xp is numpy:
         return "numpy"
+    if type(x) in _DEVICE_TYPES:
+        return xp.__name__
     return f"cupy:{x.device.id}"
 
 
@@ -109,7 +129,7 @@ def to_backend(x: Any, backend: str, dtype: Any | None = None) -> Any:
 
 def to_numpy(x: Any) -> Any:
     """A numpy array of ``x`` (copied to the host if it lives on a GPU)."""
-    if type(x).__module__.startswith("cupy"):
+    if type(x).__module__.startswith("cupy") or type(x) in _DEVICE_TYPES:
         return x.get()
     return numpy.asarray(x)
 

@@ -202,7 +202,7 @@ def initial_relevance(logits: Any, target: Any, init: str, labels: Any = None) -
             if tuple(arr.shape) != tuple(logits.shape):
                 raise ShapeError(f"explicit R_init must have the logits' shape {tuple(logits.shape)}, got {tuple(arr.shape)}")
             r = arr.astype(logits.dtype)
-            if not bool(xp.isfinite(r).all()):
+            if not to_numpy(xp.isfinite(r).all()):  # an explicit host read, before the backward pass
                 raise DataFormatError("explicit R_init contains NaN or Inf")
             return r, xp.full((n,), -1, dtype=numpy.int64)
     r = logits * mask if init == "logit" else mask
@@ -210,8 +210,12 @@ def initial_relevance(logits: Any, target: Any, init: str, labels: Any = None) -
 
 
 def _check_classes(idx: Any, c: int) -> None:
-    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= c):
-        raise ConfigError(f"target classes must lie in [0, {c}), got values from {int(idx.min())} to {int(idx.max())}")
+    if not idx.size:
+        return
+    xp = get_namespace(idx)
+    lo, hi = (int(v) for v in to_numpy(xp.stack([idx.min(), idx.max()])))  # one explicit host read
+    if lo < 0 or hi >= c:
+        raise ConfigError(f"target classes must lie in [0, {c}), got values from {lo} to {hi}")
 
 
 def _rows_of(value: Any, n: int, what: str) -> bool:
@@ -350,7 +354,7 @@ class Explainer:
         if self.model.layout == "NCHW" and x.ndim == 4:
             x = self.model.to_nhwc(x)
         self.model.check_input(x)
-        if not bool(xp.isfinite(x).all()):
+        if not to_numpy(xp.isfinite(x).all()):  # the one host read of a call, before any pass starts
             raise DataFormatError("input contains NaN or Inf values")
         return x
 
