@@ -332,15 +332,19 @@ def phase_agreement(ctx: dict[str, Any], deadline: float) -> dict[str, Any]:
     n = 2 if ctx["args"].dry_run else 16
     rng = numpy.random.default_rng(1)
     nets = {"lenet5": lenet5(), "vgg_small": vgg_small(), "resnet_small": resnet_small()}
-    rows, failures, skipped = [], [], []
-    for dtype in ("float64", "float32"):
-        for net_name, model in nets.items():
-            x = rng.uniform(-1, 1, (n, *model.input_shape))
-            xd = dev.put(x)
-            for kind, name in _methods(ctx["args"].methods):
-                if out_of_time(deadline):
-                    return {"complete": False, "rows": rows, "failures": failures, "skipped": skipped,
-                            "note": f"budget spent at {dtype} {net_name} {name}"}
+    rows: list[dict[str, Any]] = []
+    failures: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    note = None
+    for net_name, model in nets.items():  # nets in order of importance; both dtypes of a method together
+        x = rng.uniform(-1, 1, (n, *model.input_shape))
+        xd = dev.put(x)
+        for kind, name in _methods(ctx["args"].methods):
+            for dtype in ("float64", "float32"):
+                if note is None and out_of_time(deadline):
+                    note = f"budget spent at {net_name} {name} {dtype}"
+                if note is not None:
+                    break
                 try:
                     ref = _explain(model, x, kind, name, dtype, None)
                 except LrpflowError as err:
@@ -371,8 +375,8 @@ def phase_agreement(ctx: dict[str, Any], deadline: float) -> dict[str, Any]:
                     "worst_rel_diff": max((r["rel_diff"] for r in rows if r["dtype"] == dt and r.get("rel_diff") is not None),
                                           default=None)}
                for dt in ("float64", "float32")}
-    return {"complete": True, "batch": n, "tolerance": TOL, "summary": summary, "failures": failures,
-            "skipped": skipped, "rows": rows}
+    return {"complete": note is None, "note": note, "batch": n, "tolerance": TOL, "summary": summary,
+            "failures": failures, "skipped": skipped, "rows": rows}
 
 
 def _lrp_rows(model: Any, x: numpy.ndarray, methods: dict[str, dict[str, Any]], ctx: dict[str, Any], deadline: float,

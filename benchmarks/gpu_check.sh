@@ -34,13 +34,29 @@ say "start; budget ${BUDGET}s; out $OUT_DIR"
 (command -v nvidia-smi >/dev/null && timeout 20 nvidia-smi) 2>&1 | tee -a "$LOG"
 
 # 1. lrpflow and its missing dependencies, from the carried wheelhouse only
-W=benchmarks/wheelhouse
+W=${GPU_CHECK_WHEELHOUSE:-benchmarks/wheelhouse}
 SITE=${GPU_CHECK_SITE:-/tmp/lrpflow-site}
 if ls "$W"/*.whl >/dev/null 2>&1; then
     cat "$W/BUILD_INFO" 2>/dev/null | tee -a "$LOG"
     export GPU_CHECK_COMMIT=$(sed -n 's/^commit=//p' "$W/BUILD_INFO" 2>/dev/null)
+    WHEELS=("$W"/*.whl)
+    # lrpflow's own wheels afresh from this working tree (setuptools is there), so a wheelhouse built
+    # at an older commit cannot measure old code; the carried ones if that fails
+    FRESH=/tmp/lrpflow-fresh-wheels
+    rm -rf "$FRESH"
+    if timeout 120 "$PY" -m pip wheel -q --no-deps --no-build-isolation --no-index --disable-pip-version-check \
+            -w "$FRESH" . plugins/lrpflow-onnx plugins/lrpflow-example >>"$LOG" 2>&1; then
+        WHEELS=("$FRESH"/*.whl)
+        for f in "$W"/*.whl; do
+            case $(basename "$f") in lrpflow-*|lrpflow_*) ;; *) WHEELS+=("$f") ;; esac
+        done
+        say "lrpflow wheels built from the working tree"
+        export GPU_CHECK_COMMIT="${GPU_CHECK_COMMIT:-?} (wheelhouse); lrpflow built from the working tree"
+    else
+        say "could not build lrpflow's wheels here: installing the carried ones"
+    fi
     timeout 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --disable-pip-version-check \
-        --upgrade --target "$SITE" "$W"/*.whl 2>&1 | tee -a "$LOG"
+        --upgrade --target "$SITE" "${WHEELS[@]}" 2>&1 | tee -a "$LOG"
     say "pip install from $W: rc ${PIPESTATUS[0]}"
     export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
 else

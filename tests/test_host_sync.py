@@ -136,6 +136,9 @@ def test_targets_chunks_and_ledger_never_synchronise(device):
                                 keep=("input", model.nodes[2].name))
         stub.transfers = 0
         got = exp.explain(to_device(x), target=target)
+        # the ledger, conservation and kept relevance stay on the device until the caller reads them
+        assert all(isinstance(e.entering, DeviceArray) and isinstance(e.leaving, DeviceArray) for e in got.ledger.values())
+        assert isinstance(got.conservation, DeviceArray) and all(isinstance(v, DeviceArray) for v in got.intermediate.values())
         # one read: the input check; target arrays are checked once per chunk (3 chunks), before its passes
         assert stub.transfers == (1 if isinstance(target, (str, int)) else 4), f"target {ref_target!r}"
         got = got.to_numpy()
