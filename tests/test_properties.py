@@ -185,8 +185,10 @@ def test_batchnorm_folding_is_exact_in_float64(seed, dense):
         if "bias" in layer.param_names:
             f32(layer)
     net = lrpflow.Sequential(layers, input_shape=shape)
+    assert net.canonizers == []  # every model has the list (issue 15: it raised AttributeError)
     folded = fold_batchnorm(net)
     assert len(folded.layers) == len(layers) - 1 and folded.layers[0].weight.dtype == numpy.float64
+    assert folded.canonizers == ["fold_batchnorm: 1_batchnorm -> 0_" + type(layers[0]).__name__.lower()]
     # the merge by hand, in float64: W' = W s, b' = (b − μ) s + β with s = γ / √(σ² + ε)
     first, norm = layers[0], layers[1]
     s = norm.gamma.astype(numpy.float64) / numpy.sqrt(norm.var.astype(numpy.float64) + norm.eps)
