@@ -11,9 +11,10 @@ Precedence: a name or index override > the input-layer rule > a kind override > 
 
 Rule scope (the field's convention: zennit's composites, iNNvestigate's analyzers,
 Montavon et al. 2019): the default rule and the input-layer rule act on layers *with
-weights* only — kinds ``"dense"``, ``"conv"`` and an unfolded ``"batch_norm"``. Every
-other linear map (sum/average/global-average pooling, mean reductions, residual Add,
-Resize, ...) gets the proportional rule :class:`~lrpflow.rules.Norm` (``s = 1e-16``),
+weights* only — kinds ``"dense"`` and ``"conv"``. Every other linear map (sum/average/
+global-average pooling, mean reductions, residual Add, Resize, a BatchNorm that was not
+folded, ...) gets the proportional rule :class:`~lrpflow.rules.Norm` (``s = 1e-16``;
+on an unfolded BatchNorm that is the z-rule with its shift absorbing, iNNvestigate's BN rule),
 whatever the default's own ε or α; MaxPool gets winner-take-all. A kind, name or index
 override (``kind="pool"``, ``kind="add"``, ``maxpool="proportional"``) still sets any rule.
 ``explain(rule=X)`` follows the same scope (:func:`scoped`); whole-model methods
@@ -32,7 +33,7 @@ from lrpflow.hookspecs import hookimpl
 from lrpflow.rules import AlphaBeta, Epsilon, Flat, Gamma, Norm, Rule, WinnerTakeAll, ZBox, ZPlus, make_rule
 
 #: layer kinds a rule given by name acts on: the layers with learned weights
-WEIGHTED_KINDS = frozenset({"dense", "conv", "batch_norm"})
+WEIGHTED_KINDS = frozenset({"dense", "conv"})
 #: the rule of parameter-free linear maps (pools, mean reductions, Add, Resize, ...)
 NORM = Norm()
 _WTA = WinnerTakeAll()

@@ -9,8 +9,8 @@ from __future__ import annotations
 ENTRIES: tuple[tuple[str, str], ...] = (
     ("rule scope",
      "A rule given by name (explain(rule=X), a composite's default or input-layer rule) acts on layers "
-     "with weights: kinds 'dense', 'conv' and an unfolded 'batch_norm'. Every other linear map - sum, "
-     "average and global-average pooling, mean reductions, sums of activations (residual Add), Resize - "
+     "with weights: kinds 'dense' and 'conv'. Every other linear map - sum, average and global-average "
+     "pooling, mean reductions, sums of activations (residual Add), Resize, an unfolded BatchNorm - "
      "gets the proportional rule 'norm', whatever the rule's own epsilon or alpha; MaxPool is "
      "winner-take-all; elementwise activations pass relevance through; shape layers move it. Overrides "
      "by kind ('pool', 'add', 'max_pool'), node name or index still set any rule. As zennit's composites "
@@ -32,8 +32,9 @@ ENTRIES: tuple[tuple[str, str], ...] = (
      "load_model folds every BatchNorm into the Conv/Linear that feeds it (fold_batchnorm=True; the "
      "default for every format but lrpflow's own HDF5 files, read as saved): "
      "W' = W s, b' = (b - mu) s + beta, s = gamma / sqrt(var + eps), computed and kept in float64, so a "
-     "float64 explanation of the folded model is exact. fold_batchnorm=False keeps BN as an affine layer "
-     "with weights (the rule applies to it; zennit would pass relevance through an unmerged BN). Hui & "
+     "float64 explanation of the folded model is exact. fold_batchnorm=False keeps BN as an affine layer; "
+     "like every BN that follows no Conv/Linear it gets 'norm', the z-rule with its shift absorbing (as "
+     "iNNvestigate's BN handler; zennit passes relevance through an unmerged BN). Hui & "
      "Binder 2019; zennit's MergeBatchNorm canonizers. The merges are listed in model.canonizers."),
     ("zbox and wsquare",
      "z^B (zbox) and w^2 (wsquare) have no bias term (Montavon et al. 2017); zennit keeps the bias in "

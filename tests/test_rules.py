@@ -209,6 +209,11 @@ def test_rule_scope_single_rule_and_composites(rng):
     assert rules["avg"] == rules["gap"] == rules["max"] == Epsilon(0.25) and rules["add"] == make_rule("z")
     assert rules["conv"] == AlphaBeta(2.0, 1.0) and rules["fc"] == AlphaBeta(2.0, 1.0)
     assert set(lrpflow.Explainer(net, rule="gradient").rules().values()) == {Gradient()}
+    # a BatchNorm that is not folded (here: after a concatenation) has no weights in this sense: norm
+    import nets
+
+    rules = lrpflow.Explainer(nets.concat_net(rng), rule="alpha_beta").rules()
+    assert rules["bn"] == rules["pool"] == Norm() and rules["a"] == AlphaBeta(2.0, 1.0)
 
 
 def test_input_rule_skips_parameter_free_layers(rng):

@@ -17,8 +17,8 @@ pytest.importorskip("onnx")
 pytest.importorskip("lrpflow_onnx")
 
 import lrpflow  # noqa: E402
-from lrpflow.composites import Composite  # noqa: E402
-from lrpflow.rules import Epsilon, Flat, WSquare  # noqa: E402
+from lrpflow.composites import Composite, Override, make_composite  # noqa: E402
+from lrpflow.rules import Epsilon, Flat, Norm, Pass, WSquare, make_rule  # noqa: E402
 
 HERE = os.path.join(os.path.dirname(__file__), "fixtures", "zennit")
 NETS = ("vgg", "resnet", "densenet")
@@ -48,7 +48,7 @@ def refs():
 @pytest.fixture(scope="module")
 def explainers():
     return {name: lrpflow.Explainer(lrpflow.load_model(os.path.join(HERE, f"{name}.onnx")), dtype="float64")
-            for name in NETS}
+            for name in NETS + ("preact",)}
 
 
 def relative_error(a, b):
@@ -69,3 +69,26 @@ def test_agrees_with_zennit(net, method, refs, explainers):
     e = explainers[net].explain(refs[f"{net}/x"], target=refs[f"{net}/target"], **METHODS[method])
     err = relative_error(numpy.asarray(e.relevance), refs[f"{net}/{method}"])
     assert err < TOL, f"{net} {method}: max relative error {err:.2e}"
+
+
+def bn_passes(spec):
+    """``spec`` with zennit's treatment of a BatchNorm that could not be merged: relevance passes."""
+    spec = dict(spec)
+    if "rule" in spec:
+        base = Composite(make_rule(spec.pop("rule"), **spec))
+    else:
+        base = make_composite(spec.pop("composite"), **spec)
+    return Composite(base.default, base.input_rule, [Override(Pass(), kind="batch_norm"), *base.overrides])
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_unmerged_batchnorm_pre_activation(method, refs, explainers):
+    """DenseNet's BN-ReLU-Conv order: no BN can be folded. lrpflow gives such a BN `norm`
+    (iNNvestigate's z-rule); with a `pass` override it reproduces zennit, which passes relevance."""
+    exp = explainers["preact"]
+    bns = [n.name for n in exp.model.nodes if "batch_norm" in n.layer.kinds]
+    assert len(bns) == 3 and exp.model.canonizers == []
+    assert all(exp.rules()[b] == Norm() for b in bns)
+    e = exp.explain(refs["preact/x"], target=refs["preact/target"], composite=bn_passes(METHODS[method]))
+    err = relative_error(numpy.asarray(e.relevance), refs[f"preact/{method}"])
+    assert err < TOL, f"preact {method}: max relative error {err:.2e}"

@@ -9,7 +9,7 @@ unchanged (up to rounding); LRP then treats conv+BN as one affine layer, the usu
 practice (Hui & Binder 2019, "BatchNorm decomposition for deep neural network
 interpretation"; Montavon et al. 2019; zennit's ``MergeBatchNorm`` canonizers).
 ``load_model`` folds by default (``fold_batchnorm=False`` keeps BN as its own affine
-layer, to which the rules apply like to any layer with weights). The merged node of a DAG is named
+layer, which gets the ``norm`` rule like every linear layer without weights). The merged node of a DAG is named
 ``"<conv>+<bn>"``, so the explanation's ledger shows the merge; every merge is also
 listed in ``model.canonizers``.
 """
