@@ -57,7 +57,8 @@ class Epsilon(Rule):
     Notes
     -----
     ``z_ij = x_i w_ij``, ``z_j = Σ_i z_ij + b_j`` (``bias=False``: without ``b_j``).
-    ε = 0 is allowed: a zero denominator then passes no relevance.
+    ε = 0 is allowed: a zero denominator then passes no relevance. Scope: given by name,
+    it acts on layers with weights; pools and Add get ``norm`` (docs/conventions.md).
     """
 
     epsilon: float = 1e-6
@@ -112,10 +113,9 @@ class Gamma(Rule):
     def linear(self, layer: Layer, xs: Sequence[Any], y: Any, r: Any, ctx: NodeContext) -> list[Any]:
         g, eps = float(self.gamma), self.stabilizer
         nonneg = bool(ctx.nonneg) and all(ctx.nonneg)
-        if self.bias or not _has_bias(layer, xs):
-            z = ctx.z if ctx.z is not None else layer.apply(xs, *ctx.modified(layer, xs, keep, keep))  # type: ignore[attr-defined]
-        else:
-            z = layer.apply(xs, *ctx.modified(layer, xs, keep, None))  # type: ignore[attr-defined]
+        z = ctx.z if self.bias or not _has_bias(layer, xs) else None  # the plain output decides the case
+        if z is None:
+            z = layer.apply(xs, *ctx.modified(layer, xs, keep, _bias(self.bias)))  # type: ignore[attr-defined]
         if getattr(layer, "channel_blocks", False) and len(xs) == 1:
             return self._blocked(layer, xs[0], z, r, ctx, g, eps, nonneg)
         return self._generic(layer, xs, z, r, ctx, g, eps, nonneg)
@@ -163,11 +163,11 @@ class Gamma(Rule):
             zp = zp + layer.apply(xneg, wb, None)  # type: ignore[attr-defined]
             zn = zn + layer.apply(xneg, wa, None)  # type: ignore[attr-defined]
         s, t = self._shares(z, zp, zn, r, eps)
-        out = [xq * (ga + gb) for xq, ga, gb in zip(xpos, layer.apply_transpose(s, wa, xpos),  # type: ignore[attr-defined]
-                                                     layer.apply_transpose(t, wb, xpos))]  # type: ignore[attr-defined]
+        vjp = layer.apply_transpose  # type: ignore[attr-defined]
+        # R = x⁺ ⊙ (Aᵀs + Bᵀt) + x⁻ ⊙ (Bᵀs + Aᵀt)
+        out = [xq * (ga + gb) for xq, ga, gb in zip(xpos, vjp(s, wa, xpos), vjp(t, wb, xpos))]
         if not nonneg:
-            out = [o + xq * (ga + gb) for o, xq, ga, gb in zip(out, xneg, layer.apply_transpose(s, wb, xneg),  # type: ignore[attr-defined]
-                                                              layer.apply_transpose(t, wa, xneg))]  # type: ignore[attr-defined]
+            out = [o + xq * (ga + gb) for o, xq, ga, gb in zip(out, xneg, vjp(s, wb, xneg), vjp(t, wa, xneg))]
         return out
 
 
@@ -235,7 +235,8 @@ class AlphaBeta(Rule):
     ``z⁺_ij = (x_i w_ij)⁺``, ``P_j = Σ_i z⁺_ij + b⁺_j``, ``N_j = Σ_i z⁻_ij + b⁻_j`` (biases
     only with ``bias=True``), ``s = 1e-16``. Without ``beta`` it is ``α − 1`` (the toolbox's
     ``alphabeta`` parameter α). With inputs ≥ 0 and the bias included, ``N_j = z_j − P_j``
-    is read from the forward output, as in the toolbox.
+    is read from the forward output, as in the toolbox. Scope: given by name, it acts on
+    layers with weights; pools and Add get ``norm`` (so α no longer multiplies relevance there).
     """
 
     alpha: float = 2.0
