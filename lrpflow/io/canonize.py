@@ -31,11 +31,9 @@ def _merge(layer: Any, bn: BatchNorm) -> Any:
     w2 = xp.asarray(w, dtype=f64) * s
     b0 = xp.zeros(s.shape, dtype=f64) if b is None else xp.asarray(b, dtype=f64)
     b2 = (b0 - xp.asarray(bn.mean, dtype=f64)) * s + xp.asarray(bn.beta, dtype=f64)
-    if isinstance(layer, Conv2d):
-        h, wk = layer.kernel
-        new: Any = Conv2d(h, wk, layer.d, layer.n, stride=layer.stride, padding=layer.pads, weight=w2, bias=b2)
-    else:
-        new = Linear(layer.m, layer.n, weight=w2, bias=b2)
+    # the layer's own constructor arguments (stride, padding, groups, ...); the output channels
+    # are the weight's last axis, so scaling by s per output channel is the merge for all of them
+    new: Any = type(layer)(**layer.config(), weight=w2, bias=b2)
     new.set_lrp_parameters(layer.lrp_var, layer.lrp_param)
     return new
 
