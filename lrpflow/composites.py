@@ -8,6 +8,18 @@ kind (``"dense"``, ``"conv"``, ``"pool"``, ``"max_pool"``, a class name such as
 per-layer ``set_lrp_parameters`` is an index override.
 
 Precedence: a name or index override > the input-layer rule > a kind override > the default.
+
+Rule scope (the field's convention: zennit's composites, iNNvestigate's analyzers,
+Montavon et al. 2019): the default rule and the input-layer rule act on layers *with
+weights* only — kinds ``"dense"`` and ``"conv"``. Every other linear map (sum/average/
+global-average pooling, mean reductions, residual Add, Resize, a BatchNorm that was not
+folded, ...) gets the proportional rule :class:`~lrpflow.rules.Norm` (``s = 1e-16``;
+on an unfolded BatchNorm that is the z-rule with its shift absorbing, iNNvestigate's BN rule),
+whatever the default's own ε or α; MaxPool gets winner-take-all. A kind, name or index
+override (``kind="pool"``, ``kind="add"``, ``maxpool="proportional"``) still sets any rule.
+``explain(rule=X)`` follows the same scope (:func:`scoped`); whole-model methods
+(gradient, SmoothGrad, ...) are not scoped. The toolbox surface (``Sequential.lrp``,
+``set_lrp_parameters``) keeps the toolbox's own per-layer rules.
 """
 from __future__ import annotations
 
@@ -18,7 +30,34 @@ from typing import Any
 
 from lrpflow.errors import ConfigError
 from lrpflow.hookspecs import hookimpl
-from lrpflow.rules import AlphaBeta, Epsilon, Flat, Gamma, Rule, ZBox, ZPlus, make_rule
+from lrpflow.rules import AlphaBeta, Epsilon, Flat, Gamma, Norm, Rule, WinnerTakeAll, ZBox, ZPlus, make_rule
+
+#: layer kinds a rule given by name acts on: the layers with learned weights
+WEIGHTED_KINDS = frozenset({"dense", "conv"})
+#: the rule of parameter-free linear maps (pools, mean reductions, Add, Resize, ...)
+NORM = Norm()
+_WTA = WinnerTakeAll()
+
+
+def has_weights(layer: Any) -> bool:
+    """True for linear layers with learned weights (kinds in :data:`WEIGHTED_KINDS`)."""
+    return layer.role == "linear" and bool(WEIGHTED_KINDS & set(layer.kinds))
+
+
+def scoped(rule: Rule, layer: Any) -> Rule:
+    """The rule a node gets from a rule given for the whole model (not by an override).
+
+    ``rule`` on layers with weights; :data:`NORM` on every other linear layer;
+    winner-take-all on MaxPool; ``rule`` elsewhere (elementwise and shape layers, which
+    every rule treats alike). Whole-model methods are returned unchanged.
+    """
+    if rule.global_only:
+        return rule
+    if layer.role == "linear" and not has_weights(layer):
+        return NORM
+    if layer.role == "maxpool":
+        return _WTA
+    return rule
 
 
 @dataclass(frozen=True)
@@ -113,7 +152,8 @@ class Composite:
         return cls(**dict(cfg))
 
     def input_nodes(self, model: Any) -> set[str]:
-        """Affine nodes reached from the model input through elementwise/shape nodes only."""
+        """Weighted nodes reached from the model input through elementwise, shape and
+        parameter-free linear nodes only."""
         consumers: dict[str, list[Any]] = {}
         for node in model.nodes:
             for i in node.inputs:
@@ -125,9 +165,9 @@ class Composite:
                 if node.name in seen:
                     continue
                 seen.add(node.name)
-                if node.layer.role == "linear":
+                if has_weights(node.layer):
                     found.add(node.name)
-                elif node.layer.role in ("elementwise", "shape", "softmax"):
+                elif node.layer.role in ("elementwise", "shape", "softmax", "linear"):
                     stack.append(node.name)
         return found
 
@@ -140,8 +180,10 @@ class Composite:
             match = next((o for o in self.overrides if o.matches(node, pos, len(nodes))), None)
             if node.name in inputs and (match is None or (match.name is None and match.index is None)):
                 out[node.name] = self.input_rule  # more specific than a kind override
+            elif match is None:
+                out[node.name] = scoped(self.default, node.layer)
             else:
-                out[node.name] = self.default if match is None else match.rule
+                out[node.name] = match.rule
         return out
 
     def __repr__(self) -> str:
@@ -152,26 +194,27 @@ class Composite:
 
 
 def epsilon_plus(epsilon: float = 1e-6) -> Composite:
-    """Dense: ε; convolutions: z⁺ (zennit's EpsilonPlus)."""
+    """Dense: ε; convolutions: z⁺; pools, Add: norm; MaxPool: winner-take-all (zennit's EpsilonPlus)."""
     return Composite(Epsilon(epsilon), overrides=[Override(ZPlus(), kind="conv"), Override(Epsilon(epsilon), kind="dense")],
                      name="epsilon_plus")
 
 
 def epsilon_plus_flat(epsilon: float = 1e-6) -> Composite:
-    """epsilon_plus with flat on the input layer."""
+    """epsilon_plus with flat on the input layer (zennit's EpsilonPlusFlat)."""
     c = epsilon_plus(epsilon)
     return Composite(c.default, Flat(), c.overrides, name="epsilon_plus_flat")
 
 
 def epsilon_gamma_box(epsilon: float = 1e-6, gamma: float = 0.25, low: Any = None, high: Any = None) -> Composite:
-    """Dense: ε; convolutions: γ; input layer: z^B with bounds low/high (Montavon et al. 2019)."""
+    """Dense: ε; convolutions: generalised γ; input layer: z^B with bounds low/high; pools, Add: norm
+    (Montavon et al. 2019; zennit's EpsilonGammaBox)."""
     return Composite(Epsilon(epsilon), ZBox(low, high),
                      overrides=[Override(Gamma(gamma), kind="conv"), Override(Epsilon(epsilon), kind="dense")],
                      name="epsilon_gamma_box")
 
 
 def epsilon_alpha2_beta1(epsilon: float = 1e-6) -> Composite:
-    """Dense: ε; convolutions: α2β1."""
+    """Dense: ε; convolutions: α2β1; pools, Add: norm (zennit's EpsilonAlpha2Beta1)."""
     return Composite(Epsilon(epsilon), overrides=[Override(AlphaBeta(2.0, 1.0), kind="conv"),
                                                   Override(Epsilon(epsilon), kind="dense")], name="epsilon_alpha2_beta1")
 

@@ -17,7 +17,7 @@ import numpy
 
 from lrpflow.backend import get_namespace, namespace, resolve_dtype, to_backend, to_numpy, tune_host_allocator
 from lrpflow.chunks import cpu_workers, map_chunks, plan
-from lrpflow.composites import Composite, make_composite
+from lrpflow.composites import Composite, make_composite, scoped
 from lrpflow.errors import ConfigError, DataFormatError, ShapeError
 from lrpflow.graph import Model, Trace
 from lrpflow.rules import Rule, make_rule
@@ -60,6 +60,8 @@ class Explanation:
     ledger: dict[str, LedgerEntry] = field(default_factory=dict)
     intermediate: dict[str, Any] = field(default_factory=dict)
     method: str = ""
+    #: layout of ``relevance`` (the model's declared layout: "NCHW" for ONNX models); renderers take it as ``layout=``
+    layout: str = "NHWC"
 
     def to_numpy(self) -> Explanation:
         """A copy with every array on the host."""
@@ -67,7 +69,7 @@ class Explanation:
             to_numpy(self.relevance), to_numpy(self.logits), to_numpy(self.target), to_numpy(self.r_init),
             to_numpy(self.conservation),
             {k: LedgerEntry(to_numpy(v.entering), to_numpy(v.leaving)) for k, v in self.ledger.items()},
-            {k: to_numpy(v) for k, v in self.intermediate.items()}, self.method)
+            {k: to_numpy(v) for k, v in self.intermediate.items()}, self.method, self.layout)
 
 
 def nonneg_nodes(model: Model) -> dict[str, bool]:
@@ -245,7 +247,8 @@ def _concatenate(parts: Sequence[Explanation]) -> Explanation:
               for k in first.ledger}
     kept = {k: cat([p.intermediate[k] for p in parts]) for k in first.intermediate}
     return Explanation(cat([p.relevance for p in parts]), cat([p.logits for p in parts]), cat([p.target for p in parts]),
-                       cat([p.r_init for p in parts]), cat([p.conservation for p in parts]), ledger, kept, first.method)
+                       cat([p.r_init for p in parts]), cat([p.conservation for p in parts]), ledger, kept, first.method,
+                       first.layout)
 
 
 def _describe(rule: Rule | None, composite: Composite | None) -> str:
@@ -325,7 +328,8 @@ class Explainer:
             rules, head, desc = comp.assign(self.model), comp.default, _describe(None, comp)
         else:
             r = make_rule("epsilon" if rule is None else rule, **params)
-            rules, head, desc = {n.name: r for n in self.model.nodes}, r, _describe(r, None)
+            # a single rule acts on the layers with weights; pools, Add, ... get `norm` (see composites)
+            rules, head, desc = {n.name: scoped(r, n.layer) for n in self.model.nodes}, r, _describe(r, None)
         if head.global_only and any(v is not head for v in rules.values()):
             raise ConfigError(f"{type(head).__name__} is a whole-model method and cannot be combined with other rules")
         out = (rules, head, desc)
@@ -451,7 +455,7 @@ class Explainer:
         den = xp.abs(total_init)
         conservation = xp.where(den > 0, diff / xp.where(den > 0, den, 1), diff)
         return Explanation(self.model.from_nhwc(relevance), logits, tgt, r_init, conservation, prop.ledger,
-                           prop.intermediate, desc)
+                           prop.intermediate, desc, self.model.layout)
 
     __call__ = explain
 

@@ -85,6 +85,8 @@ class Model:
         if layout not in ("NHWC", "NCHW"):
             raise ConfigError(f"model layout must be 'NHWC' or 'NCHW', got {layout!r}")
         self.layout = layout
+        #: exact rewrites applied to the model (e.g. ``"fold_batchnorm: bn1 -> conv1+bn1"``)
+        self.canonizers: list[str] = []
         self._validate()
 
     # -- structure ----------------------------------------------------------

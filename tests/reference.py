@@ -171,13 +171,19 @@ def _window_shares(
         return safe(z, den[:, None, :])
 
     if rule == "gamma":
+        # generalised gamma (zennit's Gamma): where the plain output z_j > 0 the positive
+        # contributions are favoured, z+g = z + g z+, b + g b+; where z_j < 0 the negative
+        # ones, z-g = z + g z-, b + g b-; where z_j = 0 nothing is passed
         gamma = _required(params, "gamma", rule)
         stab = params.get("stabilizer", 1e-16)
-        z_g = z + gamma * pos(z)
-        b_g = b_eff + gamma * pos(b_eff)
-        z_gj = z_g.sum(axis=1) + b_g[None, :]
-        den = z_gj + stab * sign0(z_gj)
-        return safe(z_g, den[:, None, :])
+        z_j = z.sum(axis=1) + b_eff[None, :]
+        q = np.zeros_like(z)
+        for part, mask in ((pos, z_j > 0), (neg, z_j < 0)):
+            z_g = z + gamma * part(z)
+            z_gj = z_g.sum(axis=1) + (b_eff + gamma * part(b_eff))[None, :]
+            den = z_gj + stab * sign0(z_gj)
+            q += safe(z_g, den[:, None, :]) * mask[:, None, :]
+        return q
 
     if rule in ("alpha_beta", "zplus"):
         if rule == "zplus":

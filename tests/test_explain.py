@@ -8,7 +8,7 @@ import lrpflow
 import nets
 from lrpflow.backend import to_numpy
 from lrpflow.explain import initial_relevance, propagate
-from lrpflow.rules import AlphaBeta, Epsilon, Flat, Gamma, ZBox, ZPlus
+from lrpflow.rules import AlphaBeta, Epsilon, Flat, Gamma, WinnerTakeAll, ZBox, ZPlus
 
 
 def per_sample(a):
@@ -97,7 +97,8 @@ def test_mixed_composite_puts_the_right_rule_on_each_node(cnn):
     assert rules["0_conv2d"] == Flat()  # the input rule beats a kind override
     assert rules["3_conv2d"] == Gamma(0.5)  # first matching override wins
     assert rules["6_linear"] == ZPlus()
-    assert rules["1_relu"] == Epsilon(0.2) and rules["2_maxpool"] == Epsilon(0.2)
+    assert rules["1_relu"] == Epsilon(0.2)
+    assert rules["2_maxpool"] == WinnerTakeAll()  # rule scope: MaxPool is winner-take-all whatever the default
     comp2 = lrpflow.Composite(default="epsilon", input_rule="flat", overrides=[{"index": "3:4", "rule": "alpha_beta", "alpha": 3.0}])
     rules2 = lrpflow.Explainer(cnn, composite=comp2).rules()
     assert rules2["0_conv2d"] == Flat() and rules2["3_conv2d"] == AlphaBeta(3.0, 2.0)

@@ -169,3 +169,78 @@ def test_alpha_beta_validation():
         make_rule("epsilonn")
     assert make_rule("lrp.epsilon_IB", epsilon=0.1).bias is False
     assert make_rule("ww") == make_rule("wsquare")
+
+
+# --- rule scope (issue 11): rules act on layers with weights, `norm` on parameter-free linear layers ---
+
+
+def _scope_net(rng):
+    from lrpflow.graph import Model, Node
+
+    nodes = [
+        Node("conv", Conv2d(3, 3, 2, 3, padding=1, rng=rng), ("input",)),
+        Node("relu", lrpflow.layers.ReLU(), ("conv",)),
+        Node("avg", AvgPool(2, 2), ("relu",)),
+        Node("max", MaxPool(2, 2, stride=(1, 1)), ("avg",)),
+        Node("add", Add(), ("max", "max")),
+        Node("gap", GlobalAvgPool(), ("add",)),
+        Node("fc", Linear(3, 2, rng=rng), ("gap",)),
+    ]
+    return Model(nodes, input_shape=(6, 6, 2))
+
+
+def test_rule_scope_single_rule_and_composites(rng):
+    from lrpflow.rules import AlphaBeta, Epsilon, Gradient, Norm, WinnerTakeAll, ZBox
+
+    net = _scope_net(rng)
+    rules = lrpflow.Explainer(net, rule="epsilon", epsilon=0.25).rules()
+    assert rules["conv"] == rules["fc"] == Epsilon(0.25)
+    assert rules["avg"] == rules["add"] == rules["gap"] == Norm() and rules["max"] == WinnerTakeAll()
+    assert Norm().stabilizer == 1e-16 and make_rule("norm") == Norm()
+    for preset in ("epsilon_plus", "epsilon_alpha2_beta1", "epsilon_gamma_box", "epsilon_plus_flat"):
+        rules = lrpflow.Explainer(net, composite=preset).rules()
+        assert rules["avg"] == rules["add"] == rules["gap"] == Norm(), preset
+    box = lrpflow.Explainer(net, composite="epsilon_gamma_box", low=-1.0, high=1.0).rules()
+    assert box["conv"] == ZBox(-1.0, 1.0)
+    # overrides by kind still set any rule; whole-model methods are not scoped
+    comp = {"default": "alpha_beta", "overrides": [{"kind": "pool", "rule": "epsilon", "epsilon": 0.25},
+                                                   {"kind": "add", "rule": "z"}]}
+    rules = lrpflow.Explainer(net, composite=comp).rules()
+    assert rules["avg"] == rules["gap"] == rules["max"] == Epsilon(0.25) and rules["add"] == make_rule("z")
+    assert rules["conv"] == AlphaBeta(2.0, 1.0) and rules["fc"] == AlphaBeta(2.0, 1.0)
+    assert set(lrpflow.Explainer(net, rule="gradient").rules().values()) == {Gradient()}
+    # a BatchNorm that is not folded (here: after a concatenation) has no weights in this sense: norm
+    import nets
+
+    rules = lrpflow.Explainer(nets.concat_net(rng), rule="alpha_beta").rules()
+    assert rules["bn"] == rules["pool"] == Norm() and rules["a"] == AlphaBeta(2.0, 1.0)
+
+
+def test_input_rule_skips_parameter_free_layers(rng):
+    from lrpflow.composites import Composite
+    from lrpflow.graph import Model, Node
+    from lrpflow.rules import Flat, Norm
+
+    net = Model([Node("pool", AvgPool(2, 2), ("input",)), Node("flat", lrpflow.layers.Flatten(), ("pool",)),
+                 Node("fc", Linear(8, 2, rng=rng), ("flat",))], input_shape=(4, 4, 2))
+    rules = Composite("epsilon", input_rule="flat").assign(net)
+    assert rules["pool"] == Norm() and rules["fc"] == Flat()
+
+
+def test_single_rule_puts_norm_on_pools_end_to_end(rng):
+    """ε = 0.25 on the conv and the dense layer, the plain proportional split on the AvgPool."""
+    conv = Conv2d(3, 3, 2, 3, padding=1, rng=rng, bias=rng.normal(0, 0.3, 3))
+    fc = Linear(27, 2, rng=rng, bias=rng.normal(0, 0.3, 2))
+    net = lrpflow.Sequential([conv, lrpflow.layers.ReLU(), AvgPool(2, 2, stride=(2, 2)), lrpflow.layers.Flatten(), fc],
+                             input_shape=(6, 6, 2))
+    x = signed(rng, (2, 6, 6, 2))
+    out = lrpflow.explain(net, x, rule="epsilon", epsilon=0.25, dtype="float64", target=1)
+    a = numpy.maximum(ref.conv2d_forward(x, conv.weight, conv.bias, (1, 1), (1, 1)), 0)
+    p = ref.avgpool_forward(a, (2, 2), (2, 2))
+    logits = ref.linear_forward(p.reshape(2, -1), fc.weight, fc.bias)
+    r = numpy.zeros_like(logits)
+    r[:, 1] = logits[:, 1]
+    r = ref.linear_rule(p.reshape(2, -1), fc.weight, fc.bias, r, "epsilon", epsilon=0.25).reshape(p.shape)
+    r = ref.avgpool_rule(a, r, (2, 2), (2, 2), "z")  # norm: z_j + 1e-16·sign(z_j)
+    want = ref.conv2d_rule(x, conv.weight, conv.bias, r, (1, 1), (1, 1), "epsilon", epsilon=0.25)
+    assert close(out.relevance, want)

@@ -134,13 +134,32 @@ def _call(fn: Any, error: type[LrpflowError], path: str, options: dict[str, Any]
     return fn(*first, path, **options)
 
 
-def load_model(path: str | os.PathLike[str], format: str | None = None, **options: Any) -> Any:
-    """Read a model; the reader is chosen by ``format`` (a registered name) or by the file suffix."""
+def load_model(path: str | os.PathLike[str], format: str | None = None, *, fold_batchnorm: bool | None = None,
+               **options: Any) -> Any:
+    """Read a model; the reader is chosen by ``format`` (a registered name) or by the file suffix.
+
+    ``fold_batchnorm``: merge every BatchNorm into the Conv/Linear that feeds it, in float64
+    (:func:`lrpflow.io.canonize.fold_batchnorm`; the field's convention); the merges are
+    listed in ``model.canonizers``. Default (None): fold for every format but lrpflow's own
+    HDF5 files, which are read exactly as saved (a model saved folded stays folded).
+    False keeps BatchNorm as its own affine layer.
+    """
+    from lrpflow.graph import Model
+    from lrpflow.io.canonize import fold_batchnorm as fold
+    from lrpflow.layers import BatchNorm
     from lrpflow.plugins import registries
 
     path = os.fspath(path)
     reader = _pick(registries().model_readers, path, format, "model reader")
-    return _call(reader, ModelFormatError, path, options)
+    model = _call(reader, ModelFormatError, path, options)
+    if fold_batchnorm is None:
+        fold_batchnorm = reader is not native.read
+    if isinstance(model, Model):
+        if fold_batchnorm and any(isinstance(layer, BatchNorm) for layer in model.layers):
+            model = fold(model)
+        if not isinstance(getattr(model, "canonizers", None), list):
+            model.canonizers = []
+    return model
 
 
 def save_model(model: Any, path: str | os.PathLike[str], format: str | None = None, **options: Any) -> None:

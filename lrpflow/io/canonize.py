@@ -2,9 +2,14 @@
 
 :func:`fold_batchnorm` merges every BatchNorm into the Conv2d or Linear that feeds it
 (when that layer's output goes nowhere else): ``W' = W · s``, ``b' = (b − μ) · s + β``
-with ``s = γ / √(σ² + ε)`` per output channel. The forward pass is unchanged (up to
-rounding); LRP then treats conv+BN as one affine layer, the usual practice (Montavon et
-al. 2019; zennit's ``MergeBatchNorm``). The merged node of a DAG is named
+with ``s = γ / √(σ² + ε)`` per output channel. The merge is computed and *kept* in
+float64 (whatever the model's dtype), so a float64 explanation of the folded model is
+exact and a float32 one rounds once, when the parameters are cast. The forward pass is
+unchanged (up to rounding); LRP then treats conv+BN as one affine layer, the usual
+practice (Hui & Binder 2019, "BatchNorm decomposition for deep neural network
+interpretation"; Montavon et al. 2019; zennit's ``MergeBatchNorm`` canonizers).
+``load_model`` folds by default (``fold_batchnorm=False`` keeps BN as its own affine
+layer, which gets the ``norm`` rule like every linear layer without weights). The merged node of a DAG is named
 ``"<conv>+<bn>"``, so the explanation's ledger shows the merge; every merge is also
 listed in ``model.canonizers``.
 """
@@ -18,19 +23,17 @@ from lrpflow.layers import BatchNorm, Conv2d, Linear
 
 
 def _merge(layer: Any, bn: BatchNorm) -> Any:
-    """A new Conv2d/Linear equal to ``bn(layer(x))``."""
+    """A new Conv2d/Linear equal to ``bn(layer(x))``, its parameters in float64."""
     w, b = layer.weight, layer.bias
     xp = get_namespace(w)
-    dtype = xp.result_type(w.dtype, b.dtype)
     f64 = "float64"
     s = xp.asarray(bn.gamma, dtype=f64) / xp.sqrt(xp.asarray(bn.var, dtype=f64) + bn.eps)
-    w2 = (xp.asarray(w, dtype=f64) * s).astype(dtype)
-    b2 = ((xp.asarray(b, dtype=f64) - xp.asarray(bn.mean, dtype=f64)) * s + xp.asarray(bn.beta, dtype=f64)).astype(dtype)
-    if isinstance(layer, Conv2d):
-        h, wk = layer.kernel
-        new: Any = Conv2d(h, wk, layer.d, layer.n, stride=layer.stride, padding=layer.pads, weight=w2, bias=b2)
-    else:
-        new = Linear(layer.m, layer.n, weight=w2, bias=b2)
+    w2 = xp.asarray(w, dtype=f64) * s
+    b0 = xp.zeros(s.shape, dtype=f64) if b is None else xp.asarray(b, dtype=f64)
+    b2 = (b0 - xp.asarray(bn.mean, dtype=f64)) * s + xp.asarray(bn.beta, dtype=f64)
+    # the layer's own constructor arguments (stride, padding, groups, ...); the output channels
+    # are the weight's last axis, so scaling by s per output channel is the merge for all of them
+    new: Any = type(layer)(**layer.config(), weight=w2, bias=b2)
     new.set_lrp_parameters(layer.lrp_var, layer.lrp_param)
     return new
 

@@ -28,7 +28,7 @@ from lrpflow.render.curves import (
 )
 from lrpflow.render.grid import COMPARISON_CMAPS, colormap_grid, grid_figure, heatmap_grid, render_grid
 from lrpflow.render.image import (
-    digit_to_rgb, enlarge_image, hm_to_rgb, image_to_unit, outline, overlay, render_digit, render_heatmap,
+    channels_last, digit_to_rgb, enlarge_image, hm_to_rgb, image_to_unit, outline, overlay, render_digit, render_heatmap,
     render_overlay, save_image, to_uint8, vec2im, write_png,
 )
 
@@ -36,7 +36,7 @@ __all__ = [
     # toolbox API
     "vec2im", "enlarge_image", "digit_to_rgb", "hm_to_rgb", "save_image",
     # images
-    "overlay", "outline", "to_uint8", "image_to_unit", "write_png", "render_heatmap", "render_digit",
+    "overlay", "outline", "channels_last", "to_uint8", "image_to_unit", "write_png", "render_heatmap", "render_digit",
     "render_overlay",
     # colormaps
     "Colormap", "MatplotlibColormap", "get_colormap", "colormap_names", "matplotlib_colormap",

@@ -15,7 +15,9 @@ from lrpflow.backend import to_numpy
 from lrpflow.errors import ConfigError, DataFormatError
 from lrpflow.render._figure import figure_to_rgb, new_figure
 from lrpflow.render.colormaps import DEFAULT_CMAP
-from lrpflow.render.image import PathLike, digit_to_rgb, enlarge_image, hm_to_rgb, image_to_unit, to_uint8, write_png
+from lrpflow.render.image import (
+    PathLike, channels_last, digit_to_rgb, enlarge_image, hm_to_rgb, image_to_unit, to_uint8, write_png,
+)
 
 __all__ = ["grid_figure", "render_grid", "heatmap_grid", "colormap_grid", "COMPARISON_CMAPS"]
 
@@ -122,18 +124,19 @@ def render_grid(
     return write_png(rgb, path) if path is not None else rgb
 
 
-def _samples(a: Any, what: str) -> list[Any]:
-    """A batch (N, ...) or a list of samples as a list of host arrays."""
+def _samples(a: Any, what: str, layout: str | None = None) -> list[Any]:
+    """A batch (N, ...) or a list of samples as a list of host arrays, images channels-last."""
     if isinstance(a, (list, tuple)):
-        return [to_numpy(s) for s in a]
+        return [channels_last(s, layout, what) for s in a]
     a = to_numpy(a)
     if a.ndim < 2:
         raise DataFormatError(f"{what}: expected a batch of samples (N, ...), got shape {a.shape}")
-    return list(a)
+    return [channels_last(s, layout, what) for s in a]
 
 
-def _input_images(x: Any, n: int, scaling: int, shape: Sequence[int], image_range: tuple[float, float] | None) -> list:
-    xs = _samples(x, "grid input x")
+def _input_images(x: Any, n: int, scaling: int, shape: Sequence[int], image_range: tuple[float, float] | None,
+                  layout: str | None = None) -> list:
+    xs = _samples(x, "grid input x", layout)
     if len(xs) != n:
         raise DataFormatError(f"grid: x has {len(xs)} samples but the relevance has {n}")
     if image_range is None:  # one range for all samples, chosen as image_to_unit would choose it
@@ -161,7 +164,7 @@ def heatmap_grid(
     shape: Sequence[int] = (), sigma: float = 2, normalize: bool = True, outline: bool = True,
     input_label: str = "input", image_range: tuple[float, float] | None = None,
     row_labels: Sequence[str] | None = None, title: str | None = None, cell_size: float = 1.4,
-    dpi: float = 100, path: PathLike | None = None,
+    dpi: float = 100, path: PathLike | None = None, layout: str | None = None,
 ) -> numpy.ndarray:
     """Samples × rules (or parameter values): one heatmap per cell, one PNG.
 
@@ -184,6 +187,9 @@ def heatmap_grid(
         Title of the figure.
     cell_size, dpi, path
         As in :func:`render_grid`.
+    layout : str, optional
+        Layout of the relevance and ``x``: ``"NHWC"`` or ``"NCHW"`` (an ONNX model's
+        ``layout``); None: see :func:`~lrpflow.render.image.channels_last`.
 
     Returns
     -------
@@ -192,14 +198,15 @@ def heatmap_grid(
     """
     if not relevances:
         raise DataFormatError("heatmap_grid: no relevance given")
-    columns = {str(k): _samples(v, f"heatmap_grid column {k!r}") for k, v in relevances.items()}
+    columns = {str(k): _samples(v, f"heatmap_grid column {k!r}", layout) for k, v in relevances.items()}
     n = len(next(iter(columns.values())))
     for k, v in columns.items():
         if len(v) != n:
             raise DataFormatError(f"heatmap_grid: column {k!r} has {len(v)} samples, the first column {n}")
     return _samples_grid(
         n, lambda i, xi: [hm_to_rgb(col[i], xi, scaling, shape, sigma, cmap, normalize) for col in columns.values()],
-        list(columns), x, scaling, shape, outline, input_label, image_range, row_labels, title, cell_size, dpi, path)
+        list(columns), x, scaling, shape, outline, input_label, image_range, row_labels, title, cell_size, dpi, path,
+        layout)
 
 
 def colormap_grid(
@@ -207,7 +214,7 @@ def colormap_grid(
     shape: Sequence[int] = (), sigma: float = 2, normalize: bool = True, outline: bool = True,
     input_label: str = "input", image_range: tuple[float, float] | None = None,
     row_labels: Sequence[str] | None = None, title: str | None = None, cell_size: float = 1.4,
-    dpi: float = 100, path: PathLike | None = None,
+    dpi: float = 100, path: PathLike | None = None, layout: str | None = None,
 ) -> numpy.ndarray:
     """Samples × colormaps: the same heatmaps in every colormap (the toolbox demo's figure).
 
@@ -217,7 +224,7 @@ def colormap_grid(
         Relevance of all samples, (N, ...).
     cmaps : sequence of str or callable
         The colormaps, one column each (default :data:`COMPARISON_CMAPS`).
-    x, scaling, shape, sigma, normalize, outline, input_label, image_range, row_labels, title, cell_size, dpi, path
+    x, scaling, shape, sigma, normalize, outline, input_label, image_range, row_labels, title, cell_size, dpi, path, layout
         As in :func:`heatmap_grid`.
 
     Returns
@@ -225,21 +232,21 @@ def colormap_grid(
     numpy.ndarray
         The grid as uint8 RGB (written as PNG to ``path`` if given).
     """
-    rs = _samples(relevance, "colormap_grid relevance")
+    rs = _samples(relevance, "colormap_grid relevance", layout)
     n = len(rs)
     names = [c if isinstance(c, str) else getattr(c, "name", getattr(c, "__name__", repr(c))) for c in cmaps]
     return _samples_grid(
         n, lambda i, xi: [hm_to_rgb(rs[i], xi, scaling, shape, sigma, c, normalize) for c in cmaps],
-        names, x, scaling, shape, outline, input_label, image_range, row_labels, title, cell_size, dpi, path)
+        names, x, scaling, shape, outline, input_label, image_range, row_labels, title, cell_size, dpi, path, layout)
 
 
 def _samples_grid(n: int, cells: Callable[[int, Any], list[numpy.ndarray]], col_names: list[str], x: Any,
                   scaling: int, shape: Sequence[int], outline: bool, input_label: str,
                   image_range: tuple[float, float] | None, row_labels: Sequence[str] | None, title: str | None,
-                  cell_size: float, dpi: float, path: PathLike | None) -> numpy.ndarray:
+                  cell_size: float, dpi: float, path: PathLike | None, layout: str | None = None) -> numpy.ndarray:
     """One row per sample: its input image (if ``x``), then ``cells(i, x_i)`` (``x_i`` None without outline)."""
-    inputs = _input_images(x, n, scaling, shape, image_range) if x is not None else None
-    xs = _samples(x, "grid input x") if x is not None and outline else [None] * n
+    inputs = _input_images(x, n, scaling, shape, image_range, layout) if x is not None else None
+    xs = _samples(x, "grid input x", layout) if x is not None and outline else [None] * n
     rows = [([inputs[i]] if inputs is not None else []) + cells(i, xs[i]) for i in range(n)]
     col_labels = ([input_label] if inputs is not None else []) + col_names
     row_labels = list(row_labels) if row_labels is not None else [f"sample {i}" for i in range(n)]

@@ -106,7 +106,44 @@ def _check_scaling(scaling: Any) -> int:
     return int(scaling)
 
 
-def _as_map(a: Any, shape: Sequence[int], what: str, reduce: str = "sum") -> numpy.ndarray:
+#: accepted spellings of the two layouts (a batch or one sample)
+_CHANNELS_FIRST = {"NCHW", "CHW", "CHANNELS_FIRST"}
+_CHANNELS_LAST = {"NHWC", "HWC", "CHANNELS_LAST"}
+
+
+def _check_layout(layout: str | None) -> str | None:
+    """``"first"``, ``"last"`` or None (auto) for a layout name."""
+    if layout is None or str(layout).lower() == "auto":
+        return None
+    key = str(layout).upper()
+    if key in _CHANNELS_FIRST:
+        return "first"
+    if key in _CHANNELS_LAST:
+        return "last"
+    raise ConfigError(f"layout must be 'NHWC' (channels last), 'NCHW' (channels first) or None (auto), got {layout!r}")
+
+
+def channels_last(a: Any, layout: str | None = None, what: str = "array") -> numpy.ndarray:
+    """One sample, or a batch, in channels-last order (what the renderers draw).
+
+    ``layout``: ``"NHWC"``/``"HWC"`` (kept), ``"NCHW"``/``"CHW"`` (the channel axis moved
+    last: (C, H, W) → (H, W, C), (N, C, H, W) → (N, H, W, C)), or None: decided from the
+    shape where that is unambiguous — a 3-axis sample whose last axis has more than 4
+    entries but whose first has at most 4 is channels-first (a (3, 224, 224) image); any
+    other shape is taken as channels-last (lrpflow's own layout). ONNX models declare
+    NCHW (``model.layout``, ``explanation.layout``): pass it to be explicit.
+    """
+    a = to_numpy(a)
+    order = _check_layout(layout)
+    if a.ndim not in (3, 4):
+        return a
+    axis = a.ndim - 3  # the channel axis of a channels-first sample (0) or batch (1)
+    if order == "first" or (order is None and a.shape[-1] > 4 and a.shape[axis] <= 4):
+        return numpy.moveaxis(a, axis, -1)
+    return a
+
+
+def _as_map(a: Any, shape: Sequence[int], what: str, reduce: str = "sum", layout: str | None = None) -> numpy.ndarray:
     """One sample as an (H, W) map: reshape by ``shape``, drop unit axes, reduce a channel axis.
 
     Without ``shape``: unit axes are dropped (the toolbox's (1, 784) or (1, 32, 32, 1)) and
@@ -116,7 +153,14 @@ def _as_map(a: Any, shape: Sequence[int], what: str, reduce: str = "sum") -> num
     a = to_numpy(a)
     if len(shape) >= 2:
         a = vec2im(a, shape)  # the given shape is kept, unit axes included
+        a = channels_last(a, layout, what)
+        if a.ndim == 4 and a.shape[0] == 1:
+            a = a[0]
     else:
+        if a.ndim == 4 and a.shape[0] == 1:  # one sample with its batch axis
+            a = a[0]
+        if a.ndim == 3:
+            a = channels_last(a, layout, what)
         a = numpy.squeeze(a)
         if a.ndim <= 1:
             a = vec2im(a, ())
@@ -124,7 +168,8 @@ def _as_map(a: Any, shape: Sequence[int], what: str, reduce: str = "sum") -> num
         a = a.sum(axis=-1) if reduce == "sum" else a.mean(axis=-1)
     elif a.ndim != 2:
         raise DataFormatError(
-            f"{what}: expected one sample shaped (H, W), (H, W, C) or a square vector, got shape {a.shape}"
+            f"{what}: expected one sample shaped (H, W), (H, W, C), (C, H, W) (layout='NCHW') or a square "
+            f"vector, got shape {a.shape}"
         )
     return a
 
@@ -190,7 +235,7 @@ def image_to_unit(image: Any, image_range: tuple[float, float] | None = None) ->
 
 def digit_to_rgb(
     X: Any, scaling: int = 3, shape: Sequence[int] = (), cmap: Any = "binary", *,
-    vmin: float = 0.0, vmax: float = 1.0,
+    vmin: float = 0.0, vmax: float = 1.0, layout: str | None = None,
 ) -> numpy.ndarray:
     """An intensity image (e.g. an MNIST digit) as an enlarged RGB image (toolbox ``digit_to_rgb``).
 
@@ -209,6 +254,8 @@ def digit_to_rgb(
         The values drawn at the two ends of the colormap (values beyond are clipped).
         The defaults (0, 1) are the toolbox's: it passed ``X`` to the colormap as is,
         so inputs in [-1, 1] must be passed with ``vmin=-1`` (or shifted to [0, 1] first).
+    layout : str, optional
+        ``"NHWC"`` or ``"NCHW"`` (the model's ``layout``); None: see :func:`channels_last`.
 
     Returns
     -------
@@ -223,7 +270,7 @@ def digit_to_rgb(
     if not vmax > vmin:
         raise ConfigError(f"digit_to_rgb: vmax ({vmax}) must be greater than vmin ({vmin})")
     colormap = get_colormap(cmap)
-    image = _as_map(X, shape, "digit_to_rgb", reduce="mean")
+    image = _as_map(X, shape, "digit_to_rgb", reduce="mean", layout=layout)
     image = numpy.asarray(image, dtype=numpy.float64)
     _check_finite(image, "digit_to_rgb input")
     u = (image - vmin) / (vmax - vmin)
@@ -231,14 +278,15 @@ def digit_to_rgb(
     return enlarge_image(numpy.asarray(rgb, dtype=numpy.float64), scaling)
 
 
-def outline(X: Any, scaling: int = 3, shape: Sequence[int] = (), sigma: float = 2) -> numpy.ndarray:
+def outline(X: Any, scaling: int = 3, shape: Sequence[int] = (), sigma: float = 2,
+            layout: str | None = None) -> numpy.ndarray:
     """The Canny edges of an input, enlarged like the heatmap: a boolean (scaling·H, scaling·W) mask.
 
     Parameters
     ----------
     X : array_like
         The input sample (vector, (H, W), or (H, W, C): channels are averaged to gray).
-    scaling, shape
+    scaling, shape, layout
         As in :func:`hm_to_rgb`.
     sigma : float
         Gaussian width of :func:`skimage.feature.canny`.
@@ -251,7 +299,7 @@ def outline(X: Any, scaling: int = 3, shape: Sequence[int] = (), sigma: float = 
     """
     from skimage.feature import canny
 
-    x = _as_map(X, shape, "outline", reduce="mean")  # a natural image becomes gray
+    x = _as_map(X, shape, "outline", reduce="mean", layout=layout)  # a natural image becomes gray
     x = numpy.asarray(x, dtype=numpy.float64)
     _check_finite(x, "outline input")
     return canny(enlarge_image(x, scaling), sigma=sigma)
@@ -259,7 +307,7 @@ def outline(X: Any, scaling: int = 3, shape: Sequence[int] = (), sigma: float = 
 
 def hm_to_rgb(
     R: Any, X: Any = None, scaling: int = 3, shape: Sequence[int] = (), sigma: float = 2,
-    cmap: Any = DEFAULT_CMAP, normalize: bool = True,
+    cmap: Any = DEFAULT_CMAP, normalize: bool = True, layout: str | None = None,
 ) -> numpy.ndarray:
     """A relevance map as an enlarged RGB heatmap, optionally with the black outline of the input.
 
@@ -288,6 +336,10 @@ def hm_to_rgb(
     normalize : bool
         Divide ``R`` by max |R| first (an all-zero map stays zero). With ``False``, ``R``
         must already be in [-1, 1] (values beyond are clipped).
+    layout : str, optional
+        Layout of ``R`` and ``X``: ``"NHWC"`` ((H, W, C) samples) or ``"NCHW"`` ((C, H, W)
+        samples, ONNX models: pass ``model.layout`` or ``explanation.layout``). None:
+        channels-first only where the shape says so unambiguously (:func:`channels_last`).
 
     Returns
     -------
@@ -310,7 +362,7 @@ def hm_to_rgb(
     here every colormap gets R / max |R|.
     """
     colormap = get_colormap(cmap)
-    r = _as_map(R, shape, "hm_to_rgb")
+    r = _as_map(R, shape, "hm_to_rgb", layout=layout)
     r = normalize_relevance(r) if normalize else numpy.array(r, dtype=numpy.float64)
     _check_finite(r, "relevance")
     rgb = numpy.asarray(colormap(numpy.clip(r, -1.0, 1.0)), dtype=numpy.float64)
@@ -318,7 +370,7 @@ def hm_to_rgb(
         raise DataFormatError(f"colormap {cmap!r} returned shape {rgb.shape}; expected {r.shape + (3,)}")
     rgb = enlarge_image(rgb, scaling)
     if X is not None:
-        edges = outline(X, scaling, shape, sigma)
+        edges = outline(X, scaling, shape, sigma, layout)
         if edges.shape != rgb.shape[:2]:
             raise DataFormatError(
                 f"hm_to_rgb: the input X gives an outline of shape {edges.shape} but the heatmap is "
@@ -331,6 +383,7 @@ def hm_to_rgb(
 def overlay(
     R: Any, image: Any, *, cmap: Any = DEFAULT_CMAP, alpha: float = 0.5, weighted: bool = False,
     normalize: bool = True, scaling: int = 1, image_range: tuple[float, float] | None = None,
+    layout: str | None = None,
 ) -> numpy.ndarray:
     """A heatmap alpha-blended onto the image it explains.
 
@@ -354,6 +407,8 @@ def overlay(
         Pixel replication factor.
     image_range : (float, float), optional
         Values of ``image`` drawn as black and white.
+    layout : str, optional
+        Layout of ``R`` and ``image`` (``"NHWC"``, ``"NCHW"``; None: :func:`channels_last`).
 
     Returns
     -------
@@ -367,8 +422,11 @@ def overlay(
     """
     if not 0.0 <= float(alpha) <= 1.0:
         raise ConfigError(f"overlay: alpha must be in [0, 1], got {alpha!r}")
-    r = _as_map(R, (), "overlay")
-    img = image_to_unit(image, image_range)
+    r = _as_map(R, (), "overlay", layout=layout)
+    img = to_numpy(image)
+    if img.ndim == 4 and img.shape[0] == 1:
+        img = img[0]
+    img = image_to_unit(channels_last(img, layout, "overlay image"), image_range)
     img = numpy.squeeze(img)
     if img.ndim == 2:
         img = numpy.stack([img] * 3, axis=-1)
@@ -461,26 +519,26 @@ def _finish(rgb: numpy.ndarray, path: PathLike | None) -> numpy.ndarray:
 
 def render_heatmap(
     relevance: Any, x: Any = None, *, scaling: int = 3, shape: Sequence[int] = (), sigma: float = 2,
-    cmap: Any = DEFAULT_CMAP, normalize: bool = True, path: PathLike | None = None,
+    cmap: Any = DEFAULT_CMAP, normalize: bool = True, path: PathLike | None = None, layout: str | None = None,
 ) -> numpy.ndarray:
     """Renderer ``heatmap``: :func:`hm_to_rgb` as uint8 (outline of ``x`` if given), written to ``path`` if given."""
-    return _finish(hm_to_rgb(relevance, x, scaling, shape, sigma, cmap, normalize), path)
+    return _finish(hm_to_rgb(relevance, x, scaling, shape, sigma, cmap, normalize, layout), path)
 
 
 def render_digit(
     x: Any, *, scaling: int = 3, shape: Sequence[int] = (), cmap: Any = "binary", vmin: float = 0.0,
-    vmax: float = 1.0, path: PathLike | None = None,
+    vmax: float = 1.0, path: PathLike | None = None, layout: str | None = None,
 ) -> numpy.ndarray:
     """Renderer ``digit``: :func:`digit_to_rgb` of an input as uint8, written to ``path`` if given."""
-    return _finish(digit_to_rgb(x, scaling, shape, cmap, vmin=vmin, vmax=vmax), path)
+    return _finish(digit_to_rgb(x, scaling, shape, cmap, vmin=vmin, vmax=vmax, layout=layout), path)
 
 
 def render_overlay(
     relevance: Any, image: Any, *, cmap: Any = DEFAULT_CMAP, alpha: float = 0.5, weighted: bool = False,
     normalize: bool = True, scaling: int = 1, image_range: tuple[float, float] | None = None,
-    path: PathLike | None = None,
+    path: PathLike | None = None, layout: str | None = None,
 ) -> numpy.ndarray:
     """Renderer ``overlay``: :func:`overlay` as uint8, written to ``path`` if given."""
     rgb = overlay(relevance, image, cmap=cmap, alpha=alpha, weighted=weighted, normalize=normalize,
-                  scaling=scaling, image_range=image_range)
+                  scaling=scaling, image_range=image_range, layout=layout)
     return _finish(rgb, path)

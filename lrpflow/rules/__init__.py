@@ -9,11 +9,11 @@ from lrpflow.hookspecs import hookimpl
 from lrpflow.rules.base import NodeContext, Rule
 from lrpflow.rules.baselines import Deconvnet, Gradient, GradientXInput, IntegratedGradients, Random, SmoothGrad
 from lrpflow.rules.lrp import (
-    AlphaBeta, Epsilon, Flat, Gamma, Pass, Proportional, WinnerTakeAll, WSquare, Z, ZBox, ZPlus,
+    AlphaBeta, Epsilon, Flat, Gamma, Norm, Pass, Proportional, WinnerTakeAll, WSquare, Z, ZBox, ZPlus,
 )
 
 __all__ = [
-    "Rule", "NodeContext", "Z", "Epsilon", "Gamma", "AlphaBeta", "ZPlus", "ZBox", "WSquare", "Flat", "Pass",
+    "Rule", "NodeContext", "Z", "Epsilon", "Gamma", "Norm", "AlphaBeta", "ZPlus", "ZBox", "WSquare", "Flat", "Pass",
     "WinnerTakeAll", "Proportional", "Gradient", "GradientXInput", "Deconvnet", "SmoothGrad",
     "IntegratedGradients", "Random", "make_rule",
 ]
@@ -28,6 +28,7 @@ BUILTIN_RULES: dict[str, tuple[type[Rule], tuple[str, ...]]] = {
     "zbox": (ZBox, ("zb", "bounded", "lrp.bounded", "z_box")),
     "wsquare": (WSquare, ("ww", "w^2", "w_square", "lrp.wsquare")),
     "flat": (Flat, ("lrp.flat",)),
+    "norm": (Norm, ("lrp.norm",)),
     "pass": (Pass, ("identity_rule",)),
     "winner_take_all": (WinnerTakeAll, ("wta",)),
     "proportional": (Proportional, ()),

@@ -33,6 +33,7 @@ from lrpflow.rules.base import (
     positive,
     proportional_over_windows,
     safe_divide,
+    _times,
     square,
     uniform_over_windows,
 )
@@ -56,7 +57,8 @@ class Epsilon(Rule):
     Notes
     -----
     ``z_ij = x_i w_ij``, ``z_j = Σ_i z_ij + b_j`` (``bias=False``: without ``b_j``).
-    ε = 0 is allowed: a zero denominator then passes no relevance.
+    ε = 0 is allowed: a zero denominator then passes no relevance. Scope: given by name,
+    it acts on layers with weights; pools and Add get ``norm`` (docs/conventions.md).
     """
 
     epsilon: float = 1e-6
@@ -82,12 +84,22 @@ class Z(Epsilon):
 
 @dataclass(frozen=True)
 class Gamma(Rule):
-    """LRP-γ: favour positive contributions, ``z^γ_ij = z_ij + γ·(z_ij)⁺``, ``b^γ = b + γ·b⁺``.
+    """Generalised LRP-γ: favour the contributions that share the sign of the output.
 
     Notes
     -----
-    ``R_i = Σ_j z^γ_ij / (Σ_i' z^γ_i'j + b^γ_j + stab·s) · R_j``. For inputs ≥ 0 this is
-    ``x_i (w_ij + γ w⁺_ij)``; for signed inputs ``(x w)⁺ = x⁺w⁺ + x⁻w⁻``.
+    With ``z_ij = x_i w_ij`` and ``z_j = Σ_i z_ij + b_j`` (the plain output):
+
+    - where ``z_j > 0``: ``R_i = Σ_j z⁺γ_ij / (Σ_i' z⁺γ_i'j + b_j + γ·b⁺_j + stab·s) · R_j``
+      with ``z⁺γ_ij = z_ij + γ·(z_ij)⁺`` — i.e. ``x⁺(W + γW⁺) + x⁻(W + γW⁻)``;
+    - where ``z_j < 0``: the mirror image, ``z⁻γ_ij = z_ij + γ·(z_ij)⁻`` and ``b_j + γ·b⁻_j``;
+    - where ``z_j = 0``: nothing is passed.
+
+    This is zennit's ``Gamma`` (Montavon et al. 2019, generalised by Andéol et al. 2021);
+    for inputs ≥ 0 and positive outputs it is the original γ-rule ``x (W + γW⁺)``. At
+    γ = 0 it is LRP-ε with ε = ``stabilizer`` (up to outputs that are exactly 0).
+    Computed as one modified forward of both sign cases and one vector–Jacobian product.
+    Scope: layers with weights (see :mod:`lrpflow.composites`).
     """
 
     gamma: float = 0.25
@@ -99,17 +111,119 @@ class Gamma(Rule):
         check_finite_param("stabilizer", self.stabilizer, "gamma", low=0.0)
 
     def linear(self, layer: Layer, xs: Sequence[Any], y: Any, r: Any, ctx: NodeContext) -> list[Any]:
-        g = float(self.gamma)
-        if ctx.nonneg and all(ctx.nonneg):
-            parts = [Contribution(keep, Plus(g, positive), _bias(self.bias, Plus(g, positive)))]
+        g, eps = float(self.gamma), self.stabilizer
+        nonneg = bool(ctx.nonneg) and all(ctx.nonneg)
+        z = ctx.z if self.bias or not _has_bias(layer, xs) else None  # the plain output decides the case
+        if z is None:
+            z = layer.apply(xs, *ctx.modified(layer, xs, keep, _bias(self.bias)))  # type: ignore[attr-defined]
+        if getattr(layer, "channel_blocks", False) and len(xs) == 1:
+            return self._blocked(layer, xs[0], z, r, ctx, g, eps, nonneg)
+        return self._generic(layer, xs, z, r, ctx, g, eps, nonneg)
+
+    def _shares(self, z: Any, zp: Any, zn: Any, r: Any, eps: float) -> tuple[Any, Any]:
+        """``s = [z > 0]·R / stab(z⁺γ)``, ``t = [z < 0]·R / stab(z⁻γ)``."""
+        s = divide_stabilized(r, zp, eps)
+        s *= z > 0
+        t = divide_stabilized(r, zn, eps)
+        t *= z < 0
+        return s, t
+
+    def _blocked(self, layer: Layer, x: Any, z: Any, r: Any, ctx: NodeContext, g: float, eps: float,
+                 nonneg: bool) -> list[Any]:
+        """Both sign cases as one product: ``[x⁺, x⁻] · [[A, B], [B, A]]`` (``A = W + γW⁺``,
+        ``B = W + γW⁻``), or ``x · [A, B]`` for inputs ≥ 0; one transpose for both shares."""
+        xp = get_namespace(r)
+        bias = _bias(self.bias, _GammaBiasPair(g))
+        if nonneg:
+            w, b = ctx.modified(layer, [x], _GammaPair(g), bias)
+            xin = x
         else:
-            parts = [
-                Contribution(keep, keep, _bias(self.bias)),
-                Contribution(positive, Scaled(g, positive), _bias(self.bias, Scaled(g, positive))),
-                Contribution(negative, Scaled(g, negative), None),
-            ]
+            w, b = ctx.modified(layer, [x], _GammaBlocks(g), bias)
+            xin = xp.concatenate([positive(x), negative(x)], axis=-1)
+        z2 = layer.apply([xin], w, b)  # type: ignore[attr-defined]
+        k = z2.shape[-1] // 2
+        s, t = self._shares(z, z2[..., :k], z2[..., k:], r, eps)
+        del z2
+        grad = layer.apply_transpose(xp.concatenate([s, t], axis=-1), w, [xin])[0]  # type: ignore[attr-defined]
+        if nonneg:
+            return [_times(x, grad, r)]
+        c = x.shape[-1]
+        return [xin[..., :c] * grad[..., :c] + xin[..., c:] * grad[..., c:]]
+
+    def _generic(self, layer: Layer, xs: Sequence[Any], z: Any, r: Any, ctx: NodeContext, g: float, eps: float,
+                 nonneg: bool) -> list[Any]:
+        """Any linear-like layer: separate products for ``A = W + γW⁺`` and ``B = W + γW⁻``."""
+        wa, ba = ctx.modified(layer, xs, Plus(g, positive), _bias(self.bias, Plus(g, positive)))
+        wb, bb = ctx.modified(layer, xs, Plus(g, negative), _bias(self.bias, Plus(g, negative)))
+        xpos = xs if nonneg else [positive(x) for x in xs]
+        zp = layer.apply(xpos, wa, ba)  # type: ignore[attr-defined]
+        zn = layer.apply(xpos, wb, bb)  # type: ignore[attr-defined]
+        if not nonneg:
+            xneg = [negative(x) for x in xs]
+            zp = zp + layer.apply(xneg, wb, None)  # type: ignore[attr-defined]
+            zn = zn + layer.apply(xneg, wa, None)  # type: ignore[attr-defined]
+        s, t = self._shares(z, zp, zn, r, eps)
+        vjp = layer.apply_transpose  # type: ignore[attr-defined]
+        # R = x⁺ ⊙ (Aᵀs + Bᵀt) + x⁻ ⊙ (Bᵀs + Aᵀt)
+        out = [xq * (ga + gb) for xq, ga, gb in zip(xpos, vjp(s, wa, xpos), vjp(t, wb, xpos))]
+        if not nonneg:
+            out = [o + xq * (ga + gb) for o, xq, ga, gb in zip(out, xneg, vjp(s, wb, xneg), vjp(t, wa, xneg))]
+        return out
+
+
+@dataclass(frozen=True)
+class _GammaPair:
+    """``[W + γW⁺, W + γW⁻]`` along the output channels (inputs ≥ 0: both sign cases at once)."""
+
+    gamma: float
+
+    def __call__(self, w: Any) -> Any:
+        xp = get_namespace(w)
+        return xp.concatenate([w + positive(w) * self.gamma, w + negative(w) * self.gamma], axis=-1)
+
+
+@dataclass(frozen=True)
+class _GammaBlocks:
+    """``[[A, B], [B, A]]`` with ``A = W + γW⁺``, ``B = W + γW⁻`` (inputs ``[x⁺, x⁻]``)."""
+
+    gamma: float
+
+    def __call__(self, w: Any) -> Any:
+        xp = get_namespace(w)
+        a, b = w + positive(w) * self.gamma, w + negative(w) * self.gamma
+        return xp.concatenate([xp.concatenate([a, b], axis=-1), xp.concatenate([b, a], axis=-1)], axis=-2)
+
+
+@dataclass(frozen=True)
+class _GammaBiasPair:
+    """``[b + γb⁺, b + γb⁻]``."""
+
+    gamma: float
+
+    def __call__(self, b: Any) -> Any:
+        return get_namespace(b).concatenate([b + positive(b) * self.gamma, b + negative(b) * self.gamma])
+
+
+@dataclass(frozen=True)
+class Norm(Rule):
+    """The proportional rule of parameter-free linear maps: ``R_i = Σ_j x_i w_ij / (z_j + s·sign(z_j)) · R_j``.
+
+    Notes
+    -----
+    ``s = 1e-16``, ``sign(0) = +1``. The rule of sum/average/global-average pooling, mean
+    reductions and sums of activations (residual Add) in every composite and under every
+    single rule (zennit's ``Norm``; Montavon et al. 2019). Without a bias it conserves
+    relevance exactly wherever ``z_j ≠ 0``. It applies to any linear-like layer.
+    """
+
+    stabilizer: float = TINY
+
+    def __post_init__(self) -> None:
+        check_finite_param("stabilizer", self.stabilizer, "norm", low=0.0)
+
+    def linear(self, layer: Layer, xs: Sequence[Any], y: Any, r: Any, ctx: NodeContext) -> list[Any]:
         eps = self.stabilizer
-        return modified_gradient(layer, xs, r, parts, ctx, lambda a, d: divide_stabilized(a, d, eps))
+        return modified_gradient(layer, xs, r, [Contribution()], ctx, lambda a, d: divide_stabilized(a, d, eps), z=ctx.z)
 
 
 @dataclass(frozen=True)
@@ -121,7 +235,8 @@ class AlphaBeta(Rule):
     ``z⁺_ij = (x_i w_ij)⁺``, ``P_j = Σ_i z⁺_ij + b⁺_j``, ``N_j = Σ_i z⁻_ij + b⁻_j`` (biases
     only with ``bias=True``), ``s = 1e-16``. Without ``beta`` it is ``α − 1`` (the toolbox's
     ``alphabeta`` parameter α). With inputs ≥ 0 and the bias included, ``N_j = z_j − P_j``
-    is read from the forward output, as in the toolbox.
+    is read from the forward output, as in the toolbox. Scope: given by name, it acts on
+    layers with weights; pools and Add get ``norm`` (so α no longer multiplies relevance there).
     """
 
     alpha: float = 2.0
