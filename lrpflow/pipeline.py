@@ -323,6 +323,18 @@ def render_images(out: Path, r: Mapping[str, Any], rel: numpy.ndarray, x: numpy.
 
     if not len(rel):
         return []
+    try:
+        return _render_images(out, r, rel, x, rows, method)
+    except OSError as err:
+        raise LrpflowError(f"cannot write the heatmaps into {out}: {err.strerror or err}"
+                           f"{' (' + err.filename + ')' if getattr(err, 'filename', None) else ''}") from err
+
+
+def _render_images(out: Path, r: Mapping[str, Any], rel: numpy.ndarray, x: numpy.ndarray, rows: Any,
+                   method: str) -> list[str]:
+    from lrpflow import render
+    from lrpflow.store.faults import checkpoint
+
     folder = out / "heatmaps"
     folder.mkdir(parents=True, exist_ok=True)
     cmaps = list(r.get("cmaps") or ["blue_white_red"])
@@ -633,9 +645,12 @@ def _write_text_atomic(path: Path, text: str) -> None:
     from lrpflow.store.faults import checkpoint
 
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    checkpoint("summary", str(tmp))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        checkpoint("summary", str(tmp))
+        os.replace(tmp, path)
+    except OSError as err:
+        raise LrpflowError(f"cannot write {path}: {err.strerror or err}") from err
 
 
 def _render_from_store(out: Path, r: Mapping[str, Any], shown: Mapping[str, numpy.ndarray], cfg: Mapping[str, Any],

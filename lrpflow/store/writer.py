@@ -58,6 +58,26 @@ def write_error(path: str, err: BaseException, doing: str) -> StoreError:
     return StoreError(f"cannot write result store {path} while {doing}: {cause}")
 
 
+def _abandon(f: Any) -> None:
+    """Close a store whose write failed, leaving the file as its last successful flush left it.
+
+    libhdf5 keeps a file open if its final flush fails (a full disk), and crashes when it
+    flushes again at exit (a segfault). Pointing the file's descriptor at ``/dev/null``
+    first lets that flush succeed without touching the file: what was committed stays, and
+    the resumed run recovers the rest as after a kill.
+    """
+    try:
+        fd = f.id.get_vfd_handle()
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, int(fd))
+        finally:
+            os.close(null)
+    except Exception as err:  # noqa: BLE001 - not the sec2 driver, or already closed: close as it is
+        logger.debug("could not detach %s after a write error: %s", getattr(f, "filename", f), err)
+    _close_quietly(f)
+
+
 def _close_quietly(f: Any) -> None:
     """Close an h5py file after a failure; a second failure (its final flush) is only logged."""
     try:
@@ -483,7 +503,7 @@ class ResultStore(StoreReader):
             except (OSError, RuntimeError, ValueError) as err:
                 if self._file is not None:
                     file, self._file, self._pending = self._file, None, {}
-                    _close_quietly(file)
+                    _abandon(file)
                 raise write_error(self._path, err, doing) from err
 
         return guard()
@@ -498,6 +518,7 @@ class ResultStore(StoreReader):
                 d = f[h5path]
                 d.resize((stop, *shape))
                 d[start:stop] = data[field]
+                d.flush()  # a write error (a full disk) surfaces here, not when the dataset is released
             checkpoint("write", self._path)
             f.flush()  # every row is in the file ...
             checkpoint("flush", self._path)
