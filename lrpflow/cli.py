@@ -102,6 +102,10 @@ def main() -> None:
     try:
         wrapped()
     except LrpflowError as err:  # raised outside the task function (e.g. by a plugin while composing)
+        import os
+
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
         print(f"lrpflow: error: {err}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None
 

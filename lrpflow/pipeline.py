@@ -377,6 +377,8 @@ def class_labels(labels: Any) -> numpy.ndarray | None:
 class Save:
     """Write every batch to the job's HDF5 result store; resume a killed run where it stopped."""
 
+    store: Any = None
+
     def setup(self, state: State) -> None:
         s = dict(state.cfg.get("store") or {})
         path = state.output_dir / s.get("path", "results.h5")
