@@ -18,8 +18,8 @@ import numpy
 from lrpflow.errors import ConfigError, LrpflowError, StoreError
 from lrpflow.store.writer import write_error
 from lrpflow.store.layout import (
-    _FLOAT_FILL, _LIBVER, PARTIAL_SUFFIX, StoreLayout, _names_attr, _now, _partial, _py, check_schema, config_diff,
-    damaged,
+    _FLOAT_FILL, _LIBVER, PARTIAL_SUFFIX, StoreLayout, _names_attr, _now, _partial, check_schema, config_diff,
+    damaged, fixed, read_attrs, set_attrs,
 )
 
 logger = logging.getLogger("lrpflow.store")
@@ -97,19 +97,19 @@ def join(paths: Sequence[str | os.PathLike[str]], out_path: str | os.PathLike[st
             raise StoreError(f"join(): cannot open shard {p}: {err}") from err
         with f, damaged(p, "the shard"):
             check_schema(f, p)
-            if not bool(f.attrs.get("complete", False)):
+            attrs = read_attrs(f)
+            if not bool(attrs.get("complete", False)):
                 raise LrpflowError(f"join(): shard {p} is incomplete (complete attribute is false)")
             layout = StoreLayout.from_file(f, p)
-            n = int(f.attrs["rows_complete"])
+            n = int(attrs["rows_complete"])
             for field, (h5path, _, dt, _) in layout.datasets().items():
                 d = f[h5path]
                 if d.shape[0] != n or d.dtype != dt:
                     raise StoreError(f"join(): shard {p}: dataset {h5path!r} has {d.shape[0]} rows of {d.dtype}, "
                                        f"expected {n} of {dt}")
-            attrs = {k: _py(v) for k, v in f.attrs.items()}
             if first_layout is None:
                 first_layout, first_attrs = layout, attrs
-                first_raw = dict(f.attrs.items())
+                first_raw = dict(attrs)
             else:
                 diff = first_layout.differences(layout)
                 if diff:
@@ -133,8 +133,7 @@ def join(paths: Sequence[str | os.PathLike[str]], out_path: str | os.PathLike[st
         os.remove(tmp)
     try:
         with h5py.File(tmp, "w", libver=_LIBVER) as f:
-            for key, value in first_raw.items():
-                f.attrs[key] = value
+            set_attrs(f.attrs, first_raw)
             f.attrs["rows_complete"] = total
             f.attrs["expected_rows"] = total
             f.attrs["resumes"] = resumes
@@ -149,7 +148,7 @@ def join(paths: Sequence[str | os.PathLike[str]], out_path: str | os.PathLike[st
             f.attrs["complete"] = True
             f.attrs["shards"] = _names_attr(names)
             f.attrs["shard_rows"] = numpy.asarray(rows, dtype=numpy.int64)
-            f.attrs["joined"] = _now()
+            f.attrs["joined"] = fixed(_now())
             f.create_group("metrics").attrs.create("names", _names_attr(first_layout.metrics))
             f.create_group("ledger").attrs.create("nodes", _names_attr(first_layout.ledger_nodes))
             f.create_group("intermediate").attrs.create("nodes",
@@ -163,10 +162,10 @@ def join(paths: Sequence[str | os.PathLike[str]], out_path: str | os.PathLike[st
                         vl[offset:offset + n] = h5py.VirtualSource(name.replace("%", "%%"), h5path.replace("%", "%%"),
                                                                    shape=(n, *shape))
                     offset += n
-                fill = -1 if dt.kind == "i" else (None if dt.kind == "O" else _FLOAT_FILL)
+                fill = -1 if dt.kind == "i" else (b"" if dt.kind == "S" else _FLOAT_FILL)
                 d = f.create_virtual_dataset(h5path, vl, fillvalue=fill)
                 if field.startswith(("metrics/", "intermediate/")):
-                    d.attrs["name"] = field.split("/", 1)[1]
+                    d.attrs["name"] = fixed(field.split("/", 1)[1])
                 if field.startswith("ledger/"):
                     d.attrs.create("nodes", _names_attr(first_layout.ledger_nodes))
         os.replace(tmp, out)

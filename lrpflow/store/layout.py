@@ -26,7 +26,9 @@ from lrpflow.errors import ConfigError, LrpflowError, StoreError
 logger = logging.getLogger("lrpflow.store")
 
 SCHEMA = "lrpflow-results"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: versions this lrpflow reads: 1 wrote variable-length strings, 2 writes only fixed-length ones
+READABLE_VERSIONS = (1, 2)
 PARTIAL_SUFFIX = ".partial"
 COMPRESSIONS = ("gzip", "lzf", None)
 
@@ -48,8 +50,10 @@ _RESERVED = frozenset({
 #: Batch keys that are accepted and not stored.
 _IGNORED_KEYS = frozenset({"r_init", "method"})
 _FLOAT_FILL = numpy.nan
-#: dtype of the ``source`` dataset (UTF-8 text per row)
-STRING = h5py.string_dtype()
+#: bytes of UTF-8 text per row of the ``source`` dataset (fixed length: no global heap to damage)
+SOURCE_BYTES = 1024
+#: dtype of the ``source`` dataset
+STRING = numpy.dtype(f"S{SOURCE_BYTES}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -135,19 +139,21 @@ def _py(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.decode("utf-8")
     if isinstance(value, numpy.ndarray):
-        return [_py(v) for v in value.tolist()] if value.dtype.kind == "O" else value.tolist()
+        return [_py(v) for v in value.tolist()] if value.dtype.kind in "OS" else value.tolist()
     if isinstance(value, numpy.generic):
         return value.item()
     return value
 
 
 def _attr_value(key: str, value: Any) -> Any:
-    """A user attribute in a form h5py can store (mappings become JSON text)."""
+    """A user attribute in a form h5py can store (mappings become JSON text; text is fixed-length)."""
     if isinstance(value, Mapping):
-        return json.dumps(value, sort_keys=True, default=str)
+        return fixed(json.dumps(value, sort_keys=True, default=str))
     if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
-        return numpy.array(value, dtype=h5py.string_dtype())
-    if isinstance(value, (str, bool, int, float, numpy.generic, numpy.ndarray)):
+        return _names_attr(value)
+    if isinstance(value, str):
+        return fixed(value)
+    if isinstance(value, (bool, int, float, numpy.generic, numpy.ndarray)):
         return value
     if isinstance(value, (list, tuple)):
         return numpy.asarray(value)
@@ -162,7 +168,71 @@ def _dtype_name(dtype: Any) -> str:
 
 
 def _names_attr(names: Sequence[str]) -> numpy.ndarray:
-    return numpy.array(list(names), dtype=h5py.string_dtype())
+    """A list of names as a fixed-length UTF-8 string array (reading it never touches HDF5's global heap)."""
+    encoded = [str(n).encode("utf-8") for n in names]
+    return numpy.array(encoded, dtype=f"S{max([1, *map(len, encoded)])}")
+
+
+def fixed(value: Any) -> Any:
+    """A Python attribute value as HDF5 stores it without variable-length data (str → fixed-length bytes)."""
+    if isinstance(value, str):
+        return numpy.bytes_(value.encode("utf-8"))
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        return _names_attr(value)
+    if isinstance(value, (list, tuple)):
+        return numpy.asarray(value)
+    return value
+
+
+def _variable_length(tid: Any) -> bool:
+    cls = tid.get_class()
+    if cls == h5py.h5t.VLEN or cls == h5py.h5t.REFERENCE:
+        return True
+    if cls == h5py.h5t.STRING:
+        return bool(tid.is_variable_str())
+    if cls == h5py.h5t.ARRAY:
+        return _variable_length(tid.get_super())
+    if cls == h5py.h5t.COMPOUND:
+        return any(_variable_length(tid.get_member_type(i)) for i in range(tid.get_nmembers()))
+    return False
+
+
+def _legacy(f: h5py.File) -> bool:
+    """True for a version-1 store (it wrote variable-length strings, so they are read)."""
+    if "schema_version" not in f.attrs:
+        return True
+    tid = h5py.h5a.open(f.id, b"schema_version").get_type()
+    if tid.get_class() != h5py.h5t.INTEGER:
+        return False
+    return int(f.attrs["schema_version"]) == 1
+
+
+def read_attr(obj: Any, name: str, default: Any = None) -> Any:
+    """One attribute of an HDF5 object as plain Python, or ``default`` if it is absent.
+
+    In a version-2 store no attribute is variable-length: one that claims to be is damage
+    (libhdf5 can loop forever reading a damaged global heap), so it raises
+    :class:`StoreError` instead of being read.
+    """
+    if name not in obj.attrs:
+        return default
+    if not _legacy(obj.file):
+        tid = h5py.h5a.open(obj.id, name.encode("utf-8")).get_type()
+        if _variable_length(tid):
+            raise StoreError(f"{obj.file.filename}: attribute {name!r} of {obj.name} has a variable-length type; "
+                             f"this store version writes none: the file is damaged")
+    return _py(obj.attrs[name])
+
+
+def read_attrs(obj: Any) -> dict[str, Any]:
+    """Every attribute of an HDF5 object as plain Python (see :func:`read_attr`)."""
+    return {name: read_attr(obj, name) for name in obj.attrs}
+
+
+def set_attrs(attrs: Any, values: Mapping[str, Any]) -> None:
+    """Write plain Python attribute values (as :func:`read_attrs` gives them) without variable-length data."""
+    for key, value in values.items():
+        attrs[key] = fixed(value)
 
 
 def config_text(config: Any) -> str:
@@ -322,7 +392,7 @@ class StoreLayout:
         for node, shape in self.intermediate:
             out[f"intermediate/{node}"] = (f"intermediate/{_h5name(node)}", shape, rel, True)
         if self.has_source:
-            out["source"] = ("source", (), STRING, False)
+            out["source"] = ("source", (), STRING, True)
         return out
 
     def differences(self, other: StoreLayout) -> list[str]:
@@ -333,16 +403,16 @@ class StoreLayout:
     @classmethod
     def from_file(cls, f: h5py.File, where: str = "") -> StoreLayout:
         """Read the layout of an open store (``where`` names it in errors)."""
-        a = f.attrs
         try:
-            metrics = tuple(_py(f["metrics"].attrs["names"])) if "metrics" in f else ()
-            nodes = tuple(_py(f["ledger"].attrs["nodes"])) if "ledger" in f else ()
+            metrics = tuple(read_attr(f["metrics"], "names", [])) if "metrics" in f else ()
+            nodes = tuple(read_attr(f["ledger"], "nodes", [])) if "ledger" in f else ()
             inter: list[tuple[str, tuple[int, ...]]] = []
             if "intermediate" in f:
-                for node in _py(f["intermediate"].attrs["nodes"]):
+                for node in read_attr(f["intermediate"], "nodes", []):
                     inter.append((node, tuple(f["intermediate"][_h5name(node)].shape[1:])))
-            return cls(tuple(_py(a["input_shape"])), int(a["n_classes"]), nodes, tuple(inter), metrics,
-                       int(a["target_width"]), str(_py(a["relevance_dtype"])), "source" in f)
+            shape = read_attr(f, "input_shape")
+            return cls(tuple(shape), int(read_attr(f, "n_classes")), nodes, tuple(inter), metrics,
+                       int(read_attr(f, "target_width")), str(read_attr(f, "relevance_dtype")), "source" in f)
         except Exception as err:  # noqa: BLE001 - h5py raises KeyError, OSError, RuntimeError... on damage
             raise StoreError(f"{where or f.filename}: not a valid {SCHEMA} store (layout: {err})") from err
 
@@ -389,7 +459,7 @@ def _create_datasets(f: h5py.File, layout: StoreLayout, props: Mapping[str, Mapp
     for field, (h5path, shape, dt, _) in layout.datasets().items():
         d = f.create_dataset(h5path, shape=(rows, *shape), maxshape=(None, *shape), dtype=dt, **props[field])
         if field.startswith(("metrics/", "intermediate/")):
-            d.attrs["name"] = field.split("/", 1)[1]
+            d.attrs["name"] = fixed(field.split("/", 1)[1])
         if field.startswith("ledger/"):
             d.attrs.create("nodes", _names_attr(layout.ledger_nodes))
 
@@ -397,10 +467,10 @@ def _create_datasets(f: h5py.File, layout: StoreLayout, props: Mapping[str, Mapp
 def check_schema(f: h5py.File, where: str) -> None:
     """Refuse a file that is not an lrpflow store of this schema version (:class:`StoreError`)."""
     with damaged(where, "the schema attributes"):
-        schema = _py(f.attrs.get("schema"))
-        version = _py(f.attrs.get("schema_version"))
+        version = read_attr(f, "schema_version")
+        schema = read_attr(f, "schema")
     if schema != SCHEMA:
         raise StoreError(f"{where}: not an lrpflow result store (schema attribute {schema!r}, expected {SCHEMA!r})")
-    if version != SCHEMA_VERSION:
-        raise StoreError(f"{where}: store schema version {version!r}; this lrpflow reads version {SCHEMA_VERSION}")
+    if version not in READABLE_VERSIONS:
+        raise StoreError(f"{where}: store schema version {version!r}; this lrpflow reads versions {list(READABLE_VERSIONS)}")
 

@@ -17,7 +17,7 @@ import numpy
 
 from lrpflow.errors import ConfigError, LrpflowError, ShapeError, StoreError
 from lrpflow.store.layout import (
-    _CHUNK_CACHE, PARTIAL_SUFFIX, SCHEMA, StoreLayout, _final, _partial, _py, check_schema, damaged,
+    _CHUNK_CACHE, PARTIAL_SUFFIX, SCHEMA, StoreLayout, _final, _partial, check_schema, damaged, read_attr, read_attrs,
 )
 
 logger = logging.getLogger("lrpflow.store")
@@ -40,12 +40,12 @@ class StoreReader:
         self.layout = StoreLayout.from_file(file, path)
         self._specs = self.layout.datasets()
         with damaged(path, "the rows_complete attribute"):
-            if "rows_complete" not in file.attrs:
+            rows = read_attr(file, "rows_complete")
+            if rows is None:
                 raise StoreError(f"{path}: no rows_complete attribute; not a valid {SCHEMA} store")
-            rows = file.attrs["rows_complete"]
-            if numpy.ndim(rows) or not isinstance(_py(rows), int) or int(rows) < 0:
-                raise StoreError(f"{path}: rows_complete is {_py(rows)!r}, not a row count")
-            self._rows = int(rows)
+            if not isinstance(rows, int) or isinstance(rows, bool) or rows < 0:
+                raise StoreError(f"{path}: rows_complete is {rows!r}, not a row count")
+            self._rows = rows
         for field, (h5path, shape, dt, _) in self._specs.items():
             with damaged(path, f"dataset {h5path!r}"):
                 if h5path not in file or not isinstance(file[h5path], h5py.Dataset):
@@ -211,19 +211,19 @@ class StoreReader:
     def complete(self) -> bool:
         """True once :meth:`finish` ran."""
         with damaged(self._path, "the complete attribute"):
-            return bool(self._require_open().attrs.get("complete", False))
+            return bool(read_attr(self._require_open(), "complete", False))
 
     @property
     def attrs(self) -> dict[str, Any]:
         """The root attributes as plain Python values."""
         with damaged(self._path, "the root attributes"):
-            return {k: _py(v) for k, v in self._require_open().attrs.items()}
+            return read_attrs(self._require_open())
 
     @property
     def config(self) -> str:
         """The resolved configuration of the run, as YAML text."""
         with damaged(self._path, "the config attribute"):
-            return str(_py(self._require_open().attrs.get("config", "")))
+            return str(read_attr(self._require_open(), "config", ""))
 
     @property
     def config_dict(self) -> Any:
@@ -335,12 +335,13 @@ class StoreReader:
             h5path, shape, dt, _ = self._field_spec(name)
             with damaged(self._path, f"dataset {h5path!r}"):
                 d = f[h5path]
-                if dt.kind == "O":  # text (the source dataset) as str
-                    d = d.asstr()
                 if isinstance(sel, numpy.ndarray) and sel.size == 0:
                     arr = numpy.empty((0, *shape), dtype=dt)
                 else:
                     arr = numpy.asarray(d[sel])
+                if dt.kind in "SO":  # text (the source dataset) as str
+                    arr = numpy.array([v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+                                       for v in arr.reshape(-1)], dtype=object).reshape(arr.shape)
             out[name] = arr[inverse] if inverse is not None else arr
         return out
 

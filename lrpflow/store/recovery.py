@@ -16,7 +16,9 @@ import h5py
 import numpy
 
 from lrpflow.errors import LrpflowError, StoreError
-from lrpflow.store.layout import _LIBVER, _MAX_CHUNK_BYTES, StoreLayout, _create_datasets, _dataset_props, _fsync
+from lrpflow.store.layout import (
+    _LIBVER, _MAX_CHUNK_BYTES, StoreLayout, _create_datasets, _dataset_props, _fsync, read_attrs, set_attrs,
+)
 
 logger = logging.getLogger("lrpflow.store")
 
@@ -145,8 +147,7 @@ def salvage(partial: str, rows: int, layout: StoreLayout) -> None:
     logger.warning("%s was killed while writing; rebuilding it from its %d complete row(s)", partial, rows)
     try:
         with h5py.File(partial, "r") as src, h5py.File(tmp, "w", libver=_LIBVER) as dst:
-            for key, value in src.attrs.items():
-                dst.attrs[key] = value
+            set_attrs(dst.attrs, read_attrs(src))
             specs = layout.datasets()
             props = {field: _dataset_props(src[h5path]) for field, (h5path, _, _, _) in specs.items()}
             _create_datasets(dst, layout, props, rows)

@@ -29,7 +29,7 @@ from lrpflow.store.faults import checkpoint
 from lrpflow.store.layout import (
     _CHUNK_CACHE, _FLOAT_FILL, _IGNORED_KEYS, _LIBVER, _RESERVED, COMPRESSIONS, PARTIAL_SUFFIX, SCHEMA,
     SCHEMA_VERSION, StoreLayout, _attr_value, _chunk_plan, _create_datasets, _dtype_name, _final, _fsync, _now,
-    _partial, config_diff, config_text, damaged,
+    _partial, config_diff, config_text, damaged, fixed, read_attr,
 )
 from lrpflow.store.reader import StoreReader
 from lrpflow.store.recovery import repair_eoa, salvage, usable_rows
@@ -54,7 +54,7 @@ def write_error(path: str, err: BaseException, doing: str) -> StoreError:
     elif code == errno.EDQUOT:
         cause = "disk quota exceeded; free space and run again"
     else:
-        cause = f"{type(err).__name__}: {text}"
+        cause = f"the file is damaged or the write failed ({type(err).__name__}: {text})"
     return StoreError(f"cannot write result store {path} while {doing}: {cause}")
 
 
@@ -97,7 +97,7 @@ def _salvageable(path: str) -> str:
     """What of a damaged store can still be read: "its first K of N complete rows read back intact"."""
     try:
         with h5py.File(path, "r") as f:
-            rows = int(f.attrs["rows_complete"])
+            rows = int(read_attr(f, "rows_complete"))
             names = [k for k in ("relevance", "logits", "target", "label", "index", "conservation") if k in f]
             if "relevance" not in names:
                 return "no rows can be salvaged (its datasets are gone); store.overwrite=true starts again"
@@ -255,18 +255,18 @@ class ResultStore(StoreReader):
                 import lrpflow
 
                 a = f.attrs
-                a["schema"] = SCHEMA
+                a["schema"] = fixed(SCHEMA)
                 a["schema_version"] = SCHEMA_VERSION
-                a["config"] = text
-                a["lrpflow_version"] = str(getattr(lrpflow, "__version__", "unknown"))
-                a["backend"] = str(run_backend) if run_backend is not None else ""
-                a["dtype"] = _dtype_name(run_dtype) if run_dtype is not None else ""
-                a["model_sha256"] = str(sha) if sha is not None else ""
-                a["created"] = _now()
+                a["config"] = fixed(text)
+                a["lrpflow_version"] = fixed(str(getattr(lrpflow, "__version__", "unknown")))
+                a["backend"] = fixed(str(run_backend) if run_backend is not None else "")
+                a["dtype"] = fixed(_dtype_name(run_dtype) if run_dtype is not None else "")
+                a["model_sha256"] = fixed(str(sha) if sha is not None else "")
+                a["created"] = fixed(_now())
                 a["input_shape"] = numpy.asarray(layout.input_shape, dtype=numpy.int64)
                 a["n_classes"] = layout.n_classes
                 a["target_width"] = layout.target_width
-                a["relevance_dtype"] = layout.relevance_dtype
+                a["relevance_dtype"] = fixed(layout.relevance_dtype)
                 a["expected_rows"] = int(expected_rows) if expected_rows is not None else -1
                 a["resumes"] = 0
                 a["complete"] = False
@@ -281,8 +281,8 @@ class ResultStore(StoreReader):
                     comp = compression if large else None
                     props[field] = dict(chunks=(plan[field], *shape), compression=comp,
                                         compression_opts=opts if comp else None, shuffle=comp is not None)
-                    if dt.kind != "O":  # text keeps HDF5's empty-string fill
-                        props[field]["fillvalue"] = -1 if dt.kind == "i" else (_FLOAT_FILL if not large else 0.0)
+                    props[field]["fillvalue"] = (-1 if dt.kind == "i" else b"" if dt.kind == "S" else
+                                                 _FLOAT_FILL if not large else 0.0)
                 _create_datasets(f, layout, props)
                 a["rows_complete"] = 0
             _fsync(tmp)
@@ -390,7 +390,7 @@ class ResultStore(StoreReader):
             with store._writing("resuming it"):
                 store._truncate()
                 if count_resume:
-                    f.attrs["resumes"] = int(f.attrs.get("resumes", 0)) + 1
+                    f.attrs["resumes"] = int(read_attr(f, "resumes", 0)) + 1
                 f.attrs["complete"] = False  # a partial file marked complete: finish() was killed before its rename
                 f.flush()
         except BaseException:
@@ -500,7 +500,7 @@ class ResultStore(StoreReader):
                 yield
             except LrpflowError:
                 raise
-            except (OSError, RuntimeError, ValueError) as err:
+            except Exception as err:  # noqa: BLE001 - h5py raises OSError, RuntimeError, KeyError... on failure
                 if self._file is not None:
                     file, self._file, self._pending = self._file, None, {}
                     _abandon(file)
@@ -586,8 +586,13 @@ class ResultStore(StoreReader):
                     raise ConfigError("append(): the store keeps the source file of every row; give source=")
                 else:
                     raise ConfigError(f"append(): the batch has no {field!r} (the store declares it)")
-            if dt.kind == "O":  # text: one str per row
-                arr = numpy.array([str(v) for v in flat[field]], dtype=object)
+            if dt.kind == "S":  # text: one UTF-8 str per row, at most dt.itemsize bytes
+                encoded = [str(v).encode("utf-8") for v in flat[field]]
+                long_ = [v for v in encoded if len(v) > dt.itemsize]
+                if long_:
+                    raise ConfigError(f"append() to {self._path}: a {field!r} entry is longer than {dt.itemsize} "
+                                      f"bytes of UTF-8: {long_[0][:80]!r}...")
+                arr = numpy.array(encoded, dtype=dt)
             else:
                 arr = numpy.asarray(to_numpy(flat[field]))
             if arr.shape != (n, *shape):
@@ -630,11 +635,11 @@ class ResultStore(StoreReader):
             pending, self._pending = self._pending, {}
             self._write(pending)
         with self._writing("finishing it"):
-            expected = int(f.attrs.get("expected_rows", -1))
+            expected = int(read_attr(f, "expected_rows", -1))
             if expected >= 0 and expected != self._rows:
                 logger.warning("%s: finishing with %d rows, %d were expected", self._path, self._rows, expected)
             f.attrs["complete"] = True
-            f.attrs["finished"] = _now()
+            f.attrs["finished"] = fixed(_now())
             f.flush()
             checkpoint("finish", self._path)
             self.close()
