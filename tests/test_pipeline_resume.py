@@ -46,7 +46,7 @@ def base_cfg(model_file, tmp_path_factory):
     with initialize_config_module(config_module="lrpflow.conf", version_base="1.3"):
         cfg = compose(config_name="config", overrides=[
             "model=file", f"model.path={model_file}", "progress=false", "data.batch_size=8",
-            "render.max_images=3", "render.cmaps=[gray-red,black-green]",
+            "render.max_images=2", "render.cmaps=[gray-red,black-green]", "render.grid=false",
             f"paths.cache={tmp_path_factory.mktemp('cache')}"])
     return OmegaConf.to_container(cfg, resolve=True)
 

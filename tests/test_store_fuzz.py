@@ -147,7 +147,7 @@ def check(outcomes, failures, count):
 
 @pytest.mark.parametrize("mode, seed", [("load", "store_seed.h5"), ("resume", "store_seed.h5.partial")])
 def test_fuzzed_stores_give_a_result_or_a_store_error(tmp_path, mode, seed):
-    count = 100
+    count = 60
     check(*fuzz(tmp_path, FIXTURES / seed, mode, count), count)
 
 
