@@ -151,3 +151,21 @@ def test_resuming_a_damaged_store_says_what_can_be_salvaged(tmp_path):
     partial.write_bytes(partial.read_bytes()[:100])
     with pytest.raises(StoreError, match="cannot resume .*r.h5.partial.*nothing in it can be read back"):
         ResultStore.open(final, "a")
+
+
+def test_a_new_store_never_replaces_another_runs_partial(tmp_path, monkeypatch):
+    """Issue 10.5: create() publishes its header exclusively; a store that appeared meanwhile is kept."""
+    import lrpflow.store.writer as writer
+
+    final = tmp_path / "x.h5"
+    real = writer.publish
+
+    def racing(tmp, partial):  # another run creates the partial between our check and our publish
+        (tmp_path / "x.h5.partial").write_bytes(b"the other run's store")
+        real(tmp, partial)
+
+    monkeypatch.setattr(writer, "publish", racing)
+    with pytest.raises(LrpflowError, match="appeared while this run was creating it"):
+        ResultStore.create(final, input_shape=(2,), n_classes=2)
+    assert (tmp_path / "x.h5.partial").read_bytes() == b"the other run's store"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.h5.partial"]  # no temporary left behind

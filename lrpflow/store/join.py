@@ -16,7 +16,7 @@ import h5py
 import numpy
 
 from lrpflow.errors import ConfigError, LrpflowError, StoreError
-from lrpflow.store.writer import write_error
+from lrpflow.store.files import write_error
 from lrpflow.store.layout import (
     _FLOAT_FILL, _LIBVER, PARTIAL_SUFFIX, StoreLayout, _names_attr, _now, _partial, check_schema, config_diff,
     damaged, fixed, read_attrs, set_attrs,

@@ -17,7 +17,7 @@ import numpy
 
 from lrpflow.errors import LrpflowError, StoreError
 from lrpflow.store.layout import (
-    _LIBVER, _MAX_CHUNK_BYTES, StoreLayout, _create_datasets, _dataset_props, _fsync, read_attrs, set_attrs,
+    _LIBVER, _MAX_CHUNK_BYTES, StoreLayout, _create_datasets, _dataset_props, _fsync, read_attr, read_attrs, set_attrs,
 )
 
 logger = logging.getLogger("lrpflow.store")
@@ -174,3 +174,28 @@ def salvage(partial: str, rows: int, layout: StoreLayout) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def salvageable(path: str) -> str:
+    """What of a damaged store can still be read: "its first K of N complete rows read back intact"."""
+    try:
+        with h5py.File(path, "r") as f:
+            rows = int(read_attr(f, "rows_complete"))
+            names = [k for k in ("relevance", "logits", "target", "label", "index", "conservation") if k in f]
+            if "relevance" not in names:
+                return "no rows can be salvaged (its datasets are gone); store.overwrite=true starts again"
+            good = rows
+            for name in names:
+                d = f[name]
+                step = int(d.chunks[0]) if d.chunks else max(1, rows)
+                for a in range(0, min(good, d.shape[0]), step):
+                    try:
+                        d[a:min(good, a + step)]
+                    except Exception:  # noqa: BLE001 - the first unreadable block ends what can be kept
+                        good = a
+                        break
+                good = min(good, d.shape[0])
+    except Exception:  # noqa: BLE001 - not even its header can be read
+        return "nothing in it can be read back; store.overwrite=true starts again"
+    return (f"its first {good} of {rows} complete row(s) read back intact (ResultStore.open(path).read(rows="
+            f"slice(0, {good})) gets them); store.overwrite=true starts again")

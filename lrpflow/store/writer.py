@@ -14,7 +14,6 @@ before it stay, and a rerun resumes after them.
 """
 from __future__ import annotations
 
-import errno
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -26,96 +25,16 @@ import numpy
 from lrpflow.backend import to_numpy
 from lrpflow.errors import ConfigError, LrpflowError, ShapeError, StoreError
 from lrpflow.store.faults import checkpoint
+from lrpflow.store.files import abandon, close_quietly, publish, remove_quietly, write_error
 from lrpflow.store.layout import (
-    _CHUNK_CACHE, _FLOAT_FILL, _IGNORED_KEYS, _LIBVER, _RESERVED, COMPRESSIONS, PARTIAL_SUFFIX, SCHEMA,
+    _CHUNK_CACHE, _FLOAT_FILL, _IGNORED_KEYS, _LIBVER, _RESERVED, COMPRESSIONS, SCHEMA,
     SCHEMA_VERSION, StoreLayout, _attr_value, _chunk_plan, _create_datasets, _dtype_name, _final, _fsync, _now,
     _partial, config_diff, config_text, damaged, fixed, read_attr,
 )
 from lrpflow.store.reader import StoreReader
-from lrpflow.store.recovery import repair_eoa, salvage, usable_rows
+from lrpflow.store.recovery import repair_eoa, salvage, salvageable, usable_rows
 
 logger = logging.getLogger("lrpflow.store")
-
-
-def write_error(path: str, err: BaseException, doing: str) -> StoreError:
-    """A :class:`StoreError` for an OS/HDF5 failure while ``doing`` something to ``path``.
-
-    HDF5 reports a full disk as an ``OSError``/``RuntimeError`` whose text holds
-    ``errno = 28``; it is named "no space left on device". A folder or file that may not be
-    written is named as such: the store itself is not damaged by either.
-    """
-    text = str(err)
-    code = getattr(err, "errno", None)
-    if code == errno.ENOSPC or "errno = 28" in text or "No space left" in text:
-        cause = "no space left on device; free space and run again: the complete rows are kept and resumed"
-    elif code in (errno.EACCES, errno.EPERM, errno.EROFS) or "errno = 13" in text or "errno = 30" in text or \
-            "Permission denied" in text or "Read-only file system" in text:
-        cause = f"the folder or file may not be written (read-only or no permission: {text})"
-    elif code == errno.EDQUOT:
-        cause = "disk quota exceeded; free space and run again"
-    else:
-        cause = f"the file is damaged or the write failed ({type(err).__name__}: {text})"
-    return StoreError(f"cannot write result store {path} while {doing}: {cause}")
-
-
-def _abandon(f: Any) -> None:
-    """Close a store whose write failed, leaving the file as its last successful flush left it.
-
-    libhdf5 keeps a file open if its final flush fails (a full disk), and crashes when it
-    flushes again at exit (a segfault). Pointing the file's descriptor at ``/dev/null``
-    first lets that flush succeed without touching the file: what was committed stays, and
-    the resumed run recovers the rest as after a kill.
-    """
-    try:
-        fd = f.id.get_vfd_handle()
-        null = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(null, int(fd))
-        finally:
-            os.close(null)
-    except Exception as err:  # noqa: BLE001 - not the sec2 driver, or already closed: close as it is
-        logger.debug("could not detach %s after a write error: %s", getattr(f, "filename", f), err)
-    _close_quietly(f)
-
-
-def _close_quietly(f: Any) -> None:
-    """Close an h5py file after a failure; a second failure (its final flush) is only logged."""
-    try:
-        f.close()
-    except Exception as err:  # noqa: BLE001 - the file is being abandoned after an error already raised
-        logger.debug("closing %s after an error failed too: %s", getattr(f, "filename", f), err)
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.remove(path)
-    except OSError:
-        pass
-
-
-def _salvageable(path: str) -> str:
-    """What of a damaged store can still be read: "its first K of N complete rows read back intact"."""
-    try:
-        with h5py.File(path, "r") as f:
-            rows = int(read_attr(f, "rows_complete"))
-            names = [k for k in ("relevance", "logits", "target", "label", "index", "conservation") if k in f]
-            if "relevance" not in names:
-                return "no rows can be salvaged (its datasets are gone); store.overwrite=true starts again"
-            good = rows
-            for name in names:
-                d = f[name]
-                step = int(d.chunks[0]) if d.chunks else max(1, rows)
-                for a in range(0, min(good, d.shape[0]), step):
-                    try:
-                        d[a:min(good, a + step)]
-                    except Exception:  # noqa: BLE001 - the first unreadable block ends what can be kept
-                        good = a
-                        break
-                good = min(good, d.shape[0])
-    except Exception:  # noqa: BLE001 - not even its header can be read
-        return "nothing in it can be read back; store.overwrite=true starts again"
-    return (f"its first {good} of {rows} complete row(s) read back intact (ResultStore.open(path).read(rows="
-            f"slice(0, {good})) gets them); store.overwrite=true starts again")
 
 
 class ResultStore(StoreReader):
@@ -286,12 +205,15 @@ class ResultStore(StoreReader):
                 _create_datasets(f, layout, props)
                 a["rows_complete"] = 0
             _fsync(tmp)
-            os.replace(tmp, partial)
+            publish(tmp, partial)
+        except LrpflowError:
+            remove_quietly(tmp)
+            raise
         except (OSError, RuntimeError) as err:
-            _remove_quietly(tmp)
+            remove_quietly(tmp)
             raise write_error(partial, err, "creating it") from err
         except BaseException:
-            _remove_quietly(tmp)
+            remove_quietly(tmp)
             raise
         logger.info("created result store %s", partial)
         return cls._open_append(partial, count_resume=False)
@@ -360,12 +282,12 @@ class ResultStore(StoreReader):
             f = h5py.File(partial, "r")
         except Exception as err:  # noqa: BLE001 - a damaged header: OSError and others
             raise StoreError(f"cannot resume {partial}: not an HDF5 file or its header is damaged "
-                             f"({type(err).__name__}: {err}); {_salvageable(partial)}") from err
+                             f"({type(err).__name__}: {err}); {salvageable(partial)}") from err
         try:
             probe = cls(f, partial, "r")
         except StoreError as err:
             f.close()
-            raise StoreError(f"cannot resume: {err}; {_salvageable(partial)}") from err
+            raise StoreError(f"cannot resume: {err}; {salvageable(partial)}") from err
         except BaseException:
             f.close()
             raise
@@ -384,7 +306,7 @@ class ResultStore(StoreReader):
             if "errno = 13" in str(err) or "errno = 30" in str(err) or "Permission denied" in str(err):
                 raise write_error(partial, err, "reopening it to resume") from err
             raise StoreError(f"cannot open unfinished store {partial} for writing ({type(err).__name__}: {err}); "
-                             f"{_salvageable(partial)}") from err
+                             f"{salvageable(partial)}") from err
         try:
             store = cls(f, partial, "a")
             with store._writing("resuming it"):
@@ -394,7 +316,7 @@ class ResultStore(StoreReader):
                 f.attrs["complete"] = False  # a partial file marked complete: finish() was killed before its rename
                 f.flush()
         except BaseException:
-            _close_quietly(f)
+            close_quietly(f)
             raise
         return store
 
@@ -503,7 +425,7 @@ class ResultStore(StoreReader):
             except Exception as err:  # noqa: BLE001 - h5py raises OSError, RuntimeError, KeyError... on failure
                 if self._file is not None:
                     file, self._file, self._pending = self._file, None, {}
-                    _abandon(file)
+                    abandon(file)
                 raise write_error(self._path, err, doing) from err
 
         return guard()
