@@ -12,7 +12,7 @@ from lrpflow import layers, render
 from lrpflow.composites import Composite, Override
 from lrpflow.errors import (
     BackendError, ConfigError, DataFormatError, DuplicateNameError, LrpflowError, ModelFormatError, PluginError,
-    ShapeError, UnknownNameError, UnsupportedLayerError,
+    ShapeError, StoreError, UnknownNameError, UnsupportedLayerError,
 )
 from lrpflow.explain import Explainer, Explanation, LedgerEntry, explain
 from lrpflow.graph import Model, Node, Sequential, Trace
@@ -20,6 +20,7 @@ from lrpflow.hookspecs import hookimpl
 from lrpflow.io import load_data, load_model, open_data, save_data, save_model
 from lrpflow.plugins import make_plugin_manager, registries
 from lrpflow.rules import make_rule
+from lrpflow.store import Results, load_results, write_results
 from lrpflow.train import TrainResult, train
 
 __version__ = "0.1.0"
@@ -29,4 +30,5 @@ __all__ = [
     "Explainer", "Explanation", "LedgerEntry", "explain", "make_rule", "load_model", "save_model", "load_data", "open_data", "save_data",
     "make_plugin_manager", "registries", "LrpflowError", "ConfigError", "PluginError", "DuplicateNameError",
     "UnknownNameError", "UnsupportedLayerError", "ShapeError", "ModelFormatError", "DataFormatError", "BackendError",
+    "StoreError", "load_results", "write_results", "Results",
 ]

@@ -43,25 +43,71 @@ def info(argv: list[str] | None = None) -> int:
     return 0
 
 
+#: exit status of a run stopped by bad config, files or data (an LrpflowError)
+EXIT_USAGE = 2
+
+
+class _UserError(SystemExit):
+    """Leaves Hydra's task wrapper untouched (it only catches Exception) and exits with :data:`EXIT_USAGE`."""
+
+
+def _log_to_files(err: BaseException) -> None:
+    """The full traceback of ``err`` into the run's log files only (the terminal gets one line)."""
+    import logging
+
+    record = logging.getLogger("lrpflow").makeRecord(
+        "lrpflow", logging.ERROR, __file__, 0, "run failed: %s", (err,), (type(err), err, err.__traceback__))
+    seen = set()
+    for logger in (logging.getLogger(), logging.getLogger("lrpflow")):
+        for handler in logger.handlers:
+            if isinstance(handler, logging.FileHandler) and id(handler) not in seen:
+                seen.add(id(handler))
+                handler.handle(record)
+                handler.flush()
+
+
 def _hydra_main(cfg) -> float | None:  # noqa: ANN001 - a DictConfig
+    import os
+
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     from lrpflow.pipeline import run
 
-    output_dir = cfg.paths.get("output_dir") or HydraConfig.get().runtime.output_dir
-    return run(cfg, output_dir=output_dir)
+    hc = HydraConfig.get()
+    output_dir = cfg.paths.get("output_dir") or hc.runtime.output_dir
+    try:
+        return run(cfg, output_dir=output_dir)
+    except Exception as err:
+        _log_to_files(err)  # the log file keeps the traceback of every failure
+        if not isinstance(err, LrpflowError) or os.environ.get("HYDRA_FULL_ERROR") == "1" or \
+                hc.mode == RunMode.MULTIRUN:
+            raise  # a bug, a developer asking for the traceback, or one job of a sweep: Hydra reports it
+        print(f"lrpflow: error: {err}", file=sys.stderr)
+        print(f"lrpflow: the full traceback is in {os.path.join(hc.runtime.output_dir, hc.job.name + '.log')}",
+              file=sys.stderr)
+        raise _UserError(EXIT_USAGE) from None
 
 
 def main() -> None:
-    """``lrpflow``: the Hydra app over ``lrpflow/conf`` (``lrpflow --help`` lists the config groups)."""
+    """``lrpflow``: the Hydra app over ``lrpflow/conf`` (``lrpflow --help`` lists the config groups).
+
+    A run stopped by bad config, files or data (an :class:`LrpflowError`) prints one short
+    message and exits with status 2; the job's ``lrpflow.log`` keeps the full traceback
+    (``HYDRA_FULL_ERROR=1`` shows it on the terminal too).
+    """
     import hydra
 
     wrapped = hydra.main(version_base="1.3", config_path="pkg://lrpflow.conf", config_name="config")(_hydra_main)
     try:
         wrapped()
-    except LrpflowError as err:  # hydra re-raises after logging; keep the message short for users
-        print(f"lrpflow: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except LrpflowError as err:  # raised outside the task function (e.g. by a plugin while composing)
+        import os
+
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"lrpflow: error: {err}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
 
 
 def join(argv: list[str] | None = None) -> int:

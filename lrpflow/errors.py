@@ -47,3 +47,7 @@ class DataFormatError(LrpflowError):
 
 class BackendError(LrpflowError):
     """A backend (numpy, cupy) or dtype is unavailable or unknown."""
+
+
+class StoreError(LrpflowError):
+    """A result store is damaged, unreadable or cannot be written (the message names the file and the part)."""

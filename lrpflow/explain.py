@@ -71,6 +71,16 @@ class Explanation:
             {k: LedgerEntry(to_numpy(v.entering), to_numpy(v.leaving)) for k, v in self.ledger.items()},
             {k: to_numpy(v) for k, v in self.intermediate.items()}, self.method, self.layout)
 
+    def to_results(self, path: Any, **kw: Any) -> str:
+        """Write this explanation as a result store (the file a CLI run writes); see :func:`lrpflow.store.write_results`.
+
+        ``lrpflow.load_results(path)`` reads it back; keywords: ``label``, ``index``,
+        ``source``, ``metrics``, ``config``, ``model_sha256``, ``overwrite``, ...
+        """
+        from lrpflow.store import write_results
+
+        return write_results(self, path, **kw)
+
 
 def nonneg_nodes(model: Model) -> dict[str, bool]:
     """For every node: is its output ≥ 0 whatever the model input (static analysis)?"""

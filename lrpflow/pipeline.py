@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Mapping
@@ -24,6 +23,7 @@ import numpy
 
 from lrpflow.backend import to_numpy
 from lrpflow.errors import ConfigError, LrpflowError
+from lrpflow.finalize import finalize_outputs, render_images  # noqa: F401 - the end of a run, re-exported
 from lrpflow.hookspecs import hookimpl
 from lrpflow.progress import ProgressBar
 
@@ -271,7 +271,12 @@ class Lrp:
 
 
 class Evaluate:
-    """Per-sample metrics (``evaluate.metrics``) and the running mean of ``evaluate.objective``."""
+    """Per-sample metrics (``evaluate.metrics``), stored by ``save``.
+
+    Their means and the objective (the mean of ``evaluate.objective``) are computed by
+    :func:`finalize_outputs` from the store's ``metrics/`` datasets, so a resumed run
+    reports what an uninterrupted one does (running totals serve pipelines without ``save``).
+    """
 
     def process(self, state: State) -> None:
         from lrpflow.evaluate import evaluate
@@ -286,63 +291,24 @@ class Evaluate:
             tot[0] += float(numpy.sum(v))
             tot[1] += int(numpy.size(v))
 
-    def finish(self, state: State) -> None:
-        objective = _get(state.cfg, "evaluate.objective")
-        means = {k: (s / c if c else float("nan")) for k, (s, c) in state.totals.items()}
-        state.outputs["metrics"] = means
-        if objective is not None:
-            if objective not in means:
-                raise ConfigError(f"evaluate.objective {objective!r} is not among the computed metrics {sorted(means)}")
-            state.objective = means[objective]
-
 
 class Render:
-    """Heatmaps of the first ``render.max_images`` samples in every colormap, and a grid."""
+    """Heatmaps of the first ``render.max_images`` rows in every colormap, and a grid.
 
-    def setup(self, state: State) -> None:
-        self.x: list[Any] = []
-        self.r: list[Any] = []
+    The images are drawn by :func:`finalize_outputs` from the store (each file named by the
+    dataset row it shows, ``<row>_<cmap>.png``); without a ``save`` step, from the rows
+    collected here.
+    """
 
     def process(self, state: State) -> None:
         r = dict(state.cfg.get("render") or {})
-        want = int(r.get("max_images", 0)) - len(self.x)
+        kept = state.extras.setdefault("render_rows", [])
+        want = int(r.get("max_images", 0)) - len(kept)
         if not r.get("enabled", True) or want <= 0:
             return
-        exp = state.explanation
-        self.x.extend(to_numpy(state.batch.x[:want]))
-        self.r.extend(to_numpy(exp.relevance[:want]))
-
-    def finish(self, state: State) -> None:
-        from lrpflow import render
-
-        r = dict(state.cfg.get("render") or {})
-        if not r.get("enabled", True) or not self.x:
-            return
-        out = state.output_dir / "heatmaps"
-        out.mkdir(parents=True, exist_ok=True)
-        cmaps = list(r.get("cmaps") or ["blue_white_red"])
-        x, rel = numpy.stack(self.x), numpy.stack(self.r)
-        if getattr(state.model, "layout", "NHWC") == "NCHW" and x.ndim == 4:  # render channels-last
-            x, rel = x.transpose(0, 2, 3, 1), rel.transpose(0, 2, 3, 1)
-        image_like = x.ndim == 4 or (x.ndim == 2 and math.isqrt(x.shape[1]) ** 2 == x.shape[1])
-        files = []
-        for i in range(len(x)):
-            for cmap in cmaps:
-                path = out / f"{state.rows[0] + i:06d}_{cmap}.png"
-                if r.get("overlay") and x.ndim == 4 and x.shape[-1] == 3:
-                    render.render_overlay(rel[i], x[i], cmap=cmap, path=str(path))
-                elif image_like:
-                    rgb = render.hm_to_rgb(rel[i], X=x[i] if r.get("outline", True) else None,
-                                           scaling=int(r.get("scaling", 3)), sigma=float(r.get("sigma", 2.0)), cmap=cmap)
-                    render.save_image([rgb], str(path), gap=0)
-                else:
-                    continue
-                files.append(str(path))
-        if r.get("grid", True) and image_like:
-            grid = state.output_dir / "heatmap_grid.png"
-            render.colormap_grid(rel, x, cmaps=cmaps, title=state.explanation.method, path=str(grid))
-            files.append(str(grid))
-        state.outputs["images"] = files
+        x, rel = to_numpy(state.batch.x[:want]), to_numpy(state.explanation.relevance[:want])
+        kept.extend((state.batch.start + i, x[i], rel[i]) for i in range(len(x)))
+        state.extras["method"] = state.explanation.method
 
 
 def class_labels(labels: Any) -> numpy.ndarray | None:
@@ -362,6 +328,8 @@ def class_labels(labels: Any) -> numpy.ndarray | None:
 class Save:
     """Write every batch to the job's HDF5 result store; resume a killed run where it stopped."""
 
+    store: Any = None
+
     def setup(self, state: State) -> None:
         s = dict(state.cfg.get("store") or {})
         path = state.output_dir / s.get("path", "results.h5")
@@ -374,27 +342,39 @@ class Save:
         from lrpflow.store import ResultStore
 
         exp = state.explanation
+        attrs = {"rows": list(state.rows), "method": exp.method,
+                 "model_layout": str(getattr(state.model, "layout", "NHWC"))}
         return ResultStore.create(
             self.path, input_shape=exp.relevance.shape[1:], n_classes=exp.logits.shape[1], ledger_nodes=list(exp.ledger),
             intermediate={k: tuple(v.shape[1:]) for k, v in exp.intermediate.items()}, metrics=list(state.metrics),
             config=state.cfg, model_sha256=_model_sha(state), backend=str(_get(state.cfg, "backend.name", "numpy")),
-            dtype=str(_get(state.cfg, "backend.dtype", "float32")), attrs={"rows": list(state.rows), "method": exp.method},
+            dtype=str(_get(state.cfg, "backend.dtype", "float32")), attrs=attrs,
             expected_rows=state.rows[1] - state.rows[0], target_width=1 if exp.target.ndim == 1 else exp.target.shape[1],
             chunk_rows=self.settings.get("chunk_rows") or int(_get(state.cfg, "data.batch_size", 64)),
             compression=self.settings.get("compression", "gzip"), resume=False,
-            overwrite=bool(self.settings.get("overwrite", False)))
+            overwrite=bool(self.settings.get("overwrite", False)), source=source_files(state.source) is not None)
 
     def process(self, state: State) -> None:
         if self.store is None:
             self.store = self._open(state)
         b = state.batch
-        extras = {} if b.labels is None else {"label": class_labels(b.labels)}
+        extras: dict[str, Any] = {} if b.labels is None else {"label": class_labels(b.labels)}
+        files = source_files(state.source)
+        if files is not None and self.store.layout.has_source:
+            extras["source"] = [str(files[i]) for i in range(b.start, b.start + len(b.x))]
         self.store.append(state.explanation, index=numpy.arange(b.start, b.start + len(b.x)), **extras,
                           metrics=state.metrics)
 
     def finish(self, state: State) -> None:
         if self.store is not None:
             self.store.finish()
+            self.store.close()
+
+
+def source_files(source: Any) -> Any:
+    """The files a data source reads row by row (an image folder's ``files``), or None."""
+    files = getattr(source, "files", None)
+    return files if isinstance(files, (list, tuple)) and len(files) == len(source) else None
 
 
 #: built-in steps, by registry name
@@ -408,57 +388,125 @@ def lrpflow_register_steps(registry):  # noqa: ANN001 - typed in the hookspec
         registry.add(name, cls)
 
 
+#: config keys that may change between a killed run and its resumption (they do not change stored rows)
+RESUME_IGNORES = ("progress", "render", "evaluate.objective", "store.overwrite", "paths.output_root")
+
+
+def validate_config(cfg: Mapping[str, Any]) -> None:
+    """Check every name a config refers to before any work (steps, rules, composites, metrics, objective, colormaps).
+
+    Raises
+    ------
+    ConfigError / UnknownNameError
+        Naming the config field and the names lrpflow knows.
+    """
+    from lrpflow.errors import UnknownNameError
+    from lrpflow.plugins import registries
+
+    regs = registries()
+
+    def check(registry: Any, name: Any, field: str) -> None:
+        if not isinstance(name, str):
+            raise ConfigError(f"{field} must be a name, got {name!r}")
+        if name not in registry:
+            raise UnknownNameError(f"{field}: unknown {registry.kind[:-1].replace('_', ' ')} {name!r}; "
+                                   f"known: {', '.join(sorted(registry.names()))}")
+
+    names = list(cfg.get("pipeline") or [])
+    if not names:
+        raise ConfigError("the config's pipeline is empty")
+    for i, name in enumerate(names):
+        check(regs.steps, name, f"pipeline[{i}]")
+    lrp = dict(cfg.get("lrp") or {})
+    if "lrp" in names or "forward" in names:
+        if lrp.get("rule") is None and lrp.get("composite") is None:
+            raise ConfigError("the lrp config needs 'rule' or 'composite'")
+        if isinstance(lrp.get("rule"), str):
+            check(regs.rules, lrp["rule"], "lrp.rule")
+        if isinstance(lrp.get("composite"), str):
+            check(regs.composites, lrp["composite"], "lrp.composite")
+        elif isinstance(lrp.get("composite"), Mapping):
+            from lrpflow.composites import Composite
+
+            Composite.from_config(lrp["composite"])
+    e = dict(cfg.get("evaluate") or {})
+    metrics = list(e.get("metrics") or [])
+    if "evaluate" in names:
+        for i, name in enumerate(metrics):
+            check(regs.metrics, name, f"evaluate.metrics[{i}]")
+        objective = e.get("objective")
+        if objective is not None and objective not in metrics:
+            raise ConfigError(f"evaluate.objective {objective!r} is not among evaluate.metrics {metrics}")
+    r = dict(cfg.get("render") or {})
+    if "render" in names and r.get("enabled", True):
+        for i, name in enumerate(r.get("cmaps") or []):
+            check(regs.colormaps, name, f"render.cmaps[{i}]")
+
+
 def run(cfg: Any, output_dir: str | os.PathLike[str] | None = None) -> float | None:
-    """Run the pipeline of a config; returns the objective (mean of ``evaluate.objective``).
+    """Run the pipeline of a config; returns the objective (mean of ``evaluate.objective`` over the store).
 
     ``output_dir`` (default ``paths.output_dir``, else the current directory) receives the
-    store, the images and ``summary.json``.
+    store, the images and ``summary.json``; it is locked for the run (one run per
+    directory). Every name in the config is checked before the first batch. A killed run
+    resumes from its store; a job whose store is complete only finishes its missing
+    outputs (:func:`finalize_outputs`), without computing relevance again.
     """
     from lrpflow.plugins import registries
+    from lrpflow.store import RunLock
 
     cfg = _plain(cfg)
     if not isinstance(cfg, Mapping):
         raise ConfigError(f"a config must be a mapping, got {type(cfg).__name__}")
     out = Path(output_dir or _get(cfg, "paths.output_dir") or ".")
-    out.mkdir(parents=True, exist_ok=True)
-    state = State(cfg=dict(cfg), output_dir=out)
-    names = list(cfg.get("pipeline") or [])
-    if not names:
-        raise ConfigError("the config's pipeline is empty")
-    steps = [(n, registries().steps.get(n)()) for n in names]
+    validate_config(cfg)
+    with RunLock(out):
+        state = State(cfg=dict(cfg), output_dir=out)
+        steps = [(n, registries().steps.get(n)()) for n in cfg["pipeline"]]
+        save = next((s for n, s in steps if isinstance(s, Save)), None)
+        try:
+            return _run_steps(state, steps, save)
+        finally:
+            if save is not None and save.store is not None:
+                save.store.close()
+
+
+def _run_steps(state: State, steps: list[tuple[str, Any]], save: Save | None) -> float | None:
+    cfg = state.cfg
     t0 = time.perf_counter()
     for name, step in steps:
         if hasattr(step, "setup"):
             log.debug("setup %s", name)
             step.setup(state)
     processing = [(n, s) for n, s in steps if hasattr(s, "process")]
+    complete = False
     if processing:
         if state.source is None:
             raise ConfigError("the pipeline processes batches but no step loaded data (add load_data)")
-        save = next((s for n, s in steps if isinstance(s, Save)), None)
         start = state.rows[0]
         if save is not None:
-            start = _resume_point(save, state)
-        lo, hi = state.rows
-        bs = int(_get(cfg, "data.batch_size", 64))
-        bar = ProgressBar(hi - start, enabled=bool(cfg.get("progress", True)), label="explaining")
-        try:
-            for batch in state.source.batches(bs, start=start, stop=hi):
-                state.batch = batch
-                for name, step in processing:
-                    step.process(state)
-                bar.update(len(batch.x))
-        finally:
-            bar.close()
-    for name, step in steps:
-        if hasattr(step, "finish"):
-            step.finish(state)
-    summary = {"objective": state.objective, "metrics": state.outputs.get("metrics", {}), "rows": list(state.rows),
-               "seconds": time.perf_counter() - t0, "outputs": {k: v for k, v in state.outputs.items() if k != "metrics"},
-               "lrp": cfg.get("lrp"), "model": _get(cfg, "model.name"), "data": _get(cfg, "data.name")}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    log.info("done in %.1f s; objective %s", summary["seconds"], state.objective)
-    return state.objective
+            start, complete = _resume_point(save, state)
+        if complete:
+            log.info("%s is complete; finishing the job's outputs from it", save.path)
+        else:
+            lo, hi = state.rows
+            bs = int(_get(cfg, "data.batch_size", 64))
+            bar = ProgressBar(hi - start, enabled=bool(cfg.get("progress", True)), label="explaining")
+            try:
+                for batch in state.source.batches(bs, start=start, stop=hi):
+                    state.batch = batch
+                    for name, step in processing:
+                        step.process(state)
+                    bar.update(len(batch.x))
+            finally:
+                bar.close()
+    if not complete:
+        for name, step in steps:
+            if hasattr(step, "finish"):
+                step.finish(state)
+    store_path = save.path if save is not None and save.path.exists() else None
+    summary = finalize_outputs(state.output_dir, store_path, cfg, state=state, started=t0)
+    return summary["objective"]
 
 
 def _model_sha(state: State) -> str:
@@ -471,23 +519,46 @@ def _model_sha(state: State) -> str:
     return state.extras["model_sha256"]
 
 
-def _resume_point(save: Save, state: State) -> int:
-    """Reopen an unfinished store of the same job and continue after its last complete row."""
-    from lrpflow.store import ResultStore
+def _resume_point(save: Save, state: State) -> tuple[int, bool]:
+    """(first row to compute, whether the store is already complete) for this job.
+
+    An unfinished store of the same job is reopened and continued after its last complete
+    row; a complete one is kept (its outputs are finished from it) if it was computed
+    with the same config and model.
+    """
+    from lrpflow.store import ResultStore, StoreReader, config_diff
 
     partial = Path(str(save.path) + ".partial")
+    overwrite = bool(save.settings.get("overwrite"))
     if save.path.exists() and not partial.exists():
-        if save.settings.get("overwrite"):
+        if overwrite:
             save.path.unlink()
-            return state.rows[0]
-        raise LrpflowError(f"{save.path} exists and is complete; set store.overwrite=true or choose another output directory")
+            return state.rows[0], False
+        with StoreReader.open(save.path) as done:
+            stored_sha = str(done.attrs.get("model_sha256", ""))
+            diff = config_diff(done.config, _config_yaml(state.cfg), RESUME_IGNORES)
+            n = len(done)
+        if diff or (stored_sha and stored_sha != _model_sha(state)):
+            why = "; ".join(diff) if diff else "the model file differs"
+            raise LrpflowError(f"{save.path} exists and is complete, from another run ({why}); set store.overwrite=true "
+                               f"or choose another output directory")
+        if n != state.rows[1] - state.rows[0]:
+            raise LrpflowError(f"{save.path} is complete with {n} rows, this job has {state.rows[1] - state.rows[0]}; "
+                               f"set store.overwrite=true or choose another output directory")
+        return state.rows[1], True
     if not partial.exists():
-        return state.rows[0]
-    if save.settings.get("overwrite"):
+        return state.rows[0], False
+    if overwrite:
         partial.unlink()
-        return state.rows[0]
+        return state.rows[0], False
     save.store = ResultStore.open(save.path, "a", config=state.cfg, model_sha256=_model_sha(state),
-                                  ignore_config_keys=("progress",))
+                                  ignore_config_keys=RESUME_IGNORES)
     done = save.store.next_row
     log.info("resuming %s after %d complete rows", partial, done)
-    return state.rows[0] + done
+    return state.rows[0] + done, False
+
+
+def _config_yaml(cfg: Mapping[str, Any]) -> str:
+    from lrpflow.store import config_text
+
+    return config_text(cfg)

@@ -144,8 +144,8 @@ def test_cli_end_to_end_from_any_directory(tmp_path):
     import h5py
 
     with h5py.File(f, "r") as h:
-        assert h.attrs["schema"] == "lrpflow-results" and h.attrs["backend"] == "numpy" and h.attrs["dtype"] == "float32"
-        cfg = OmegaConf.create(str(h.attrs["config"]))
+        assert h.attrs["schema"] == b"lrpflow-results" and h.attrs["backend"] == b"numpy" and h.attrs["dtype"] == b"float32"
+        cfg = OmegaConf.create(h.attrs["config"].decode())
         assert cfg.lrp.rule == "epsilon" and cfg.data.stop == 1629
         assert len(h.attrs["model_sha256"]) == 64 and h["relevance"].compression == "gzip"
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())

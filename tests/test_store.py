@@ -195,9 +195,9 @@ def test_round_trip_values_and_attributes(tmp_path, writer):
             numpy.testing.assert_array_equal(entry.absorbed, data["ledger"][node].entering
                                              - data["ledger"][node].leaving)
         numpy.testing.assert_array_equal(got["ledger/absorbed"], got["ledger/entering"] - got["ledger/leaving"])
-        assert list(store.file["ledger"].attrs["nodes"]) == list(w["NODES"])
+        assert [n.decode() for n in store.file["ledger"].attrs["nodes"]] == list(w["NODES"])  # fixed-length text
         attrs = store.attrs
-        assert attrs["schema"] == SCHEMA == "lrpflow-results" and attrs["schema_version"] == SCHEMA_VERSION == 1
+        assert attrs["schema"] == SCHEMA == "lrpflow-results" and attrs["schema_version"] == SCHEMA_VERSION == 2
         assert yaml.safe_load(store.config) == config == store.config_dict
         assert attrs["lrpflow_version"] == lrpflow.__version__
         assert attrs["backend"] == "numpy" and attrs["dtype"] == "float64" and attrs["model_sha256"] == sha
