@@ -6,6 +6,7 @@ files are parsed back and checked for format and values.
 """
 from __future__ import annotations
 
+import json
 import os
 
 import numpy
@@ -340,6 +341,8 @@ def test_caffe_demo_experiment_writes_results_h5(workspace):
     data = load(ws["dir"] / "out" / "results.h5")
     assert data["relevance"].shape == (4, 3, 12, 12)
     assert data["target"].shape == (4, 5) and list(data["label"]) == TARGETS
+    summary = json.loads((ws["dir"] / "out" / "summary.json").read_text())
+    assert summary["outputs"]["caffe_demo"]["heatmaps"] == 4 and summary["outputs"]["caffe_demo"]["start_node"] == "ip2"
     vals, _ = parse_rawhm(ws["dir"] / "lrp_output" / "someimages" / "sub" / "gray.png_rawhm.txt")
     numpy.testing.assert_allclose(vals, data["relevance"][2][::-1], rtol=1e-5, atol=1e-6 * numpy.abs(vals).max())
     os.remove(ws["dir"] / "data" / "someimages" / "sub" / "wide.png")
@@ -360,3 +363,33 @@ def test_filelist_data_reader(workspace):
     x = src[0:4]
     for i, name in enumerate(NAMES):
         numpy.testing.assert_allclose(x[i], reference_input(ws, name)[0], rtol=1e-6, atol=1e-4)
+
+
+def test_demo_on_the_zoo_dag_with_flat_on_grouped_convolutions(workspace):
+    """Zoo-like net (grouped conv, BN+Scale, LRN, Eltwise, AVE/MAX, Concat) from a training snapshot."""
+    ws = workspace
+    rng = numpy.random.default_rng(8)
+    (ws["dir"] / "zoo.prototxt").write_text(caffe_nets.ZOO)
+    _, snap = caffe_nets.write_net(ws["dir"], "zoo_snap", caffe_nets.ZOO, caffe_nets.zoo_weights(rng), snapshot=True)
+    mean = rng.uniform(90, 140, (3, 20, 20))
+    _mean_blob(ws["dir"] / "mean20.binaryproto", mean)
+    text = CONFIG.format(proto="zoo.prototxt", model="zoo_snap.caffemodel", mean="mean20.binaryproto", mean_mode=1,
+                         last=-1, eps=0.01, rtype=0, flat=8).replace("baseimgsize\n16", "baseimgsize\n18")
+    (ws["dir"] / "zoo.txt").write_text(text)
+    d = demo.Demonstrator("zoo.txt", "files.txt", "data", dtype="float64", write=False)
+    assert d.start == "fc2"  # −1: the input of the lowest Softmax
+    over = d.method["composite"]["overrides"]
+    assert {"name": "conv1+bn1", "rule": "flat"} in over  # conv1 (index 1) with its folded BatchNorm
+    assert {"name": "conv2a", "rule": "caffe_flat_grouped", "groups": 2} in over  # index 8, group 2
+    assert not any(o.get("name") == "conv2b" for o in over)  # index 10 > 8
+    d.run(batch_size=4)
+    exp = lrpflow.Explainer(d.explain_model, composite=d.method["composite"], dtype="float64")
+    for res in d.results:
+        x, _ = demo.prepare_image(res.entry.path, (17, 17), 18, mean.astype(numpy.float32).astype(numpy.float64))
+        trace = exp.forward(x[None])
+        mask = numpy.zeros((1, 12))
+        mask[0, list(res.classes)] = 1
+        ref = exp.explain(trace=trace, target=numpy.asarray(trace.logits) * mask).relevance[0]
+        numpy.testing.assert_allclose(res.rawhm, ref, rtol=1e-9, atol=1e-12)
+        assert numpy.isfinite(res.rawhm).all() and numpy.abs(res.rawhm).sum() > 0
+

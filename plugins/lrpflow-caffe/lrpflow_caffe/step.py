@@ -52,6 +52,8 @@ class CaffeDemo:
     def finish(self, state: Any) -> None:
         demo = state.extras["caffe_demo"]
         state.outputs["caffe_demo"] = {"heatmaps": len(demo.results), "outpath": demo.cfg.standalone_outpath,
+                                       "relpropformulatype": demo.cfg.relpropformulatype, "method": demo.method,
+                                       "start_node": demo.start,
                                        "failed": {demo.entries[r].path: m for r, m in sorted(demo.source.failed.items())}}
 
 
