@@ -30,7 +30,7 @@ def lrpflow_register_rules(registry):  # noqa: ANN001 - typed in lrpflow.hookspe
 
 @lrpflow.hookimpl
 def lrpflow_register_data_readers(registry):  # noqa: ANN001 - typed in lrpflow.hookspecs
-    from lrpflow_caffe.demo import read_filelist_source
+    from lrpflow_caffe.demo_inputs import read_filelist_source
 
     registry.add("caffe_filelist", read_filelist_source)
 
