@@ -393,3 +393,17 @@ def test_demo_on_the_zoo_dag_with_flat_on_grouped_convolutions(workspace):
         numpy.testing.assert_allclose(res.rawhm, ref, rtol=1e-9, atol=1e-12)
         assert numpy.isfinite(res.rawhm).all() and numpy.abs(res.rawhm).sum() > 0
 
+
+
+def test_console_script(workspace):
+    import shutil
+    import subprocess
+
+    exe = shutil.which("lrpflow-caffe-demo")
+    if exe is None:
+        pytest.skip("lrpflow-caffe-demo is not on PATH (plugin installed without scripts)")
+    done = subprocess.run([exe, write_config(workspace), "files.txt", "data", "--dtype", "float64"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "4 heatmaps written under ./lrp_output" in done.stdout
+    assert (workspace["dir"] / "lrp_output" / "someimages" / "sub" / "square.png_toptenscores.txt").exists()
