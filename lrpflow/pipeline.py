@@ -176,7 +176,7 @@ class LoadModel:
         if source == "train" and path:
             path = cached_model_path(path, m.get("train") or {})
         if source == "file":
-            state.model = load_model(_require(state.cfg, "model.path"), format=m.get("format"))
+            state.model = load_model(_require(state.cfg, "model.path"), format=m.get("format"), **dict(m.get("options") or {}))
         elif source == "train":
             if path and os.path.exists(path) and not m.get("retrain"):
                 log.info("using the cached model %s", path)

@@ -11,7 +11,7 @@ import lrpflow
 from lrpflow.graph import Model, Node
 from lrpflow.io import fold_batchnorm
 from lrpflow.layers import (
-    Add, AvgPool, BatchNorm, Concat, Conv2d, Dropout, Flatten, GlobalAvgPool, Identity, LeakyReLU, Linear, MaxPool,
+    Add, AvgPool, BatchNorm, Concat, Conv2d, Dropout, Flatten, GlobalAvgPool, Identity, LeakyReLU, Linear, LRN, MaxPool,
     Pad, ReLU, Reshape, Sigmoid, SoftMax, SumPool, Tanh,
 )
 from lrpflow.layers import BUILTIN_LAYERS
@@ -33,7 +33,8 @@ def every_layer_model(rng, dtype=numpy.float64):
         Node("sig", Sigmoid(), ("add",)),
         Node("tanh", Tanh(), ("add",)),
         Node("cat", Concat(axis=-1), ("sig", "tanh")),
-        Node("max", MaxPool(2, 2, stride=(1, 1), padding=(0, 1, 0, 1)), ("cat",)),
+        Node("lrn", LRN(3, alpha=0.5, beta=0.75, k=2.0), ("cat",)),
+        Node("max", MaxPool(2, 2, stride=(1, 1), padding=(0, 1, 0, 1)), ("lrn",)),
         Node("sum", SumPool(2, 2, stride=(1, 1)), ("max",)),
         Node("avg", AvgPool(2, 2, stride=(2, 2), padding=1), ("sum",)),
         Node("gap", GlobalAvgPool(), ("avg",)),

@@ -6,6 +6,7 @@ from lrpflow.layers.activation import Dropout, Identity, LeakyReLU, ReLU, Sigmoi
 from lrpflow.layers.base import Elementwise, Layer, LinearLike, ShapeLayer
 from lrpflow.layers.conv import Conv2d
 from lrpflow.layers.dense import Linear
+from lrpflow.layers.lrn import LRN
 from lrpflow.layers.merge import Add, Concat
 from lrpflow.layers.norm import BatchNorm
 from lrpflow.layers.pool import AvgPool, GlobalAvgPool, MaxPool, SumPool
@@ -19,7 +20,7 @@ __all__ = [
     "Layer", "LinearLike", "Elementwise", "ShapeLayer",
     "Linear", "Conv2d", "Convolution", "SumPool", "AvgPool", "MaxPool", "GlobalAvgPool",
     "Flatten", "Reshape", "Pad", "ReLU", "Rect", "LeakyReLU", "Tanh", "Sigmoid", "SoftMax",
-    "BatchNorm", "Dropout", "Identity", "Add", "Concat",
+    "BatchNorm", "Dropout", "Identity", "Add", "Concat", "LRN",
 ]
 
 #: registry name → (class, aliases); names are snake_case, aliases include toolbox names
@@ -43,6 +44,7 @@ BUILTIN_LAYERS = {
     "identity": (Identity, ()),
     "add": (Add, ()),
     "concat": (Concat, ()),
+    "lrn": (LRN, ("local_response_norm",)),
 }
 
 
