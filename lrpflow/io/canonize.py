@@ -97,5 +97,8 @@ def fold_batchnorm(model: Model) -> Model:
         output = rename.get(model.output, model.output)
         out = Model(nodes, output=output, input_shape=model.input_shape, input_name=model.input_name,
                     layout=model.layout)
+    for key, value in vars(model).items():  # public metadata a reader attached (e.g. ``model.caffe``)
+        if not key.startswith("_") and key not in vars(out):
+            setattr(out, key, value)
     out.canonizers = notes  # type: ignore[attr-defined]
     return out

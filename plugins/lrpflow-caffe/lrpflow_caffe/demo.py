@@ -32,9 +32,9 @@ log = logging.getLogger("lrpflow_caffe.demo")
 #: the manual's name of the top-10 file (the C++ wrote ``<image>_top10scores.txt``)
 TOP_SCORES_SUFFIX = "_toptenscores.txt"
 
-#: the proportional rule of parameter-free linear maps (AVE pooling, Eltwise SUM) under every LRP type.
-#: ``z`` is ``x_i w_ij / (z_j + 1e-16·sign z_j)`` without a bias there, i.e. the ``norm`` rule.
-NORM_RULE: dict[str, Any] = {"rule": "z"}
+#: the proportional rule of parameter-free linear maps (AVE pooling, Eltwise SUM) under every LRP type:
+#: ``norm``, ``x_i w_ij R_j / (z_j + 1e-16·sign z_j)`` (the engine's default for such layers, pinned here).
+NORM_RULE: dict[str, Any] = {"rule": "norm"}
 
 
 # --- rules ------------------------------------------------------------------------------------
