@@ -134,13 +134,43 @@ def _call(fn: Any, error: type[LrpflowError], path: str, options: dict[str, Any]
     return fn(*first, path, **options)
 
 
+def _by_content(registry: Any, path: str, reader: Any) -> tuple[Any, list[str]]:
+    """Among model readers sharing the path's suffix, the one whose ``sniff(path)`` recognises the file.
+
+    A registration may carry ``sniff=`` (a cheap content test, e.g. the Keras reader's "HDF5
+    with a ``model_config`` attribute") and ``describe=`` (the format in words). Without a
+    match the first reader without a sniff reads the file (``.h5``: the native format); its
+    error then also names the formats the sniffing readers looked for.
+    """
+    suffix = os.path.splitext(os.path.basename(path.rstrip("/\\")).lower())[1]
+    found = registry.by_meta("suffixes", suffix) if suffix else []
+    if len(found) < 2:
+        return reader, []
+    for e in found:
+        sniff = e.meta.get("sniff")
+        if sniff is not None and sniff(path):
+            return e.impl, []
+    plain = [e for e in found if e.meta.get("sniff") is None]
+    others = [str(e.meta.get("describe", e.name)) for e in found if e.meta.get("sniff") is not None]
+    return (plain[0].impl if plain else reader), others
+
+
 def load_model(path: str | os.PathLike[str], format: str | None = None, **options: Any) -> Any:
-    """Read a model; the reader is chosen by ``format`` (a registered name) or by the file suffix."""
+    """Read a model; the reader is chosen by ``format`` (a registered name), else by the file suffix
+    and, where several readers share the suffix (``.h5``), by content (see :func:`_by_content`)."""
     from lrpflow.plugins import registries
 
     path = os.fspath(path)
     reader = _pick(registries().model_readers, path, format, "model reader")
-    return _call(reader, ModelFormatError, path, options)
+    others: list[str] = []
+    if format is None:
+        reader, others = _by_content(registries().model_readers, path, reader)
+    try:
+        return _call(reader, ModelFormatError, path, options)
+    except ModelFormatError as err:
+        if others:
+            raise ModelFormatError(f"{err}; nor is it {' or '.join(others)}") from err
+        raise
 
 
 def save_model(model: Any, path: str | os.PathLike[str], format: str | None = None, **options: Any) -> None:

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 from lrpflow.hookspecs import hookimpl
 from lrpflow.layers.activation import Dropout, Identity, LeakyReLU, ReLU, Sigmoid, SoftMax, Tanh
+from lrpflow.layers.activation_extra import ELU, SELU, ClippedReLU, PReLU, Softplus
 from lrpflow.layers.base import Elementwise, Layer, LinearLike, ShapeLayer
 from lrpflow.layers.conv import Conv2d
 from lrpflow.layers.dense import Linear
 from lrpflow.layers.merge import Add, Concat
+from lrpflow.layers.merge_extra import Average, Subtract
 from lrpflow.layers.norm import BatchNorm
 from lrpflow.layers.pool import AvgPool, GlobalAvgPool, MaxPool, SumPool
 from lrpflow.layers.shape import Flatten, Pad, Reshape
+from lrpflow.layers.shape_extra import Crop, Embedding, Permute
 
 # toolbox-style aliases
 Rect = ReLU
@@ -20,6 +23,7 @@ __all__ = [
     "Linear", "Conv2d", "Convolution", "SumPool", "AvgPool", "MaxPool", "GlobalAvgPool",
     "Flatten", "Reshape", "Pad", "ReLU", "Rect", "LeakyReLU", "Tanh", "Sigmoid", "SoftMax",
     "BatchNorm", "Dropout", "Identity", "Add", "Concat",
+    "ClippedReLU", "PReLU", "ELU", "SELU", "Softplus", "Subtract", "Average", "Crop", "Permute", "Embedding",
 ]
 
 #: registry name → (class, aliases); names are snake_case, aliases include toolbox names
@@ -43,6 +47,16 @@ BUILTIN_LAYERS = {
     "identity": (Identity, ()),
     "add": (Add, ()),
     "concat": (Concat, ()),
+    "clipped_relu": (ClippedReLU, ()),
+    "prelu": (PReLU, ()),
+    "elu": (ELU, ()),
+    "selu": (SELU, ()),
+    "softplus": (Softplus, ()),
+    "subtract": (Subtract, ("sub",)),
+    "average": (Average, ("mean_merge",)),
+    "crop": (Crop, ("cropping",)),
+    "permute": (Permute, ()),
+    "embedding": (Embedding, ()),
 }
 
 
