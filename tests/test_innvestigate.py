@@ -144,12 +144,17 @@ def reference(model, x, kernel_rule, input_rule=None, deep_taylor=False, gradien
             if gradient or (deep_taylor and not {"dense", "conv"} & layer.kinds):
                 if layer.role == "linear":
                     rin = matrix_of(node) @ R
-                elif layer.role == "elementwise":
-                    rin = R * (xin > 0) if "relu" in layer.kinds else R
+                elif layer.role == "elementwise" and type(layer).__name__ == "ReLU":
+                    rin = R * (xin > 0)
+                elif layer.role == "elementwise":  # tanh, ...: the derivative
+                    y = trace[node.name][0:1]
+                    rin = layer.vjp([xs[0][None]], y, R.reshape(y.shape))[0].reshape(-1)
                 elif layer.role == "maxpool":
                     rin = winners(layer, xs[0], R)
-                else:
-                    rin = R
+                else:  # shape layers: the layer's own (exact) vjp
+                    y = trace[node.name][0:1]
+                    rin = numpy.concatenate([g.reshape(-1) for g in layer.vjp([a[None] for a in xs], y,
+                                                                                R.reshape(y.shape))])
             elif layer.role == "linear":
                 M = matrix_of(node)
                 if {"dense", "conv"} & layer.kinds:
@@ -159,6 +164,9 @@ def reference(model, x, kernel_rule, input_rule=None, deep_taylor=False, gradien
                     rin = rule_on_matrix(("z", {"bias": False}), xin, M, numpy.zeros(M.shape[1]), R)
             elif layer.role == "maxpool":
                 rin = winners(layer, xs[0], R)
+            elif layer.role == "shape":  # moved exactly (Flatten, Pad, Crop, Concat, ...): the layer's own vjp
+                y = trace[node.name][0:1]
+                rin = numpy.concatenate([g.reshape(-1) for g in layer.vjp([a[None] for a in xs], y, R.reshape(y.shape))])
             else:
                 rin = R
             start = 0
@@ -175,6 +183,9 @@ def reference(model, x, kernel_rule, input_rule=None, deep_taylor=False, gradien
 def winners(layer, x, R):
     """MaxPool winner-take-all, explicit loops over the windows; ties (all-zero windows after a ReLU,
     reached by lrp.flat / lrp.w_square relevance) share equally — TF would route them to the first maximum."""
+    t, b_, l, r_ = layer.pads
+    h0, w0 = x.shape[:2]
+    x = numpy.pad(x, ((t, b_), (l, r_), (0, 0)), constant_values=-numpy.inf)
     h, w, c = x.shape
     (ph, pw), (sh, sw) = layer.pool, layer.stride
     out = numpy.zeros_like(x)
@@ -187,7 +198,7 @@ def winners(layer, x, R):
                 hits = numpy.argwhere(win == win.max())
                 for a, b in hits:
                     out[p * sh + a, q * sw + b, ch] += Rr[p, q, ch] / len(hits)
-    return out.reshape(-1)
+    return out[t : t + h0, l : l + w0].reshape(-1)
 
 
 def ab(a, b, bias=True):
@@ -344,3 +355,20 @@ def test_keras_model_ports_line_by_line():
     assert a.shape == x.shape and a.dtype == numpy.float32 and numpy.isfinite(a).all()
     check(inn.create_analyzer("lrp.z", model, dtype="float64").analyze(x),
           inn.create_analyzer("input_t_gradient", model, dtype="float64").analyze(x))
+    out = lrpflow.explain(model, x, composite="lrp.alpha_1_beta_0_IB", input_layer_rule=(-1, 1), dtype="float64")
+    check(out.relevance, inn.create_analyzer("lrp.alpha_1_beta_0_IB", model, input_layer_rule=(-1, 1),
+                                             dtype="float64").analyze(x))
+
+
+@pytest.mark.parametrize("fixture", ["cnn.keras", "resnet.h5", "concat_tf2.h5"])
+@pytest.mark.parametrize("name", ["lrp.epsilon", "lrp.alpha_2_beta_1", "lrp.w_square", "deep_taylor",
+                                  "lrp.sequential_preset_a_flat"])
+def test_keras_fixtures_match_reference(fixture, name):
+    pytest.importorskip("lrpflow_keras")
+    import os
+
+    base = os.path.join(os.path.dirname(__file__), "fixtures", "keras")
+    model = lrpflow.load_model(os.path.join(base, fixture))
+    x = numpy.load(os.path.join(base, fixture.split(".")[0].replace("_tf2", "") + ".npz"))["x"][:2]
+    got = inn.create_analyzer(name, model, dtype="float64").analyze(x)
+    check(got, reference(model, x, **CASES[name]))

@@ -20,12 +20,12 @@ import pytest
 import lrpflow
 from lrpflow.errors import LrpflowError, ModelFormatError, UnsupportedLayerError
 from lrpflow.graph import Model, Node
-from lrpflow.layers import BatchNorm, Conv2d, Embedding, Flatten, Linear
+from lrpflow.layers import BatchNorm, Conv2d, Embedding, Linear
 
 lrpflow_keras = pytest.importorskip("lrpflow_keras")
 
 HERE = os.path.join(os.path.dirname(__file__), "fixtures", "keras")
-MODELS = ["dense", "cnn", "resnet", "concat", "misc", "seq1d", "embed"]
+MODELS = ["dense", "cnn", "resnet", "concat", "misc", "seq1d", "embed", "nested"]
 FORMATS = [".keras", ".h5", "_tf2.h5"]
 TOL = 2e-6
 
@@ -85,8 +85,8 @@ def test_same_padding_with_stride_2_pads_bottom_right():
     assert isinstance(conv, Conv2d) and conv.stride == (2, 2)
     assert conv.pads == (0, 1, 0, 1)  # 12 → 6 with k=3, s=2: one extra row/column at the end
     assert model.node("stem").layer.pads == (1, 1, 1, 1)
-    assert lrpflow_keras.convert.same_pads(7, 3, 2) == (1, 1) and lrpflow_keras.convert.same_pads(8, 4, 2) == (1, 1)
-    assert lrpflow_keras.convert.same_pads(5, 2, 1) == (0, 1)
+    assert lrpflow_keras.layers.same_pads(7, 3, 2) == (1, 1) and lrpflow_keras.layers.same_pads(8, 4, 2) == (1, 1)
+    assert lrpflow_keras.layers.same_pads(5, 2, 1) == (0, 1)
 
 
 def test_graph_names_follow_keras_layers():
@@ -270,3 +270,24 @@ def test_truncated_and_garbage_files(tmp_path):
         z.writestr("model.weights.h5", b"")
     with pytest.raises(ModelFormatError):
         lrpflow.load_model(tmp_path / "j.keras")
+
+
+def test_zip_bomb_ratio_is_refused_before_inflating(tmp_path):
+    import struct
+
+    path = tmp_path / "bomb.keras"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("config.json", b"{}")
+        z.writestr("model.weights.h5", b"\0" * 1000)
+    data = bytearray(path.read_bytes())
+    # declare 2 GiB uncompressed for the weights member (central directory and local header)
+    for sig, offset in ((b"PK\x01\x02", 24), (b"PK\x03\x04", 22)):
+        pos = 0
+        while (pos := data.find(sig, pos)) >= 0:
+            name_at = pos + (46 if sig == b"PK\x01\x02" else 30)
+            if bytes(data[name_at : name_at + 16]) == b"model.weights.h5":
+                data[pos + offset : pos + offset + 4] = struct.pack("<I", 1 << 31)
+            pos += 4
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelFormatError, match="compression ratio"):
+        lrpflow.load_model(path)

@@ -93,8 +93,8 @@ def _read_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, path: st
     return out.getvalue()
 
 
-def open_keras_zip(path: str, max_bytes: int = MAX_WEIGHTS_BYTES) -> tuple[Any, Any, Any]:
-    """``(config, metadata, h5py.File of the weights)`` of a Keras 3 ``.keras`` file."""
+def open_keras_zip(path: str, max_bytes: int = MAX_WEIGHTS_BYTES) -> tuple[Any, Any, Any, int]:
+    """``(config, metadata, h5py.File of the weights, its size)`` of a Keras 3 ``.keras`` file."""
     import h5py
 
     try:
@@ -124,14 +124,14 @@ def open_keras_zip(path: str, max_bytes: int = MAX_WEIGHTS_BYTES) -> tuple[Any, 
         weights = h5py.File(io.BytesIO(data), "r")
     except Exception as err:
         raise ModelFormatError(f"{path}: model.weights.h5 is not a readable HDF5 file: {err}") from None
-    check_h5(weights, f"{path}: model.weights.h5", len(data))
-    return config, metadata, weights
+    check_h5(weights, f"{path}: model.weights.h5")
+    return config, metadata, weights, len(data)
 
 
 # --- HDF5 --------------------------------------------------------------------------
 
 
-def check_h5(f: Any, where: str, file_size: int) -> None:
+def check_h5(f: Any, where: str) -> None:
     """Refuse external/soft links and external/virtual storage anywhere in the file."""
     import h5py
 
@@ -192,7 +192,7 @@ def open_legacy_h5(path: str, max_bytes: int = MAX_WEIGHTS_BYTES) -> tuple[Any, 
             raise ModelFormatError(f"{path}: not a Keras HDF5 model: no 'model_config' attribute "
                                    f"(a weights-only file from save_weights() has no architecture)")
         config = parse_json(_text(f.attrs["model_config"], f"{path}: attribute model_config"), f"{path}: model_config")
-        check_h5(f, path, size)
+        check_h5(f, path)
         if "model_weights" not in f and any(k for k in f if k != "optimizer_weights"):
             raise ModelFormatError(f"{path}: no 'model_weights' group")
     except Exception:
