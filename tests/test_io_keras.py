@@ -291,3 +291,61 @@ def test_zip_bomb_ratio_is_refused_before_inflating(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(ModelFormatError, match="compression ratio"):
         lrpflow.load_model(path)
+
+
+def _with_config(tmp_path, src, cfg, name="m.keras"):
+    path = tmp_path / name
+    with zipfile.ZipFile(fixture(src)) as a, zipfile.ZipFile(path, "w") as b:
+        for n in a.namelist():
+            b.writestr(n, json.dumps(cfg) if n == "config.json" else a.read(n))
+    return path
+
+
+def test_malformed_configs_raise_model_format_errors(tmp_path):
+    base = json.loads(zipfile.ZipFile(fixture("concat.keras")).read("config.json"))
+    layers = base["config"]["layers"]
+    conv = next(i for i, l in enumerate(layers) if l["class_name"] == "Conv2D")
+    cases = [
+        lambda c: c.__setitem__("class_name", {"x": 1}),                                   # unhashable class name
+        lambda c: c["config"]["layers"][conv]["config"].__setitem__("strides", [0, 0]),    # division by a zero stride
+        lambda c: c["config"]["layers"][conv]["inbound_nodes"][0].__setitem__("args", 3),  # args not a list
+        lambda c: c["config"]["layers"].__setitem__(2, None),                               # a layer that is no object
+        lambda c: c["config"]["layers"][conv]["inbound_nodes"][0]["args"][0].__setitem__("config", 5),
+    ]
+    for k, mutate in enumerate(cases):
+        cfg = json.loads(json.dumps(base))
+        mutate(cfg)
+        with pytest.raises(LrpflowError):
+            lrpflow.load_model(_with_config(tmp_path, "concat.keras", cfg, f"m{k}.keras"))
+
+
+def test_random_config_mutations_never_escape_as_other_exceptions(tmp_path):
+    import random
+
+    base = json.loads(zipfile.ZipFile(fixture("nested.keras")).read("config.json"))
+
+    def paths(o, p=()):
+        yield p
+        items = o.items() if isinstance(o, dict) else enumerate(o) if isinstance(o, list) else ()
+        for k, v in items:
+            yield from paths(v, p + (k,))
+
+    every = list(paths(base))[1:]
+    weird = [None, "x", -1, 0, 10**9, [], {}, [1], 1.5, True, [None, None]]
+    rng = random.Random(0)
+    for k in range(40):
+        cfg = json.loads(json.dumps(base))
+        for _ in range(rng.randint(1, 3)):
+            p = rng.choice(every)
+            o = cfg
+            try:
+                for key in p[:-1]:
+                    o = o[key]
+                o[p[-1]] = json.loads(json.dumps(rng.choice(weird)))
+            except (KeyError, IndexError, TypeError):
+                pass
+        try:
+            m = lrpflow.load_model(_with_config(tmp_path, "nested.keras", cfg, f"r{k}.keras"))
+            m.forward(numpy.zeros((1, *m.input_shape)))
+        except LrpflowError:
+            pass

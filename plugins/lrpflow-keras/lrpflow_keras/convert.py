@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from lrpflow.errors import ModelFormatError, UnsupportedLayerError
+from lrpflow.errors import LrpflowError, ModelFormatError, UnsupportedLayerError
 from lrpflow.graph import Model
 from lrpflow_keras.container import MAX_WEIGHTS_BYTES, open_keras_zip, open_legacy_h5
 from lrpflow_keras.layers import (
@@ -63,8 +63,8 @@ def convert_layer(b: Builder, cls: str, cfg: dict[str, Any], name: str, weights:
 
 def _history(t: Any, where: str) -> tuple[str, int, int]:
     """``(layer, node_index, tensor_index)`` of one inbound tensor (Keras 3 dict or Keras 2 list)."""
-    if isinstance(t, dict) and t.get("class_name") == "__keras_tensor__":
-        h = (t.get("config") or {}).get("keras_history")
+    if isinstance(t, dict) and t.get("class_name") == "__keras_tensor__" and isinstance(t.get("config"), dict):
+        h = t["config"].get("keras_history")
     elif isinstance(t, list) and len(t) >= 3 and isinstance(t[0], str):
         h = t[:3]
     else:
@@ -77,8 +77,8 @@ def _history(t: Any, where: str) -> tuple[str, int, int]:
 
 def _inbound(node: Any, where: str) -> list[tuple[str, int, int]]:
     if isinstance(node, dict):  # Keras 3: {"args": [tensor | [tensors]], "kwargs": {...}}
-        args = node.get("args") or []
-        if not args:
+        args = node.get("args")
+        if not isinstance(args, list) or not args:
             raise ModelFormatError(f"{where}: an inbound node without arguments")
         first = args[0]
         tensors = first if isinstance(first, list) and first and not isinstance(first[0], str) else [first]
@@ -100,13 +100,14 @@ def convert_model(config: dict[str, Any], b: Builder | None, weights: Any, input
                   depth: int = 0, path: str = "") -> Any:
     """Convert a Sequential/Functional config; at the top (``b is None``) return ``(Builder, output)``."""
     cls, cfg = config.get("class_name"), config.get("config")
+    cls = cls if isinstance(cls, str) else repr(cls)
     top = b is None
     where = path or (b.path if b else "")
     if not isinstance(cfg, dict) or not isinstance(cfg.get("layers"), list):
         raise ModelFormatError(f"{where}: model {cls!r} has no list of layers")
     entries = cfg["layers"]
-    weights.bind(entries)
     parsed = [_layer_cfg(e, where) for e in entries]
+    weights.bind(entries)
     if cls == "Sequential":
         x = None
         rest = parsed
@@ -219,7 +220,7 @@ class _NameMap:
 def _model_config(config: Any, path: str) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise ModelFormatError(f"{path}: the model config must be a JSON object")
-    if config.get("class_name") not in MODEL_CLASSES:
+    if not isinstance(config.get("class_name"), str) or config["class_name"] not in MODEL_CLASSES:
         raise UnsupportedLayerError(f"{path}: model class {config.get('class_name')!r} is not supported "
                                     "(Sequential, Functional); subclassed models have no graph to read")
     return config
@@ -251,6 +252,10 @@ def read(path: str | os.PathLike[str], fold_batchnorm: bool = True, max_bytes: i
                 b, out = convert_model(config, None, weights, None, "", 0, path)
             except RecursionError:
                 raise ModelFormatError(f"{path}: model config nested too deeply") from None
+            except (TypeError, AttributeError, KeyError, IndexError, ValueError) as err:
+                if isinstance(err, LrpflowError):
+                    raise
+                raise ModelFormatError(f"{path}: malformed model config: {type(err).__name__}: {err}") from None
     except (OSError, RuntimeError) as err:
         raise ModelFormatError(f"{path}: damaged Keras file: {type(err).__name__}: {err}") from None
     nodes = b.nodes

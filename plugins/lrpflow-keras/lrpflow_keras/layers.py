@@ -118,11 +118,13 @@ class Ctx:
 
 
 def _tuple(v: Any, n: int, what: str, ctx: Ctx) -> tuple[int, ...]:
-    if isinstance(v, (int, float)):
-        return (int(v),) * n
-    if isinstance(v, (list, tuple)) and len(v) == n and all(isinstance(a, (int, float)) for a in v):
+    """``n`` positive ints from an int or a list of ``n`` ints (kernel sizes, strides, pool sizes)."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = [v] * n
+    if (isinstance(v, (list, tuple)) and len(v) == n
+            and all(isinstance(a, int) and not isinstance(a, bool) and 1 <= a <= 1 << 20 for a in v)):
         return tuple(int(a) for a in v)
-    raise ModelFormatError(f"{ctx.where}: {what} must be an int or {n} ints, got {v!r}")
+    raise ModelFormatError(f"{ctx.where}: {what} must be a positive int or {n} of them, got {v!r}")
 
 
 def same_pads(n: int, k: int, s: int) -> tuple[int, int]:
@@ -383,13 +385,16 @@ def permute(ctx: Ctx) -> str:
 
 
 def _pairs2(v: Any, ctx: Ctx, what: str) -> tuple[int, int, int, int]:
+    out = None
     if isinstance(v, int):
-        return (v, v, v, v)
-    if isinstance(v, list) and len(v) == 2:
+        out = (v, v, v, v)
+    elif isinstance(v, list) and len(v) == 2:
         if all(isinstance(a, int) for a in v):
-            return (v[0], v[0], v[1], v[1])
-        if all(isinstance(a, list) and len(a) == 2 for a in v):
-            return (int(v[0][0]), int(v[0][1]), int(v[1][0]), int(v[1][1]))
+            out = (v[0], v[0], v[1], v[1])
+        elif all(isinstance(a, list) and len(a) == 2 and all(isinstance(c, int) for c in a) for a in v):
+            out = (v[0][0], v[0][1], v[1][0], v[1][1])
+    if out is not None and all(0 <= a <= 1 << 20 for a in out):
+        return out
     raise ModelFormatError(f"{ctx.where}: {what} must be an int, 2 ints or 2 pairs, got {v!r}")
 
 
