@@ -349,3 +349,25 @@ def test_random_config_mutations_never_escape_as_other_exceptions(tmp_path):
             m.forward(numpy.zeros((1, *m.input_shape)))
         except LrpflowError:
             pass
+
+
+def test_keras3_weights_found_by_the_name_on_their_vars_group(tmp_path):
+    # Keras addresses weights by class-name path (conv2d, conv2d_1, ...); where the vars group names
+    # its layer, that name wins over the order, so reordered groups still load correctly
+    import io
+
+    with zipfile.ZipFile(fixture("resnet.keras")) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    buf = io.BytesIO(members["model.weights.h5"])
+    with h5py.File(buf, "a") as f:
+        layers = f["layers"]
+        assert layers["conv2d/vars"].attrs["name"] == "stem"
+        layers.move("conv2d", "tmp")
+        layers.move("conv2d_1", "conv2d")
+        layers.move("tmp", "conv2d_1")
+    path = tmp_path / "swapped.keras"
+    with zipfile.ZipFile(path, "w") as z:
+        for n, d in members.items():
+            z.writestr(n, buf.getvalue() if n == "model.weights.h5" else d)
+    ref = numpy.load(fixture("resnet.npz"))
+    close(lrpflow.load_model(path).forward(ref["x"])[0], ref["logits"])

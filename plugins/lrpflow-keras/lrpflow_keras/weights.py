@@ -49,11 +49,19 @@ class Keras3Weights:
             self.paths[_layer_name(cfg)] = key
 
     def _layer_group(self, layer: str) -> Any:
+        """The group at Keras' path; if its ``vars`` carry a different layer ``name``, the one that names ``layer``."""
         key = self.paths.get(layer)
         layers = self.group.get("layers") if self.group is not None else None
-        if key is None or layers is None or key not in layers:
+        if layers is None:
             return None
-        return layers[key]
+        g = layers[key] if key is not None and key in layers else None
+        named = _vars_name(g)
+        if g is not None and (named is None or named == layer):
+            return g
+        for k in layers:  # newer Keras writes the layer's name on its vars group: trust it over the order
+            if _vars_name(layers[k]) == layer:
+                return layers[k]
+        return g
 
     def get(self, layer: str, names: list[str]) -> list[numpy.ndarray]:
         g = self._layer_group(layer)
@@ -116,6 +124,16 @@ class LegacyWeights:
         g = self.group[layer]
         names = [_s(n) for n in g.attrs.get("weight_names", [])]
         return [(n, g[n]) for n in names if n in g]
+
+
+def _vars_name(g: Any) -> str | None:
+    import h5py
+
+    v = g.get("vars") if isinstance(g, h5py.Group) else None
+    if not isinstance(v, h5py.Group):
+        return None
+    name = v.attrs.get("name")
+    return None if name is None else _s(name)
 
 
 def _layer_name(cfg: dict[str, Any]) -> str:
