@@ -51,7 +51,7 @@ from lrpflow.layers.base import Layer
 from lrpflow.rules import AlphaBeta, Epsilon, Flat, Gradient, GradientXInput, Rule, WSquare, Z, ZBox, ZPlus, make_rule
 from lrpflow.rules.base import Contribution, NodeContext, keep, modified_gradient, positive, safe_divide
 
-__all__ = ["create_analyzer", "model_wo_softmax", "Analyzer", "ANALYZERS", "INPUT_LAYER_RULES",
+__all__ = ["create_analyzer", "model_wo_softmax", "make_input_layer_rule", "Analyzer", "ANALYZERS", "INPUT_LAYER_RULES",
            "ZPlusFast", "IgnoreBiasZPlus", "GradientMapping", "InnvestigateComposite"]
 
 #: iNNvestigate's K.epsilon(), the default ε of lrp.epsilon
@@ -107,7 +107,7 @@ INPUT_LAYER_RULES: dict[str, Any] = {
 }
 
 
-def input_layer_rule(spec: Any) -> Rule | None:
+def make_input_layer_rule(spec: Any) -> Rule | None:
     """``None``, an iNNvestigate rule name (``"WSquare"``, ``"Bounded"``, ...), a ``(low, high)`` tuple or a Rule."""
     if spec is None or isinstance(spec, Rule):
         return spec
@@ -186,23 +186,19 @@ class InnvestigateComposite(Composite):
 
 def _lrp(rule: Rule, name: str) -> Any:
     def preset(input_layer_rule: Any = None) -> InnvestigateComposite:
-        return InnvestigateComposite(rule, input_rule=_ilr(input_layer_rule), name=name)
+        return InnvestigateComposite(rule, input_rule=make_input_layer_rule(input_layer_rule), name=name)
     preset.__doc__ = f"iNNvestigate's {name!r} analyzer (see lrpflow.innvestigate)."
     return preset
 
 
-def _ilr(spec: Any) -> Rule | None:
-    return input_layer_rule(spec)
-
-
 def _epsilon(epsilon: float = INNVESTIGATE_EPSILON, bias: bool = True, input_layer_rule: Any = None) -> InnvestigateComposite:
     """iNNvestigate's 'lrp.epsilon' (ε = 1e-7 by default, as K.epsilon())."""
-    return InnvestigateComposite(Epsilon(epsilon, bias), input_rule=_ilr(input_layer_rule), name="lrp.epsilon")
+    return InnvestigateComposite(Epsilon(epsilon, bias), input_rule=make_input_layer_rule(input_layer_rule), name="lrp.epsilon")
 
 
 def _preset(conv: Rule, name: str, flat: bool) -> Any:
     def preset(epsilon: float = 0.1, input_layer_rule: Any = None) -> InnvestigateComposite:
-        ilr = _ilr("Flat" if flat and input_layer_rule is None else input_layer_rule)
+        ilr = make_input_layer_rule("Flat" if flat and input_layer_rule is None else input_layer_rule)
         return InnvestigateComposite(Epsilon(epsilon), conv, ilr, name=name)
     preset.__doc__ = f"iNNvestigate's {name!r}: Dense ε (0.1), Conv {conv!r}" + (", input layer flat" if flat else "")
     return preset
@@ -210,7 +206,7 @@ def _preset(conv: Rule, name: str, flat: bool) -> Any:
 
 def _deep_taylor(input_layer_rule: Any = None) -> InnvestigateComposite:
     """iNNvestigate's 'deep_taylor': z⁺ (α1β0, no bias) on weighted layers, gradient elsewhere."""
-    return InnvestigateComposite(IgnoreBiasZPlus(), input_rule=_ilr(input_layer_rule), deep_taylor=True,
+    return InnvestigateComposite(IgnoreBiasZPlus(), input_rule=make_input_layer_rule(input_layer_rule), deep_taylor=True,
                                  name="deep_taylor")
 
 
@@ -228,26 +224,26 @@ def _whole(rule: type[Rule]) -> Any:
     return preset
 
 
-#: analyzer name → (composite factory, aliases)
-ANALYZERS: dict[str, tuple[Any, tuple[str, ...]]] = {
-    "gradient": (_whole(Gradient), ()),
-    "input_t_gradient": (_whole(GradientXInput), ()),
-    "lrp.z": (_lrp(Z(), "lrp.z"), ()),
-    "lrp.epsilon": (_epsilon, ()),
-    "lrp.w_square": (_lrp(WSquare(), "lrp.w_square"), ()),
-    "lrp.flat": (_lrp(Flat(), "lrp.flat"), ()),
-    "lrp.alpha_2_beta_1": (_lrp(AlphaBeta(2.0, 1.0), "lrp.alpha_2_beta_1"), ()),
-    "lrp.alpha_2_beta_1_ib": (_lrp(AlphaBeta(2.0, 1.0, bias=False), "lrp.alpha_2_beta_1_IB"), ()),
-    "lrp.alpha_1_beta_0": (_lrp(AlphaBeta(1.0, 0.0), "lrp.alpha_1_beta_0"), ()),
-    "lrp.alpha_1_beta_0_ib": (_lrp(AlphaBeta(1.0, 0.0, bias=False), "lrp.alpha_1_beta_0_IB"), ()),
-    "lrp.z_plus": (_lrp(IgnoreBiasZPlus(), "lrp.z_plus"), ()),
-    "lrp.z_plus_fast": (_lrp(ZPlusFast(), "lrp.z_plus_fast"), ()),
-    "lrp.sequential_preset_a": (_preset(AlphaBeta(1.0, 0.0), "lrp.sequential_preset_a", False), ()),
-    "lrp.sequential_preset_b": (_preset(AlphaBeta(2.0, 1.0), "lrp.sequential_preset_b", False), ()),
-    "lrp.sequential_preset_a_flat": (_preset(AlphaBeta(1.0, 0.0), "lrp.sequential_preset_a_flat", True), ()),
-    "lrp.sequential_preset_b_flat": (_preset(AlphaBeta(2.0, 1.0), "lrp.sequential_preset_b_flat", True), ()),
-    "deep_taylor": (_deep_taylor, ()),
-    "deep_taylor.bounded": (_bounded, ()),
+#: analyzer name (lower case; lookups are case-insensitive) → composite factory
+ANALYZERS: dict[str, Any] = {
+    "gradient": _whole(Gradient),
+    "input_t_gradient": _whole(GradientXInput),
+    "lrp.z": _lrp(Z(), "lrp.z"),
+    "lrp.epsilon": _epsilon,
+    "lrp.w_square": _lrp(WSquare(), "lrp.w_square"),
+    "lrp.flat": _lrp(Flat(), "lrp.flat"),
+    "lrp.alpha_2_beta_1": _lrp(AlphaBeta(2.0, 1.0), "lrp.alpha_2_beta_1"),
+    "lrp.alpha_2_beta_1_ib": _lrp(AlphaBeta(2.0, 1.0, bias=False), "lrp.alpha_2_beta_1_IB"),
+    "lrp.alpha_1_beta_0": _lrp(AlphaBeta(1.0, 0.0), "lrp.alpha_1_beta_0"),
+    "lrp.alpha_1_beta_0_ib": _lrp(AlphaBeta(1.0, 0.0, bias=False), "lrp.alpha_1_beta_0_IB"),
+    "lrp.z_plus": _lrp(IgnoreBiasZPlus(), "lrp.z_plus"),
+    "lrp.z_plus_fast": _lrp(ZPlusFast(), "lrp.z_plus_fast"),
+    "lrp.sequential_preset_a": _preset(AlphaBeta(1.0, 0.0), "lrp.sequential_preset_a", False),
+    "lrp.sequential_preset_b": _preset(AlphaBeta(2.0, 1.0), "lrp.sequential_preset_b", False),
+    "lrp.sequential_preset_a_flat": _preset(AlphaBeta(1.0, 0.0), "lrp.sequential_preset_a_flat", True),
+    "lrp.sequential_preset_b_flat": _preset(AlphaBeta(2.0, 1.0), "lrp.sequential_preset_b_flat", True),
+    "deep_taylor": _deep_taylor,
+    "deep_taylor.bounded": _bounded,
 }
 
 #: analyzer names that are one rule: registered as rule names too (the ones lrpflow lacked)
@@ -270,8 +266,8 @@ def lrpflow_register_rules(registry):  # noqa: ANN001 - typed in the hookspec
 
 @hookimpl
 def lrpflow_register_composites(registry):  # noqa: ANN001 - typed in the hookspec
-    for name, (fn, aliases) in ANALYZERS.items():
-        registry.add(name, fn, aliases=aliases)
+    for name, fn in ANALYZERS.items():
+        registry.add(name, fn)
 
 
 # --- the analyzer interface ---------------------------------------------------------------------
