@@ -371,3 +371,16 @@ def test_keras3_weights_found_by_the_name_on_their_vars_group(tmp_path):
             z.writestr(n, buf.getvalue() if n == "model.weights.h5" else d)
     ref = numpy.load(fixture("resnet.npz"))
     close(lrpflow.load_model(path).forward(ref["x"])[0], ref["logits"])
+
+
+@pytest.mark.parametrize("name", ["misc", "concat", "seq1d", "nested"])
+def test_backends_agree_with_keras(name, backend):
+    from lrpflow.backend import to_numpy
+
+    ref = numpy.load(fixture(name + ".npz"))
+    model = lrpflow.load_model(fixture(name + ".keras"))
+    out = lrpflow.explain(model, ref["x"], rule="gradient_x_input", dtype="float64", backend=backend)
+    close(to_numpy(out.relevance), ref["gxi"])
+    close(to_numpy(out.logits), ref["logits_pre_softmax"])
+    eps = lrpflow.explain(model, ref["x"], composite="lrp.epsilon", dtype="float64", backend=backend)
+    assert numpy.isfinite(to_numpy(eps.relevance)).all()
