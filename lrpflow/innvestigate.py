@@ -267,7 +267,8 @@ def lrpflow_register_rules(registry):  # noqa: ANN001 - typed in the hookspec
 @hookimpl
 def lrpflow_register_composites(registry):  # noqa: ANN001 - typed in the hookspec
     for name, fn in ANALYZERS.items():
-        registry.add(name, fn)
+        if name not in registry:  # a name another built-in already gives keeps its meaning
+            registry.add(name, fn)
 
 
 # --- the analyzer interface ---------------------------------------------------------------------
