@@ -134,16 +134,41 @@ def _call(fn: Any, error: type[LrpflowError], path: str, options: dict[str, Any]
     return fn(*first, path, **options)
 
 
+def _by_content(registry: Any, path: str, reader: Any) -> tuple[Any, list[str]]:
+    """Among model readers sharing the path's suffix, the one whose ``sniff(path)`` recognises the file.
+
+    A registration may carry ``sniff=`` (a cheap content test, e.g. the Keras reader's "HDF5
+    with a ``model_config`` attribute") and ``describe=`` (the format in words). Without a
+    match the first reader without a sniff reads the file (``.h5``: the native format); its
+    error then also names the formats the sniffing readers looked for.
+    """
+    suffix = os.path.splitext(os.path.basename(path.rstrip("/\\")).lower())[1]
+    found = registry.by_meta("suffixes", suffix) if suffix else []
+    if len(found) < 2:
+        return reader, []
+    for e in found:
+        sniff = e.meta.get("sniff")
+        if sniff is not None and sniff(path):
+            return e.impl, []
+    plain = [e for e in found if e.meta.get("sniff") is None]
+    others = [str(e.meta.get("describe", e.name)) for e in found if e.meta.get("sniff") is not None]
+    return (plain[0].impl if plain else reader), others
+
+
 def load_model(path: str | os.PathLike[str], format: str | None = None, *, fold_batchnorm: bool | None = None,
                **options: Any) -> Any:
-    """Read a model; the reader is chosen by ``format`` (a registered name) or by the file suffix.
+    """Read a model; the reader is chosen by ``format`` (a registered name), else by the file suffix
+    and, where several readers share the suffix (``.h5``), by content (see :func:`_by_content`).
 
     ``fold_batchnorm``: merge every BatchNorm into the Conv/Linear that feeds it, in float64
     (:func:`lrpflow.io.canonize.fold_batchnorm`; the field's convention); the merges are
     listed in ``model.canonizers``. Default (None): fold for every format but lrpflow's own
     HDF5 files, which are read exactly as saved (a model saved folded stays folded).
-    False keeps BatchNorm as its own affine layer.
+    False keeps BatchNorm as its own affine layer. A reader that takes ``fold_batchnorm``
+    itself (it merges format-specific pairs first, e.g. Caffe's BatchNorm + Scale) is given it.
     """
+    import inspect
+
     from lrpflow.graph import Model
     from lrpflow.io.canonize import fold_batchnorm as fold
     from lrpflow.layers import BatchNorm
@@ -151,9 +176,22 @@ def load_model(path: str | os.PathLike[str], format: str | None = None, *, fold_
 
     path = os.fspath(path)
     reader = _pick(registries().model_readers, path, format, "model reader")
-    model = _call(reader, ModelFormatError, path, options)
+    others: list[str] = []
+    if format is None:
+        reader, others = _by_content(registries().model_readers, path, reader)
     if fold_batchnorm is None:
         fold_batchnorm = reader is not native.read
+    try:
+        if "fold_batchnorm" in inspect.signature(reader).parameters:
+            options["fold_batchnorm"] = fold_batchnorm
+    except (TypeError, ValueError):  # a builtin or C callable: no signature to read
+        pass
+    try:
+        model = _call(reader, ModelFormatError, path, options)
+    except ModelFormatError as err:
+        if others:
+            raise ModelFormatError(f"{err}; nor is it {' or '.join(others)}") from err
+        raise
     if isinstance(model, Model):
         if fold_batchnorm and any(isinstance(layer, BatchNorm) for layer in model.layers):
             model = fold(model)

@@ -3,14 +3,17 @@ from __future__ import annotations
 
 from lrpflow.hookspecs import hookimpl
 from lrpflow.layers.activation import Dropout, Identity, LeakyReLU, ReLU, Sigmoid, SoftMax, Tanh
+from lrpflow.layers.activation_extra import ELU, SELU, ClippedReLU, PReLU, Softplus
 from lrpflow.layers.base import Elementwise, Layer, LinearLike, ShapeLayer
 from lrpflow.layers.conv import Conv2d
 from lrpflow.layers.dense import Linear
 from lrpflow.layers.lrn import LRN
 from lrpflow.layers.merge import Add, Concat
+from lrpflow.layers.merge_extra import Average, Subtract
 from lrpflow.layers.norm import BatchNorm
 from lrpflow.layers.pool import AvgPool, GlobalAvgPool, MaxPool, SumPool
 from lrpflow.layers.shape import Flatten, Pad, Reshape
+from lrpflow.layers.shape_extra import Crop, Embedding, Permute
 
 # toolbox-style aliases
 Rect = ReLU
@@ -21,6 +24,7 @@ __all__ = [
     "Linear", "Conv2d", "Convolution", "SumPool", "AvgPool", "MaxPool", "GlobalAvgPool",
     "Flatten", "Reshape", "Pad", "ReLU", "Rect", "LeakyReLU", "Tanh", "Sigmoid", "SoftMax",
     "BatchNorm", "Dropout", "Identity", "Add", "Concat", "LRN",
+    "ClippedReLU", "PReLU", "ELU", "SELU", "Softplus", "Subtract", "Average", "Crop", "Permute", "Embedding",
 ]
 
 #: registry name → (class, aliases); names are snake_case, aliases include toolbox names
@@ -45,6 +49,16 @@ BUILTIN_LAYERS = {
     "add": (Add, ()),
     "concat": (Concat, ()),
     "lrn": (LRN, ("local_response_norm",)),
+    "clipped_relu": (ClippedReLU, ()),
+    "prelu": (PReLU, ()),
+    "elu": (ELU, ()),
+    "selu": (SELU, ()),
+    "softplus": (Softplus, ()),
+    "subtract": (Subtract, ("sub",)),
+    "average": (Average, ("mean_merge",)),
+    "crop": (Crop, ("cropping",)),
+    "permute": (Permute, ()),
+    "embedding": (Embedding, ()),
 }
 
 
