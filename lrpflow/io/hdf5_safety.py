@@ -20,6 +20,7 @@ size 0, and variable-length strings live there.
 """
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import struct
@@ -27,6 +28,8 @@ from typing import Any
 
 from lrpflow.errors import LrpflowError
 
+#: deflate never compresses better than about 1032:1 (bound for a declared dataset size)
+MAX_DEFLATE_RATIO = 1032
 #: object-header bytes of a global heap object: index (2), reference count (2), reserved (4), size (8)
 _GHEAP_OBJECT_HEADER = 16
 #: ``GCOL`` signature (4), version (1), reserved (3), collection size (8)
@@ -51,11 +54,27 @@ def check_dataset(ds: Any, where: str, error: type[LrpflowError]) -> None:
                             f"a model or data file must hold its own data")
 
 
-def check_contained(f: Any, path: str, error: type[LrpflowError]) -> None:
-    """Walk every link of the open HDF5 file ``f``; raise ``error`` on anything reaching outside it."""
+def check_declared_size(ds: Any, where: str, error: type[LrpflowError], file_size: int) -> None:
+    """Refuse a dataset that declares more bytes than it can hold: more than it stores (or, when
+    compressed, more than deflate's ~1032:1 bound of what it stores), or more than that bound of the file."""
+    nbytes = ds.dtype.itemsize * math.prod(ds.shape or ())
+    stored = ds.id.get_storage_size()
+    filtered = bool(ds.id.get_create_plist().get_nfilters())
+    limit = stored * MAX_DEFLATE_RATIO + 4096 if filtered else stored
+    if nbytes > limit or nbytes > MAX_DEFLATE_RATIO * max(file_size, 1):
+        raise error(f"{where}: declares shape {ds.shape} ({nbytes} bytes) but stores {stored} bytes")
+
+
+def check_contained(f: Any, path: str, error: type[LrpflowError], sizes: bool = False) -> None:
+    """Walk every link of the open HDF5 file ``f``; raise ``error`` on anything reaching outside it.
+
+    ``sizes=True`` also applies :func:`check_declared_size` to every dataset (for readers that
+    hand the whole file to a library which reads everything).
+    """
     import h5py
 
     problems: list[str] = []
+    file_size = os.path.getsize(path) if sizes else 0
 
     def visit(name: str, link: Any) -> None:
         if problems:
@@ -72,6 +91,8 @@ def check_contained(f: Any, path: str, error: type[LrpflowError]) -> None:
             if isinstance(obj, h5py.Dataset):
                 try:
                     check_dataset(obj, f"{path}: {name!r}", error)
+                    if sizes:
+                        check_declared_size(obj, f"{path}: {name!r}", error, file_size)
                 except LrpflowError as err:
                     problems.append(str(err))
 

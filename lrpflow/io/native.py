@@ -26,7 +26,6 @@ A layer is rebuilt as ``cls(**config, **params)``. Round trips are lossless.
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Any
 
@@ -35,7 +34,7 @@ import numpy
 from lrpflow.errors import LrpflowError, ModelFormatError
 from lrpflow.graph import Model, Node, Sequential
 from lrpflow.io.files import atomic_write
-from lrpflow.io.hdf5_safety import check_contained, check_dataset, check_global_heaps
+from lrpflow.io.hdf5_safety import check_contained, check_dataset, check_declared_size, check_global_heaps
 
 FORMAT = "lrpflow-model"
 VERSION = 2
@@ -43,8 +42,6 @@ VERSION = 2
 OLDEST = 1
 #: HDF5's signature; lrpflow writes it at byte 0 (the superblock may also sit at 512, 1024, ...)
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-#: deflate never compresses better than about 1032:1 (bound for a declared dataset size)
-MAX_DEFLATE_RATIO = 1032
 
 
 def _layer_names() -> dict[type, str]:
@@ -140,12 +137,7 @@ def _read_param(ds: Any, where: str, file_size: int) -> numpy.ndarray:
     check_dataset(ds, where, ModelFormatError)
     if ds.dtype.kind not in "fiub" or ds.dtype.fields is not None:
         raise ModelFormatError(f"{where}: dtype {ds.dtype} is not numeric")
-    nbytes = ds.dtype.itemsize * math.prod(ds.shape or ())
-    stored = ds.id.get_storage_size()
-    compressed = ds.compression is not None or bool(ds.id.get_create_plist().get_nfilters())
-    limit = stored * MAX_DEFLATE_RATIO + 4096 if compressed else stored
-    if nbytes > limit or nbytes > MAX_DEFLATE_RATIO * max(file_size, 1):
-        raise ModelFormatError(f"{where}: declares shape {ds.shape} ({nbytes} bytes) but stores {stored} bytes")
+    check_declared_size(ds, where, ModelFormatError, file_size)
     return numpy.asarray(ds[()])
 
 

@@ -23,6 +23,7 @@ import numpy
 from lrpflow.errors import LrpflowError, ModelFormatError
 from lrpflow.graph import Sequential
 from lrpflow.io.files import atomic_write, check_model_file
+from lrpflow.io.hdf5_safety import check_contained
 from lrpflow.layers import Conv2d, Flatten, Linear, MaxPool, ReLU, SoftMax, SumPool, Tanh
 
 LAYER_CLASSES = ("Linear", "Convolution", "SumPool", "MaxPool", "Flatten", "Rect", "Tanh", "SoftMax")
@@ -132,6 +133,22 @@ def _is_hdf5(path: str) -> bool:
         return False
 
 
+def _check_hdf5(path: str) -> None:
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except Exception as err:
+        raise ModelFormatError(f"{path}: not a readable MATLAB v7.3 file: {type(err).__name__}: {err}") from err
+    try:
+        with f:
+            check_contained(f, path, ModelFormatError, sizes=True)
+    except LrpflowError:
+        raise
+    except Exception as err:  # h5py/HDF5 errors on damaged files
+        raise ModelFormatError(f"{path}: damaged MATLAB v7.3 file: {type(err).__name__}: {err}") from err
+
+
 def _find_model(content: dict[str, Any], path: str) -> Any:
     opaque = _opaque_type()
     found = []
@@ -171,7 +188,9 @@ def read(path: str | os.PathLike[str]) -> Sequential:
     path = os.fspath(path)
     matio = _matio()
     check_model_file(path)
-    if not _is_hdf5(path):
+    if _is_hdf5(path):  # v7.3: mat-io reads every dataset; check links, external data and sizes first
+        _check_hdf5(path)
+    else:
         from lrpflow.io._mat5 import check_mat5
 
         check_mat5(path, ModelFormatError)  # mat-io's C reader crashes on some corrupt files
