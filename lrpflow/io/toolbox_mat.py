@@ -22,7 +22,7 @@ import numpy
 
 from lrpflow.errors import LrpflowError, ModelFormatError
 from lrpflow.graph import Sequential
-from lrpflow.io.files import atomic_write, check_model_file
+from lrpflow.io.files import MAX_LAYER_EXTENT, atomic_write, check_model_file
 from lrpflow.io.hdf5_safety import check_contained
 from lrpflow.layers import Conv2d, Flatten, Linear, MaxPool, ReLU, SoftMax, SumPool, Tanh
 
@@ -91,12 +91,19 @@ def _conv(props: dict[str, Any], where: str) -> Conv2d:
     b = _num(props, "B", where).ravel()
     if b.shape != (fs[3],):
         raise ModelFormatError(f"{where}: B has {b.size} values, expected {fs[3]}")
-    return Conv2d(*fs, stride=_ints(props, "stride", where, 2), weight=w, bias=b)
+    return Conv2d(*fs, stride=_extent(props, "stride", where), weight=w, bias=b)
+
+
+def _extent(props: dict[str, Any], key: str, where: str) -> tuple[int, ...]:
+    v = _ints(props, key, where, 2)
+    if max(v) > MAX_LAYER_EXTENT:
+        raise ModelFormatError(f"{where}: property {key!r} {list(v)} exceeds {MAX_LAYER_EXTENT}")
+    return v
 
 
 def _pool(cls: type) -> Callable[[dict[str, Any], str], Any]:
     def make(props: dict[str, Any], where: str) -> Any:
-        return cls(*_ints(props, "pool", where, 2), stride=_ints(props, "stride", where, 2))
+        return cls(*_extent(props, "pool", where), stride=_extent(props, "stride", where))
     return make
 
 
