@@ -133,12 +133,16 @@ def test_mat73_declared_versus_stored_size(tmp_path):
         load_data(path)
 
 
-def test_npy_samples_of_size_zero(tmp_path):
+def test_npy_and_mat5_samples_of_size_zero(tmp_path):
     path = tmp_path / "x.npy"
     with open(path, "wb") as f:
         numpy.lib.format.write_array_header_1_0(f, {"descr": "<f8", "fortran_order": False, "shape": (10**12, 0)})
     with pytest.raises(lrpflow.DataFormatError, match="samples of size 0"):
         load_data(path)
+    scipy_io = pytest.importorskip("scipy.io")
+    scipy_io.savemat(tmp_path / "x.mat", {"data": numpy.zeros((10**6, 0))})
+    with pytest.raises(lrpflow.DataFormatError, match=r"shape \(1000000, 0\): 1000000 samples of size 0"):
+        load_data(tmp_path / "x.mat")
 
 
 def test_graph_dataset_larger_than_the_file_is_refused(tmp_path):

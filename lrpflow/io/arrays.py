@@ -312,6 +312,7 @@ def read_mat(path: str, key: str = "data", labels_key: str | None = None) -> Dat
         if not isinstance(arr, numpy.ndarray):
             raise DataFormatError(f"{path}: variable {key!r} is not a numeric array")
         check_dtype(path, arr.dtype, f"variable {key!r}")
+        check_sample_size(path, arr.shape, f"variable {key!r}")
         source = ArraySource(arr, path)
         if labels_key and labels_key in content:
             from lrpflow.io.source import attach_labels
