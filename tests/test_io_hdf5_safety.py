@@ -155,3 +155,21 @@ def test_graph_dataset_larger_than_the_file_is_refused(tmp_path):
     with pytest.raises(lrpflow.ModelFormatError, match="dataset 'graph' declares 1000000000 bytes"):
         lrpflow.load_model(path)
     assert json.loads(text)["kind"] == "sequential"
+
+
+def test_mat73_model_with_a_looping_global_heap_is_refused(tmp_path):
+    """mat-io reads variable-length data; a heap object of size 0 would make libhdf5 loop forever."""
+    import struct
+
+    path = tmp_path / "m.mat"
+    _mat73(path, numpy.ones((2, 3)))
+    with h5py.File(path, "r+") as f:
+        f["data"].attrs["MATLAB_class"] = "double"  # a variable-length string: stored in the global heap
+    data = bytearray(path.read_bytes())
+    heap = data.find(b"GCOL")
+    assert heap > 0
+    data[heap + 16 : heap + 32] = struct.pack("<HHIQ", 0, 0, 0, 0)
+    path.write_bytes(bytes(data))
+    pytest.importorskip("matio")
+    with pytest.raises(lrpflow.ModelFormatError, match="damaged HDF5 global heap"):
+        lrpflow.load_model(path)

@@ -96,7 +96,7 @@ def check_contained(f: Any, path: str, error: type[LrpflowError], sizes: bool = 
                 except LrpflowError as err:
                     problems.append(str(err))
 
-    f.visititems_links(visit)
+    f.visititems_links(visit)  # h5py >= 3.11; never follows external links
     if problems:
         raise error(problems[0])
 

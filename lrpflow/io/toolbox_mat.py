@@ -23,7 +23,7 @@ import numpy
 from lrpflow.errors import LrpflowError, ModelFormatError
 from lrpflow.graph import Sequential
 from lrpflow.io.files import MAX_LAYER_EXTENT, atomic_write, check_model_file
-from lrpflow.io.hdf5_safety import check_contained
+from lrpflow.io.hdf5_safety import check_contained, check_global_heaps
 from lrpflow.layers import Conv2d, Flatten, Linear, MaxPool, ReLU, SoftMax, SumPool, Tanh
 
 LAYER_CLASSES = ("Linear", "Convolution", "SumPool", "MaxPool", "Flatten", "Rect", "Tanh", "SoftMax")
@@ -141,8 +141,10 @@ def _is_hdf5(path: str) -> bool:
 
 
 def _check_hdf5(path: str) -> None:
+    """Before mat-io reads every object of a v7.3 file: no outside data, sizes stored, global heaps sound."""
     import h5py
 
+    check_global_heaps(path, ModelFormatError)  # mat-io may read variable-length data (libhdf5 can loop)
     try:
         f = h5py.File(path, "r")
     except Exception as err:
