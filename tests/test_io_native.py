@@ -150,6 +150,8 @@ def _edit(path, graph=None, attrs=None, drop=None, data=None):
     (dict(graph=lambda g: g["nodes"][0].update(config={"m": 3, "n": 2, "size": 4})), "cannot build linear"),
     (dict(graph=lambda g: g["nodes"][1].update(inputs=["nowhere"])), "nowhere"),
     (dict(graph=lambda g: g.update(kind="tree")), "graph kind"),
+    (dict(graph=lambda g: g["nodes"][1].update(type="maxpool", config={"hp": 10**9, "wp": 10**9, "stride": [1, 1]})),
+     r"node 1 \('1_relu'\): config hp=1000000000 exceeds 65536"),
     (dict(drop="params/0/weight"), "missing dataset params/0/weight"),
     (dict(data={"params/0/weight": numpy.zeros((4, 2))}), "weight must have shape"),
     (dict(data={"params/0/weight": numpy.array([["a", "b"]] * 3, dtype="S1")}), "not numeric"),

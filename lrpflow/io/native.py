@@ -33,7 +33,7 @@ import numpy
 
 from lrpflow.errors import LrpflowError, ModelFormatError
 from lrpflow.graph import Model, Node, Sequential
-from lrpflow.io.files import atomic_write
+from lrpflow.io.files import MAX_LAYER_EXTENT, atomic_write
 from lrpflow.io.hdf5_safety import check_contained, check_dataset, check_declared_size, check_global_heaps
 
 FORMAT = "lrpflow-model"
@@ -127,6 +127,20 @@ def _field(obj: dict[str, Any], key: str, types: Any, where: str, optional: bool
     if not isinstance(v, types):
         raise ModelFormatError(f"{where}: field {key!r} has type {type(v).__name__}")
     return v
+
+
+#: config keys that hold window, stride, padding or dilation extents (bounded by MAX_LAYER_EXTENT)
+EXTENT_KEYS = frozenset({"h", "w", "hp", "wp", "kernel", "pool", "stride", "strides", "padding", "pads", "dilation",
+                         "dilations"})
+
+
+def _check_extents(config: dict[str, Any], where: str) -> None:
+    """Absurd window sizes (``MaxPool`` of 10⁹) are a format error here, not a numpy error at the first forward."""
+    for key, value in config.items():
+        if key in EXTENT_KEYS:
+            values = value if isinstance(value, list) else [value]
+            if any(isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_LAYER_EXTENT for v in values):
+                raise ModelFormatError(f"{where}: config {key}={value} exceeds {MAX_LAYER_EXTENT}")
 
 
 def _read_param(ds: Any, where: str, file_size: int) -> numpy.ndarray:
@@ -273,6 +287,7 @@ def read(path: str | os.PathLike[str]) -> Model:
                     cls = layers_reg.get(type_name)
                 except LrpflowError as err:
                     raise ModelFormatError(f"{where}: {err}") from err
+                _check_extents(config, where)
                 missing = [p for p in getattr(cls, "param_names", ()) if p not in pnames]
                 if missing:  # never let a constructor draw (possibly huge) random parameters
                     raise ModelFormatError(f"{where}: {type_name} needs parameters {missing}")
