@@ -37,6 +37,10 @@ class ShapeError(LrpflowError, ValueError):
     """An array has the wrong shape for the model or node it is given to."""
 
 
+class NumericalError(LrpflowError, ArithmeticError):
+    """A computation produced NaN or Inf (an overflow); the message names the node and the rule."""
+
+
 class ModelFormatError(LrpflowError):
     """A model file is malformed."""
 

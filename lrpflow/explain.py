@@ -18,7 +18,7 @@ import numpy
 from lrpflow.backend import get_namespace, namespace, resolve_dtype, to_backend, to_numpy, tune_host_allocator
 from lrpflow.chunks import cpu_workers, map_chunks, plan
 from lrpflow.composites import Composite, make_composite, scoped
-from lrpflow.errors import ConfigError, DataFormatError, ShapeError
+from lrpflow.errors import ConfigError, DataFormatError, NumericalError, ShapeError
 from lrpflow.graph import Model, Trace
 from lrpflow.rules import Rule, make_rule
 from lrpflow.rules.base import NodeContext
@@ -111,7 +111,9 @@ def propagate(model: Model, trace: Trace, r_init: Any, rules: Mapping[str, Rule]
     cache = {} if cache is None else cache
     nonneg = nonneg_nodes(model)
     xp = get_namespace(r_init)
-    pending: dict[str, Any] = {start: r_init}
+    scale = _unit_scale(r_init)  # rules are linear in R: propagate R / 2^k, multiply back at the end
+    pending: dict[str, Any] = {start: r_init / scale.reshape((-1,) + (1,) * (r_init.ndim - 1))}
+    finite: list[tuple[str, Any]] = []  # (node, all-finite flag) checked once at the end: no sync per node
     book: dict[str, LedgerEntry] = {}
     kept: dict[str, Any] = {}
     keep_set = set(keep)
@@ -134,10 +136,12 @@ def propagate(model: Model, trace: Trace, r_init: Any, rules: Mapping[str, Rule]
         except KeyError:
             raise ConfigError(f"no rule for node {node.name!r}") from None
         r_ins = rule.backward(layer, xs, y, r, ctx)
+        leaving = _per_sample_sum(r_ins[0])
+        for extra in r_ins[1:]:
+            leaving = leaving + _per_sample_sum(extra)
+        finite.append((node.name, xp.isfinite(leaving).all()))  # a NaN/Inf anywhere makes its sample's sum one
+        finite.extend((node.name, flag) for flag in ctx.finite)  # overflowed denominators (R / inf = silent 0)
         if ledger:
-            leaving = _per_sample_sum(r_ins[0])
-            for extra in r_ins[1:]:
-                leaving = leaving + _per_sample_sum(extra)
             book[node.name] = LedgerEntry(_per_sample_sum(r), leaving)
         del xs, y, z, ctx
         if release:
@@ -145,19 +149,43 @@ def propagate(model: Model, trace: Trace, r_init: Any, rules: Mapping[str, Rule]
         for name, ri in zip(node.inputs, r_ins):
             pending[name] = ri if name not in pending else pending[name] + ri
         del r, r_ins
+    if finite and not bool(xp.all(xp.stack([flag for _, flag in finite]))):
+        name = next(n for n, flag in finite if not bool(flag))
+        node = model.node(name)
+        raise NumericalError(f"node {name!r} ({node.layer.type_name}): rule {rules[name]!r} produced NaN or Inf "
+                             f"relevance (an overflow in {r_init.dtype}); explain in float64 or rescale the input")
     r_in = pending.get(model.input_name)
     if r_in is None:
         r_in = xp.zeros_like(trace.input)
     if model.input_name in keep_set:
         kept[model.input_name] = r_in
+    per_sample = scale.reshape((-1,) + (1,) * (r_in.ndim - 1))
+    r_in = r_in * per_sample
+    kept = {k: v * scale.reshape((-1,) + (1,) * (v.ndim - 1)) for k, v in kept.items()}
+    book = {k: LedgerEntry(e.entering * scale, e.leaving * scale) for k, e in book.items()}
     return Propagation(r_in, book, kept)
 
 
-def _finite_guard(r: Any) -> Any:
-    """Last-resort guard: overflowed values become ±max of the dtype (NaN cannot arise from our divisions)."""
+def _unit_scale(r: Any) -> Any:
+    """Per sample, the power of two ≥ max |r| (1 for an all-zero sample): dividing by it is exact and
+    keeps every rule's quotients far from overflow (logits of 1e30 in float32 otherwise overflow R/ε)."""
     xp = get_namespace(r)
-    big = float(numpy.finfo(r.dtype).max)
-    return xp.nan_to_num(r, nan=0.0, posinf=big, neginf=-big)
+    peak = xp.abs(r).reshape(r.shape[0], -1).max(axis=1) if r.size else xp.zeros((r.shape[0],), dtype=r.dtype)
+    if not bool(xp.isfinite(peak).all()):
+        raise NumericalError("initial relevance contains NaN or Inf (the forward pass overflowed?); "
+                             "explain in float64 or rescale the input")
+    _, exponent = xp.frexp(peak)
+    scale = xp.ldexp(xp.ones_like(peak), exponent)
+    return xp.where(peak > 0, scale, xp.ones_like(peak))
+
+
+def _check_finite(r: Any, method: str) -> Any:
+    """``r`` unchanged if finite; NumericalError otherwise (never a silent zero in place of a NaN)."""
+    xp = get_namespace(r)
+    if not bool(xp.isfinite(r).all()):
+        raise NumericalError(f"{method}: the explanation contains NaN or Inf (an overflow in {r.dtype}); "
+                             f"explain in float64 or rescale the input")
+    return r
 
 
 _TOPK = re.compile(r"^\s*topk\s*:\s*(\d+)\s*$", re.IGNORECASE)
@@ -388,6 +416,8 @@ class Explainer:
         class indices (N,), ``"topk:K"`` (sum of the K best), or an explicit R_init array (N, C).
         ``composite``/``rule`` (+ params) override the explainer's own for this call.
         Large batches are explained in row chunks (see ``chunk_size`` and ``workers``).
+        An empty batch (N = 0) gives an empty explanation: every array has 0 rows (relevance
+        shaped ``(0, ...)`` like ``x``, in the explainer's dtype), without a forward pass.
         """
         if trace is None:
             if x is None:
@@ -401,6 +431,8 @@ class Explainer:
         keep = self.keep if keep is None else tuple(keep)
         init = init or self.init or method[1].default_init
         batch = trace.input if trace is not None else x
+        if batch.shape[0] == 0:
+            return self._empty(batch, target, labels, init, method, keep)
         workers = self._workers(batch)
         slices = self._chunks(batch, method[1], workers)
         if len(slices) == 1:
@@ -435,6 +467,19 @@ class Explainer:
             sizes = self._sizes[key] = (per_sample, params)
         return plan(n, sizes[0], workers, self.chunk_size, param_bytes=sizes[1])
 
+    def _empty(self, x: Any, target: Any, labels: Any, init: str, method: tuple[dict[str, Rule], Rule, str],
+               keep: tuple[str, ...]) -> Explanation:
+        """The explanation of an empty batch: every array with 0 rows, in the input's dtype (no forward pass)."""
+        xp = get_namespace(x)
+        shapes = self.model.infer_shapes(tuple(x.shape[1:]))
+        logits = xp.zeros((0, *shapes[self.model.logits_node]), dtype=x.dtype)
+        r_init, tgt = initial_relevance(logits, target, init, labels)
+        none = xp.zeros((0,), dtype=x.dtype)
+        ledger = {n.name: LedgerEntry(none, none) for n in self.model.ancestors(self.model.logits_node)} \
+            if self.ledger else {}
+        kept = {k: xp.zeros((0, *shapes[k]), dtype=x.dtype) for k in keep if k in shapes}
+        return Explanation(self.model.from_nhwc(xp.zeros_like(x)), logits, tgt, r_init, none, ledger, kept, method[2])
+
     def _explain_rows(self, x: Any, trace: Trace | None, target: Any, labels: Any, init: str,
                       method: tuple[dict[str, Rule], Rule, str], keep: tuple[str, ...]) -> Explanation:
         """Explain one chunk of rows (``x`` already prepared, or its ``trace``)."""
@@ -458,7 +503,7 @@ class Explainer:
                 p = propagate(self.model, tr, r_k, rules, cache=self.cache, keep=keep, ledger=False, release=True)
                 r_in = p.relevance * weight if r_in is None else r_in + p.relevance * weight
             prop = Propagation(r_in)
-        relevance = _finite_guard(head.finalize(x_in, r_in))
+        relevance = _check_finite(head.finalize(x_in, r_in), desc)
         total_in, total_init = _per_sample_sum(relevance), _per_sample_sum(r_init)
         xp = get_namespace(relevance)
         diff = xp.abs(total_in - total_init)

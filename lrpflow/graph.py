@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lrpflow.backend import get_namespace
-from lrpflow.errors import ConfigError, LrpflowError, ShapeError
+from lrpflow.errors import ConfigError, DataFormatError, LrpflowError, ShapeError
 from lrpflow.layers.base import Layer, Shape
 
 INPUT = "input"
@@ -214,6 +214,13 @@ class Model:
             layer.lrp_var, layer.lrp_param = lrp_var, param
 
 
+def _check_finite(a: Any, what: str) -> None:
+    """DataFormatError if ``a`` holds NaN or Inf (as ``explain()`` refuses them)."""
+    xp = get_namespace(a)
+    if xp.asarray(a).dtype.kind in "fc" and not bool(xp.isfinite(a).all()):
+        raise DataFormatError(f"{what} contains NaN or Inf values")
+
+
 def _node_name(i: int, layer: Layer) -> str:
     return f"{i}_{type(layer).__name__.lower()}"
 
@@ -258,6 +265,8 @@ class Sequential(Model):
         ``lrp_aware`` is accepted for compatibility; the trace is always kept, so
         repeated ``lrp`` calls never recompute the forward pass.
         """
+        self.check_input(X)
+        _check_finite(X, "input X")
         y, trace = self.run(X)
         self._last_trace = trace
         return y
@@ -288,6 +297,7 @@ class Sequential(Model):
             raise LrpflowError("Sequential.lrp needs a forward pass first: call nn.forward(X)")
         if tuple(R.shape) != tuple(trace.logits.shape):
             raise ShapeError(f"R must have the shape of the last output {tuple(trace.logits.shape)}, got {tuple(R.shape)}")
+        _check_finite(R, "relevance R")
         explicit = lrp_var is not None or param is not None
         rules = {
             node.name: toolbox_rule(lrp_var, param, node.layer) if explicit

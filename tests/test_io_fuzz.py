@@ -4,6 +4,7 @@ from __future__ import annotations
 import gzip
 import itertools
 import os
+import pathlib
 import time
 
 import numpy
@@ -44,6 +45,8 @@ def valid_files(tmp_path_factory) -> dict[str, bytes]:
         out[f"model.{ext}"] = (d / f"m.{ext}").read_bytes()
     lrpflow.save_model(_native_net(), d / "m.h5")
     out["model.h5"] = (d / "m.h5").read_bytes()
+    # format_version 1 (variable-length strings in the global heap); hangs are hunted in test_io_native_fuzz.py
+    out["model.v1.h5"] = (pathlib.Path(__file__).resolve().parent / "fixtures" / "native_v1.h5").read_bytes()
     x = numpy.arange(24, dtype=numpy.float32).reshape(4, 6) / 7
     for ext in ("npy", "npz", "mat", "txt"):
         save_data(x, d / f"x.{ext}")
@@ -85,7 +88,7 @@ def _read(tmp_dir, key: str, data: bytes) -> None:
     assert time.perf_counter() - start < SLOW, f"reading {key} took too long"
 
 
-MODEL_KEYS = ["model.txt", "model.nn", "model.mat", "model.h5", "model.onnx"]
+MODEL_KEYS = ["model.txt", "model.nn", "model.mat", "model.h5", "model.v1.h5", "model.onnx"]
 DATA_KEYS = ["data.npy", "data.npz", "data.mat", "data.txt", "data-ubyte", "data-ubyte.gz", "data.png"]
 
 

@@ -118,8 +118,11 @@ def test_layout_and_canonizers_survive(tmp_path):
 def test_file_layout(tmp_path):
     lrpflow.save_model(lrpflow.Sequential([Linear(3, 2, rng=0), ReLU()]), tmp_path / "m.h5")
     with h5py.File(tmp_path / "m.h5") as f:
-        assert f.attrs["format"] == "lrpflow-model" and f.attrs["format_version"] == 1
-        graph = json.loads(f.attrs["graph"])
+        assert f.attrs["format"] == b"lrpflow-model" and f.attrs["format_version"] == 2
+        for name in ("format", "format_version", "lrpflow_version"):  # nothing in the global heap
+            assert h5py.check_vlen_dtype(f.attrs.get_id(name).dtype) is None
+        assert f["graph"].dtype == numpy.uint8 and f["graph"].compression is None
+        graph = json.loads(bytes(f["graph"][()]))
         assert graph["kind"] == "sequential"
         assert graph["nodes"][0] == {"name": "0_linear", "type": "linear", "config": {"m": 3, "n": 2},
                                      "inputs": ["input"], "params": ["bias", "weight"], "lrp_var": None,
@@ -127,12 +130,17 @@ def test_file_layout(tmp_path):
         assert f["params/0/weight"].shape == (3, 2)
 
 
+def _set_graph(f, text):
+    del f["graph"]
+    f.create_dataset("graph", data=numpy.frombuffer(text.encode(), dtype=numpy.uint8))
+
+
 def _edit(path, graph=None, attrs=None, drop=None, data=None):
     with h5py.File(path, "r+") as f:
         if graph is not None:
-            g = json.loads(f.attrs["graph"])
-            graph(g)
-            f.attrs["graph"] = json.dumps(g)
+            g = json.loads(bytes(f["graph"][()]))
+            graph(g) if callable(graph) else None
+            _set_graph(f, json.dumps(g) if callable(graph) else graph)
         for k, v in (attrs or {}).items():
             f.attrs[k] = v
         if drop:
@@ -143,14 +151,20 @@ def _edit(path, graph=None, attrs=None, drop=None, data=None):
 
 
 @pytest.mark.parametrize("edit,match", [
-    (dict(attrs={"format": "something"}), "not an lrpflow model file"),
+    (dict(attrs={"format": numpy.bytes_("something")}), "not an lrpflow model file"),
+    (dict(attrs={"format": "lrpflow-model"}), "variable-length"),
     (dict(attrs={"format_version": 99}), "unsupported format_version 99"),
-    (dict(attrs={"graph": "{not json"}), "not valid JSON"),
+    (dict(attrs={"format_version": numpy.zeros(3, dtype=numpy.int64)}), "attribute 'format_version' must be"),
+    (dict(graph="{not json"), "not valid JSON"),
+    (dict(drop="graph"), "missing dataset 'graph'"),
+    (dict(data={"graph": numpy.zeros(3, dtype=numpy.float32)}), "must be uint8 bytes"),
     (dict(graph=lambda g: g["nodes"][0].update(type="conv3d")), r"node 0 \('0_linear'\): unknown layer 'conv3d'"),
     (dict(graph=lambda g: g["nodes"][0].pop("config")), "missing field 'config'"),
     (dict(graph=lambda g: g["nodes"][0].update(config={"m": 3, "n": 2, "size": 4})), "cannot build linear"),
     (dict(graph=lambda g: g["nodes"][1].update(inputs=["nowhere"])), "nowhere"),
     (dict(graph=lambda g: g.update(kind="tree")), "graph kind"),
+    (dict(graph=lambda g: g["nodes"][1].update(type="maxpool", config={"hp": 10**9, "wp": 10**9, "stride": [1, 1]})),
+     r"node 1 \('1_relu'\): config hp=1000000000 exceeds 65536"),
     (dict(drop="params/0/weight"), "missing dataset params/0/weight"),
     (dict(data={"params/0/weight": numpy.zeros((4, 2))}), "weight must have shape"),
     (dict(data={"params/0/weight": numpy.array([["a", "b"]] * 3, dtype="S1")}), "not numeric"),
@@ -169,9 +183,9 @@ def test_declared_size_beyond_the_file_is_refused(tmp_path):
     path = tmp_path / "m.h5"
     lrpflow.save_model(lrpflow.Sequential([Linear(3, 2, rng=0)]), path)
     with h5py.File(path, "r+") as f:
-        g = json.loads(f.attrs["graph"])
+        g = json.loads(bytes(f["graph"][()]))
         g["nodes"][0]["config"] = {"m": 100000, "n": 100000}
-        f.attrs["graph"] = json.dumps(g)
+        _set_graph(f, json.dumps(g))
         del f["params/0/weight"]
         f.create_dataset("params/0/weight", shape=(100000, 100000), dtype="f8", chunks=(100, 100))
     with pytest.raises(lrpflow.ModelFormatError, match="declares shape"):

@@ -24,6 +24,7 @@ import numpy
 
 from lrpflow.errors import DataFormatError, LrpflowError
 from lrpflow.io.files import atomic_write
+from lrpflow.io.hdf5_safety import check_contained, check_declared_size
 from lrpflow.io.source import ArraySource, DataSource, check_sample_count
 
 #: Files smaller than this are read into memory rather than memory-mapped.
@@ -40,6 +41,13 @@ def file_size(path: str) -> int:
         return os.path.getsize(path)
     except OSError as err:
         raise DataFormatError(f"{path}: cannot read data file: {err.strerror or err}") from err
+
+
+def check_sample_size(path: str, shape: tuple[int, ...], what: str = "data") -> None:
+    """Refuse samples of size 0 among a positive number of rows (``(10**12, 0)`` stores nothing but
+    would make a run walk 10¹² empty rows)."""
+    if len(shape) >= 2 and shape[0] > 0 and 0 in shape[1:]:
+        raise DataFormatError(f"{path}: {what} has shape {shape}: {shape[0]} samples of size 0")
 
 
 def check_dtype(path: str, dtype: numpy.dtype, what: str = "data") -> None:
@@ -110,6 +118,7 @@ def read_npy(path: str, mmap: bool = True) -> DataSource:
         if len(shape) == 0:
             raise DataFormatError(f"{path}: holds a scalar, expected an array with a sample axis")
         check_sample_count(path, shape, dtype.itemsize, size - offset)
+        check_sample_size(path, tuple(shape))
         if mmap and size >= MMAP_THRESHOLD:
             arr = numpy.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
         else:
@@ -130,6 +139,7 @@ def _npz_member(path: str, zf: zipfile.ZipFile, name: str, size: int) -> DataSou
     if len(shape) == 0:
         raise DataFormatError(f"{path}: member {name!r} is a scalar, expected an array with a sample axis")
     check_sample_count(f"{path}[{name}]", shape, dtype.itemsize, info.file_size - header)
+    check_sample_size(f"{path}[{name}]", tuple(shape))
     if fortran or info.file_size < MMAP_THRESHOLD:
         return ArraySource(_read_member(path, name[:-4]), path)
     if info.compress_type == zipfile.ZIP_STORED:
@@ -225,18 +235,31 @@ class H5MatSource(DataSource):
         super().__init__(path)
         self._key = key
         self._file = h5py.File(path, "r")
+        try:
+            ds = self._open(path, key)
+        except BaseException:
+            self._file.close()
+            raise
+        self._ds = ds
+        self._raw_shape = tuple(int(s) for s in ds.shape[::-1])
+        self._raw_dtype = ds.dtype
+
+    def _open(self, path: str, key: str) -> Any:
+        """The variable's dataset, after the file was checked to hold its own data and the size it declares."""
+        import h5py
+
+        check_contained(self._file, path, DataFormatError)
         ds = self._file.get(key)
         if ds is None or not isinstance(ds, h5py.Dataset):
             names = ", ".join(k for k in self._file.keys() if not k.startswith("#")) or "(none)"
-            self._file.close()
             raise DataFormatError(f"{path}: no MATLAB variable {key!r}; variables: {names}")
         dtype = ds.dtype
         check_dtype(path, dtype, f"variable {key!r}")
         if ds.ndim == 0:
             raise DataFormatError(f"{path}: variable {key!r} is a scalar")
-        self._ds = ds
-        self._raw_shape = tuple(int(s) for s in ds.shape[::-1])
-        self._raw_dtype = dtype
+        check_declared_size(ds, f"{path}: variable {key!r}", DataFormatError, file_size(path))
+        check_sample_size(path, tuple(int(s) for s in ds.shape[::-1]), f"variable {key!r}")
+        return ds
 
     def _rows(self, start: int, stop: int) -> numpy.ndarray:
         try:
@@ -289,6 +312,7 @@ def read_mat(path: str, key: str = "data", labels_key: str | None = None) -> Dat
         if not isinstance(arr, numpy.ndarray):
             raise DataFormatError(f"{path}: variable {key!r} is not a numeric array")
         check_dtype(path, arr.dtype, f"variable {key!r}")
+        check_sample_size(path, arr.shape, f"variable {key!r}")
         source = ArraySource(arr, path)
         if labels_key and labels_key in content:
             from lrpflow.io.source import attach_labels

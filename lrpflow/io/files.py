@@ -6,6 +6,10 @@ from collections.abc import Callable
 
 from lrpflow.errors import DataFormatError, LrpflowError, ModelFormatError
 
+#: largest kernel, pool or stride extent a model file may declare (no image is 65536 pixels wide;
+#: a sane bound turns ``MaxPool 1e9 1e9 1 1`` into an error naming the line, not a numpy crash later)
+MAX_LAYER_EXTENT = 1 << 16
+
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None],
                  error: type[LrpflowError] = DataFormatError,

@@ -1,10 +1,21 @@
-"""lrpflow's native model format: one HDF5 file, the graph as JSON in attributes, parameters as datasets.
+"""lrpflow's native model format: one HDF5 file, the graph as JSON, parameters as datasets.
 
-Layout (``format_version`` 1)::
+Layout (``format_version`` 2)::
 
-    /                    attrs: format = "lrpflow-model", format_version = 1, lrpflow_version,
-                                graph = JSON (see below)
+    /                    attrs: format = b"lrpflow-model", format_version = 2, lrpflow_version
+                                (fixed-length byte strings and an integer)
+    /graph               dataset: uint8, the graph as UTF-8 JSON (see below)
     /params/<k>/<name>   dataset: parameter ``name`` of node number k, stored in its own dtype
+
+Nothing is stored as a variable-length string: those live in HDF5's global heap, on
+which libhdf5 can loop forever when a file is damaged. The reader checks every size
+against the file before reading (the graph's stored bytes, each dataset's declared
+versus stored size) and refuses links, external storage and virtual datasets that
+reach outside the file (:mod:`lrpflow.io.hdf5_safety`).
+
+``format_version`` 1 files (written by lrpflow before 2) kept ``format`` and ``graph``
+as variable-length string attributes; they are still read, after their global heaps
+were checked from the raw bytes (:func:`~lrpflow.io.hdf5_safety.check_global_heaps`).
 
 ``graph`` JSON: ``{"kind": "sequential"|"model", "layout", "input_shape", "input_name",
 "output", "canonizers", "nodes": [{"name", "type", "config", "inputs", "params",
@@ -15,7 +26,6 @@ A layer is rebuilt as ``cls(**config, **params)``. Round trips are lossless.
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Any
 
@@ -23,12 +33,15 @@ import numpy
 
 from lrpflow.errors import LrpflowError, ModelFormatError
 from lrpflow.graph import Model, Node, Sequential
-from lrpflow.io.files import atomic_write
+from lrpflow.io.files import MAX_LAYER_EXTENT, atomic_write
+from lrpflow.io.hdf5_safety import check_contained, check_dataset, check_declared_size, check_global_heaps
 
 FORMAT = "lrpflow-model"
-VERSION = 1
-#: deflate never compresses better than about 1032:1 (bound for a declared dataset size)
-MAX_DEFLATE_RATIO = 1032
+VERSION = 2
+#: the oldest format_version this lrpflow reads
+OLDEST = 1
+#: HDF5's signature; lrpflow writes it at byte 0 (the superblock may also sit at 512, 1024, ...)
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 def _layer_names() -> dict[type, str]:
@@ -90,10 +103,10 @@ def write(model: Model, path: str | os.PathLike[str]) -> None:
 
     def write_h5(tmp: str) -> None:
         with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = FORMAT
-            f.attrs["format_version"] = VERSION
-            f.attrs["lrpflow_version"] = __version__
-            f.attrs["graph"] = json.dumps(graph)
+            f.attrs["format"] = numpy.bytes_(FORMAT)
+            f.attrs["format_version"] = numpy.int64(VERSION)
+            f.attrs["lrpflow_version"] = numpy.bytes_(__version__)
+            f.create_dataset("graph", data=numpy.frombuffer(json.dumps(graph).encode("utf-8"), dtype=numpy.uint8))
             group = f.create_group("params")
             for k, params in enumerate(arrays):
                 g = group.create_group(str(k))
@@ -116,20 +129,123 @@ def _field(obj: dict[str, Any], key: str, types: Any, where: str, optional: bool
     return v
 
 
+#: config keys that hold window, stride, padding or dilation extents (bounded by MAX_LAYER_EXTENT)
+EXTENT_KEYS = frozenset({"h", "w", "hp", "wp", "kernel", "pool", "stride", "strides", "padding", "pads", "dilation",
+                         "dilations"})
+
+
+def _check_extents(config: dict[str, Any], where: str) -> None:
+    """Absurd window sizes (``MaxPool`` of 10⁹) are a format error here, not a numpy error at the first forward."""
+    for key, value in config.items():
+        if key in EXTENT_KEYS:
+            values = value if isinstance(value, list) else [value]
+            if any(isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_LAYER_EXTENT for v in values):
+                raise ModelFormatError(f"{where}: config {key}={value} exceeds {MAX_LAYER_EXTENT}")
+
+
 def _read_param(ds: Any, where: str, file_size: int) -> numpy.ndarray:
     import h5py
 
     if not isinstance(ds, h5py.Dataset):
         raise ModelFormatError(f"{where}: not a dataset")
+    check_dataset(ds, where, ModelFormatError)
     if ds.dtype.kind not in "fiub" or ds.dtype.fields is not None:
         raise ModelFormatError(f"{where}: dtype {ds.dtype} is not numeric")
-    nbytes = ds.dtype.itemsize * math.prod(ds.shape or ())
-    stored = ds.id.get_storage_size()
-    compressed = ds.compression is not None or bool(ds.id.get_create_plist().get_nfilters())
-    limit = stored * MAX_DEFLATE_RATIO + 4096 if compressed else stored
-    if nbytes > limit or nbytes > MAX_DEFLATE_RATIO * max(file_size, 1):
-        raise ModelFormatError(f"{where}: declares shape {ds.shape} ({nbytes} bytes) but stores {stored} bytes")
+    check_declared_size(ds, where, ModelFormatError, file_size)
     return numpy.asarray(ds[()])
+
+
+class _Variable:
+    """Marker: an attribute stored as a variable-length string (format_version 1)."""
+
+
+def _check_signature(path: str) -> int:
+    """The file's size; ModelFormatError unless it starts like an HDF5 file (read from the raw bytes)."""
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            head = fh.read(len(HDF5_SIGNATURE))
+    except OSError as err:
+        raise ModelFormatError(f"{path}: not a readable lrpflow model (HDF5) file: {err.strerror or err}") from err
+    if head != HDF5_SIGNATURE:
+        raise ModelFormatError(f"{path}: not a readable lrpflow model (HDF5) file: no HDF5 signature at byte 0")
+    return size
+
+
+def _attr(f: Any, name: str, path: str) -> Any:
+    """A small fixed-size root attribute (None if absent, :class:`_Variable` if variable-length), never a heap read."""
+    import h5py
+
+    if name not in f.attrs:
+        return None
+    aid = h5py.h5a.open(f.id, name.encode("ascii"))
+    dtype = aid.dtype
+    if dtype.kind == "O" or h5py.check_vlen_dtype(dtype) is not None:
+        return _Variable
+    if aid.shape not in ((), (1,)) or dtype.itemsize > 256 or dtype.kind not in "SUiu":
+        raise ModelFormatError(f"{path}: attribute {name!r} must be a short string or an integer, "
+                               f"got {dtype} of shape {aid.shape}")
+    value = f.attrs[name]
+    if isinstance(value, numpy.ndarray):
+        value = value.reshape(-1)[0]
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _read_graph(f: Any, path: str, size: int) -> str:
+    """The graph JSON of a version-2 file: a contiguous uint8 dataset whose stored bytes are checked first."""
+    import h5py
+
+    link = f.get("graph", getlink=True)
+    if link is None:
+        raise ModelFormatError(f"{path}: missing dataset 'graph'")
+    if not isinstance(link, h5py.HardLink) or not isinstance(f["graph"], h5py.Dataset):
+        raise ModelFormatError(f"{path}: 'graph' must be a dataset")
+    ds = f["graph"]
+    check_dataset(ds, f"{path}: dataset 'graph'", ModelFormatError)
+    if ds.dtype != numpy.uint8 or ds.ndim != 1:
+        raise ModelFormatError(f"{path}: dataset 'graph' must be uint8 bytes, got {ds.dtype} of shape {ds.shape}")
+    n = int(ds.shape[0])
+    filtered = ds.id.get_create_plist().get_nfilters() > 0
+    if n == 0 or n > size or filtered or ds.id.get_storage_size() != n:
+        raise ModelFormatError(f"{path}: dataset 'graph' declares {n} bytes but stores {ds.id.get_storage_size()} "
+                               f"(expected the JSON stored plainly, at most the file's {size} bytes)")
+    try:
+        return bytes(ds[()]).decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ModelFormatError(f"{path}: dataset 'graph' is not UTF-8 text (byte {err.start})") from err
+
+
+def _read_header(f: Any, path: str, size: int) -> Any:
+    """Check ``format``/``format_version`` and return the parsed graph JSON."""
+    version = _attr(f, "format_version", path)
+    if not isinstance(version, (int, numpy.integer)) or not OLDEST <= int(version) <= VERSION:
+        shown = int(version) if isinstance(version, (int, numpy.integer)) else repr(version)
+        raise ModelFormatError(f"{path}: unsupported format_version {shown} (this lrpflow reads {OLDEST} to {VERSION})")
+    version = int(version)
+    if version == 1:  # variable-length strings in the global heap: check its raw bytes before libhdf5 walks it
+        check_global_heaps(path, ModelFormatError)
+        fmt = f.attrs.get("format")
+        text = f.attrs.get("graph")
+    else:
+        fmt = _attr(f, "format", path)
+        if fmt is _Variable:
+            raise ModelFormatError(f"{path}: format_version 2 stores attribute 'format' as a fixed-length string, "
+                                   f"found a variable-length one")
+        text = None
+    if isinstance(fmt, bytes):
+        fmt = fmt.decode("utf-8", "replace")
+    if fmt != FORMAT:
+        raise ModelFormatError(f"{path}: not an lrpflow model file (attribute format={fmt!r}, expected {FORMAT!r})")
+    if version >= 2:
+        text = _read_graph(f, path, size)
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    if not isinstance(text, str):
+        raise ModelFormatError(f"{path}: attribute 'graph' is missing or not text")
+    try:
+        return json.loads(text)
+    except ValueError as err:
+        raise ModelFormatError(f"{path}: graph is not valid JSON: {err}") from err
 
 
 def read(path: str | os.PathLike[str]) -> Model:
@@ -139,8 +255,8 @@ def read(path: str | os.PathLike[str]) -> Model:
     from lrpflow.plugins import registries
 
     path = os.fspath(path)
+    size = _check_signature(path)
     try:
-        size = os.path.getsize(path)
         f = h5py.File(path, "r")
     except OSError as err:
         raise ModelFormatError(f"{path}: not a readable lrpflow model (HDF5) file: {err}") from err
@@ -148,24 +264,8 @@ def read(path: str | os.PathLike[str]) -> Model:
         raise ModelFormatError(f"{path}: not a readable lrpflow model (HDF5) file: {type(err).__name__}: {err}") from err
     try:
         with f:
-            fmt = f.attrs.get("format")
-            if isinstance(fmt, bytes):
-                fmt = fmt.decode("utf-8", "replace")
-            if fmt != FORMAT:
-                raise ModelFormatError(f"{path}: not an lrpflow model file (attribute format={fmt!r}, expected {FORMAT!r})")
-            version = f.attrs.get("format_version")
-            if not isinstance(version, (int, numpy.integer)) or not 1 <= int(version) <= VERSION:
-                shown = int(version) if isinstance(version, (int, numpy.integer)) else repr(version)
-                raise ModelFormatError(f"{path}: unsupported format_version {shown} (this lrpflow reads 1 to {VERSION})")
-            text = f.attrs.get("graph")
-            if isinstance(text, bytes):
-                text = text.decode("utf-8")
-            if not isinstance(text, str):
-                raise ModelFormatError(f"{path}: attribute 'graph' is missing or not text")
-            try:
-                graph = json.loads(text)
-            except ValueError as err:
-                raise ModelFormatError(f"{path}: attribute 'graph' is not valid JSON: {err}") from err
+            check_contained(f, path, ModelFormatError)
+            graph = _read_header(f, path, size)
             if not isinstance(graph, dict):
                 raise ModelFormatError(f"{path}: attribute 'graph' must be a JSON object")
             nodes_json = _field(graph, "nodes", list, f"{path}: graph")
@@ -187,6 +287,7 @@ def read(path: str | os.PathLike[str]) -> Model:
                     cls = layers_reg.get(type_name)
                 except LrpflowError as err:
                     raise ModelFormatError(f"{where}: {err}") from err
+                _check_extents(config, where)
                 missing = [p for p in getattr(cls, "param_names", ()) if p not in pnames]
                 if missing:  # never let a constructor draw (possibly huge) random parameters
                     raise ModelFormatError(f"{where}: {type_name} needs parameters {missing}")

@@ -22,7 +22,8 @@ import numpy
 
 from lrpflow.errors import LrpflowError, ModelFormatError
 from lrpflow.graph import Sequential
-from lrpflow.io.files import atomic_write, check_model_file
+from lrpflow.io.files import MAX_LAYER_EXTENT, atomic_write, check_model_file
+from lrpflow.io.hdf5_safety import check_contained, check_global_heaps
 from lrpflow.layers import Conv2d, Flatten, Linear, MaxPool, ReLU, SoftMax, SumPool, Tanh
 
 LAYER_CLASSES = ("Linear", "Convolution", "SumPool", "MaxPool", "Flatten", "Rect", "Tanh", "SoftMax")
@@ -90,12 +91,19 @@ def _conv(props: dict[str, Any], where: str) -> Conv2d:
     b = _num(props, "B", where).ravel()
     if b.shape != (fs[3],):
         raise ModelFormatError(f"{where}: B has {b.size} values, expected {fs[3]}")
-    return Conv2d(*fs, stride=_ints(props, "stride", where, 2), weight=w, bias=b)
+    return Conv2d(*fs, stride=_extent(props, "stride", where), weight=w, bias=b)
+
+
+def _extent(props: dict[str, Any], key: str, where: str) -> tuple[int, ...]:
+    v = _ints(props, key, where, 2)
+    if max(v) > MAX_LAYER_EXTENT:
+        raise ModelFormatError(f"{where}: property {key!r} {list(v)} exceeds {MAX_LAYER_EXTENT}")
+    return v
 
 
 def _pool(cls: type) -> Callable[[dict[str, Any], str], Any]:
     def make(props: dict[str, Any], where: str) -> Any:
-        return cls(*_ints(props, "pool", where, 2), stride=_ints(props, "stride", where, 2))
+        return cls(*_extent(props, "pool", where), stride=_extent(props, "stride", where))
     return make
 
 
@@ -130,6 +138,24 @@ def _is_hdf5(path: str) -> bool:
         return bool(h5py.is_hdf5(path))
     except Exception:
         return False
+
+
+def _check_hdf5(path: str) -> None:
+    """Before mat-io reads every object of a v7.3 file: no outside data, sizes stored, global heaps sound."""
+    import h5py
+
+    check_global_heaps(path, ModelFormatError)  # mat-io may read variable-length data (libhdf5 can loop)
+    try:
+        f = h5py.File(path, "r")
+    except Exception as err:
+        raise ModelFormatError(f"{path}: not a readable MATLAB v7.3 file: {type(err).__name__}: {err}") from err
+    try:
+        with f:
+            check_contained(f, path, ModelFormatError, sizes=True)
+    except LrpflowError:
+        raise
+    except Exception as err:  # h5py/HDF5 errors on damaged files
+        raise ModelFormatError(f"{path}: damaged MATLAB v7.3 file: {type(err).__name__}: {err}") from err
 
 
 def _find_model(content: dict[str, Any], path: str) -> Any:
@@ -171,7 +197,9 @@ def read(path: str | os.PathLike[str]) -> Sequential:
     path = os.fspath(path)
     matio = _matio()
     check_model_file(path)
-    if not _is_hdf5(path):
+    if _is_hdf5(path):  # v7.3: mat-io reads every dataset; check links, external data and sizes first
+        _check_hdf5(path)
+    else:
         from lrpflow.io._mat5 import check_mat5
 
         check_mat5(path, ModelFormatError)  # mat-io's C reader crashes on some corrupt files

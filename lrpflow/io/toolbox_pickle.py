@@ -9,7 +9,10 @@ resolves only
   to inert stand-ins that only store their attribute dict;
 - what numpy arrays are pickled with (``numpy.core.multiarray._reconstruct``, its
   numpy 2 path ``numpy._core.multiarray._reconstruct``, ``numpy.ndarray``,
-  ``numpy.dtype``, ``numpy.core.multiarray.scalar``);
+  ``numpy.dtype``, ``numpy.core.multiarray.scalar``), each to an inert stand-in: an
+  array is built only from the bytes its pickled state carries, after the declared
+  shape was checked against them (``numpy.ndarray(shape)`` itself is refused), so no
+  array is ever larger than the file; dtypes are plain numeric codes;
 - ``_codecs.encode`` restricted to latin-1 (how Python 3 writes bytes in protocol 2)
   and ``copyreg._reconstructor`` restricted to the stand-ins (protocols 0 and 1).
 
@@ -23,6 +26,7 @@ objects with the toolbox's attributes (``W``, ``B``, ``m``, ``n``, ``fh``, ``str
 from __future__ import annotations
 
 import io
+import math
 import os
 import pickle
 import pickletools
@@ -33,7 +37,7 @@ import numpy
 
 from lrpflow.errors import LrpflowError, ModelFormatError
 from lrpflow.graph import Sequential
-from lrpflow.io.files import read_model_file, write_file
+from lrpflow.io.files import MAX_LAYER_EXTENT, read_model_file, write_file
 from lrpflow.layers import Conv2d, Flatten, Linear, MaxPool, ReLU, SoftMax, SumPool, Tanh
 
 #: The toolbox's module classes.
@@ -96,6 +100,7 @@ def _reconstructor(cls: Any, base: Any, state: Any) -> Any:
 
 
 def _numpy_global(module: str, name: str) -> Any:
+    """numpy's own ``_reconstruct``/``scalar`` (the writer names them; the reader never calls them)."""
     try:
         from numpy._core import multiarray  # numpy >= 2
     except ImportError:  # pragma: no cover - numpy 1.x
@@ -103,13 +108,128 @@ def _numpy_global(module: str, name: str) -> Any:
     return {"_reconstruct": multiarray._reconstruct, "scalar": multiarray.scalar}[name]
 
 
+#: dtype codes an array or scalar in a toolbox pickle may have (numpy pickles ``dtype('f8', False, True)``)
+NUMERIC_CODES = frozenset(f"{k}{n}" for k, sizes in (("b", (1,)), ("i", (1, 2, 4, 8)), ("u", (1, 2, 4, 8)),
+                                                    ("f", (2, 4, 8))) for n in sizes)
+
+
+def _raw_bytes(data: Any, what: str) -> bytes:
+    if isinstance(data, str):  # Python 2 ``str`` data, read with encoding="latin1"
+        try:
+            return data.encode("latin-1")
+        except UnicodeEncodeError:
+            raise ModelFormatError(f"{what}: data is not a byte string") from None
+    if isinstance(data, bytes):
+        return data
+    raise ModelFormatError(f"{what}: data must be bytes, got {type(data).__name__} (object arrays are refused)")
+
+
+class PickledDtype:
+    """Stand-in for ``numpy.dtype(code, align, copy)`` + its state: only plain numeric codes and a byte order."""
+
+    def __init__(self, code: Any, align: Any = False, copy: Any = False) -> None:
+        if isinstance(code, bytes):
+            code = code.decode("latin-1")
+        if not isinstance(code, str) or code not in NUMERIC_CODES:
+            raise ModelFormatError(f"refused numpy dtype {code!r}: a toolbox pickle holds numeric arrays only "
+                                   f"(one of {', '.join(sorted(NUMERIC_CODES))})")
+        self.code = code
+        self.order = "="
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, tuple) or len(state) < 2 or state[1] not in ("<", ">", "|", "="):
+            raise ModelFormatError(f"refused numpy dtype state {state!r:.80}")
+        if any(part is not None for part in state[2:5]):  # subarray, names, fields
+            raise ModelFormatError("refused numpy dtype with fields or a subarray")
+        self.order = state[1]
+
+    def resolve(self) -> numpy.dtype:
+        return numpy.dtype(self.order.replace("|", "=") + self.code)
+
+
+class PickledArray:
+    """Stand-in for ``_reconstruct(ndarray, ...)`` + ``__setstate__``: becomes an array only from data the pickle holds.
+
+    numpy's state is ``(version, shape, dtype, fortran, data)``; the declared shape is checked
+    against the length of ``data`` before anything is allocated, so an array is never bigger
+    than the bytes the file stores.
+    """
+
+    def __init__(self) -> None:
+        self.array: numpy.ndarray | None = None
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) == 5:
+            state = state[1:]
+        if not isinstance(state, tuple) or len(state) != 4:
+            raise ModelFormatError(f"refused numpy array state of type {type(state).__name__}")
+        shape, dtype, fortran, data = state
+        if not isinstance(shape, tuple) or not all(isinstance(d, int) and d >= 0 for d in shape) or len(shape) > 8:
+            raise ModelFormatError(f"refused numpy array shape {shape!r:.80}")
+        if not isinstance(dtype, PickledDtype):
+            raise ModelFormatError(f"refused numpy array dtype of type {type(dtype).__name__}")
+        dt = dtype.resolve()
+        raw = _raw_bytes(data, "numpy array")
+        need = dt.itemsize * math.prod(shape)
+        if need != len(raw):
+            raise ModelFormatError(f"numpy array declares shape {shape} of {dt} ({need} bytes) but stores {len(raw)} bytes")
+        self.array = numpy.frombuffer(raw, dtype=dt).reshape(shape, order="F" if fortran else "C")
+
+
+class _NdarrayName:
+    """What ``numpy.ndarray`` resolves to: a name ``_reconstruct`` may be given, never a constructor."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        raise ModelFormatError("refused numpy.ndarray(...): arrays in a toolbox pickle must carry their data")
+
+
+def _reconstruct(cls: Any, shape: Any = None, dtype: Any = None) -> PickledArray:
+    """``numpy.core.multiarray._reconstruct`` restricted to ndarray: an empty stand-in (its data come in its state)."""
+    if cls is not _NdarrayName:
+        raise ModelFormatError("refused _reconstruct of anything but numpy.ndarray")
+    return PickledArray()
+
+
+def _scalar(dtype: Any, data: Any = None) -> Any:
+    """``numpy.core.multiarray.scalar``: one value of a numeric dtype from exactly its bytes."""
+    if not isinstance(dtype, PickledDtype):
+        raise ModelFormatError(f"refused numpy scalar of dtype type {type(dtype).__name__}")
+    dt = dtype.resolve()
+    raw = _raw_bytes(data, "numpy scalar")
+    if len(raw) != dt.itemsize:
+        raise ModelFormatError(f"numpy scalar of {dt} needs {dt.itemsize} bytes, stores {len(raw)}")
+    return numpy.frombuffer(raw, dtype=dt)[0]
+
+
+def _resolve_arrays(obj: Any, depth: int = 0) -> Any:
+    """Replace array stand-ins by their arrays throughout the unpickled tree (dicts, lists, tuples, module states)."""
+    if depth > 64:
+        raise ModelFormatError("nesting too deep")
+    if isinstance(obj, PickledArray):
+        if obj.array is None:
+            raise ModelFormatError("numpy array without data")
+        return obj.array
+    if isinstance(obj, PickledDtype):
+        return obj.resolve()
+    if isinstance(obj, ToolboxObject):
+        obj._state = {k: _resolve_arrays(v, depth + 1) for k, v in obj.state.items()}
+        return obj
+    if isinstance(obj, dict):
+        return {k: _resolve_arrays(v, depth + 1) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_resolve_arrays(v, depth + 1) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_resolve_arrays(v, depth + 1) for v in obj)
+    return obj
+
+
 ADMITTED_FUNCTIONS: dict[tuple[str, str], Callable[[], Any]] = {
-    ("numpy.core.multiarray", "_reconstruct"): lambda: _numpy_global("", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"): lambda: _numpy_global("", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"): lambda: _numpy_global("", "scalar"),
-    ("numpy._core.multiarray", "scalar"): lambda: _numpy_global("", "scalar"),
-    ("numpy", "ndarray"): lambda: numpy.ndarray,
-    ("numpy", "dtype"): lambda: numpy.dtype,
+    ("numpy.core.multiarray", "_reconstruct"): lambda: _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): lambda: _reconstruct,
+    ("numpy.core.multiarray", "scalar"): lambda: _scalar,
+    ("numpy._core.multiarray", "scalar"): lambda: _scalar,
+    ("numpy", "ndarray"): lambda: _NdarrayName,
+    ("numpy", "dtype"): lambda: PickledDtype,
     ("_codecs", "encode"): lambda: _latin1_encode,
     ("copyreg", "_reconstructor"): lambda: _reconstructor,
     ("copy_reg", "_reconstructor"): lambda: _reconstructor,
@@ -151,7 +271,7 @@ def unpickle(data: bytes, path: str = "<bytes>") -> Any:
     """The object tree of a toolbox pickle, with stand-ins for the module objects."""
     _scan(data, path)
     try:
-        return RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
+        return _resolve_arrays(RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load())
     except ModelFormatError as err:
         raise ModelFormatError(f"{path}: {err}") from None
     except LrpflowError:
@@ -189,8 +309,9 @@ def _ints(state: dict[str, Any], key: str, where: str, default: Any = None) -> t
         vals = tuple(int(a) for a in (v if isinstance(v, (tuple, list, numpy.ndarray)) else (v, v)))
     except (TypeError, ValueError):
         raise ModelFormatError(f"{where}: attribute {key!r} must be a pair of integers, got {v!r}") from None
-    if len(vals) != 2 or min(vals) < 1:
-        raise ModelFormatError(f"{where}: attribute {key!r} must be a pair of positive integers, got {v!r}")
+    if len(vals) != 2 or min(vals) < 1 or max(vals) > MAX_LAYER_EXTENT:
+        raise ModelFormatError(f"{where}: attribute {key!r} must be a pair of integers from 1 to {MAX_LAYER_EXTENT}, "
+                               f"got {v!r}")
     return vals  # type: ignore[return-value]
 
 

@@ -14,6 +14,7 @@ layer name is an error naming the line, never a silent truncation or a fallback.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -21,43 +22,53 @@ import numpy
 
 from lrpflow.errors import ModelFormatError
 from lrpflow.graph import Sequential
-from lrpflow.io.files import read_model_file, write_file
+from lrpflow.io.files import MAX_LAYER_EXTENT, read_model_file, write_file
 from lrpflow.layers import Conv2d, Flatten, Linear, MaxPool, ReLU, SoftMax, SumPool, Tanh
 
 
 class _Lines:
-    """A cursor over the lines of a model file that reports positions in errors."""
+    """A cursor over the lines of a model file (bytes) that reports positions in errors.
 
-    def __init__(self, path: str, text: str) -> None:
+    Parameter lines are parsed by numpy straight from the file's bytes: no Python object
+    per number, so reading needs about twice the file's size plus the parameters.
+    """
+
+    def __init__(self, path: str, data: bytes) -> None:
         self.path = path
-        lines = text.split("\n")
-        if lines and lines[-1] == "":
-            lines.pop()
-        self.lines = lines
-        self.i = 0
+        self.data = data
+        self.pos = 0
+        self.i = 0  # number of the last line returned (1-based)
 
     def error(self, msg: str, line: int | None = None) -> ModelFormatError:
         n = self.i if line is None else line
         return ModelFormatError(f"{self.path}, line {n}: {msg}")
 
     def done(self) -> bool:
-        return self.i >= len(self.lines)
+        return self.pos >= len(self.data)
 
-    def next(self, what: str) -> str:
+    def next_bytes(self, what: str) -> bytes:
         if self.done():
-            raise self.error(f"unexpected end of file; expected {what}", len(self.lines) + 1)
-        line = self.lines[self.i]
+            raise self.error(f"unexpected end of file; expected {what}", self.i + 1)
+        end = self.data.find(b"\n", self.pos)
+        end = len(self.data) if end < 0 else end
+        line = self.data[self.pos : end]
+        self.pos = end + 1
         self.i += 1
         return line
 
-    def numbers(self, what: str, count: int | None = None) -> numpy.ndarray:
-        line = self.next(what)
-        tokens = line.split()
+    def next(self, what: str) -> str:
+        line = self.next_bytes(what)
         try:
-            values = numpy.array([float(t) for t in tokens], dtype=numpy.float64)
-        except ValueError:
-            bad = next(t for t in tokens if not _is_float(t))
-            raise self.error(f"non-numeric token {bad[:40]!r} in {what}") from None
+            return line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise self.error(f"not a text model file (byte {err.start} of the line is not UTF-8)") from err
+
+    def numbers(self, what: str, count: int | None = None) -> numpy.ndarray:
+        line = self.next_bytes(what)
+        values = _parse_numbers(line) if line.strip() else numpy.zeros(0)
+        if values is None:
+            bad = next((t for t in line.split() if not _is_float(t)), line.split()[0])
+            raise self.error(f"non-numeric token {bad[:40].decode('utf-8', 'replace')!r} in {what}") from None
         if count is not None and values.size != count:
             raise self.error(f"{what}: expected {count} values, found {values.size}")
         if not numpy.isfinite(values).all():
@@ -65,11 +76,21 @@ class _Lines:
         return values
 
 
-def _is_float(t: str) -> bool:
+def _parse_numbers(line: bytes) -> numpy.ndarray | None:
+    """The whitespace-separated numbers of ``line`` (None if a token is not a number)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # numpy < 2.3 only warns on a bad token
+        try:
+            return numpy.fromstring(line, dtype=numpy.float64, sep=" ")
+        except (ValueError, DeprecationWarning):
+            return None
+
+
+def _is_float(t: bytes) -> bool:
     try:
-        float(t)
+        numpy.fromstring(t, dtype=numpy.float64, sep=" ")
         return True
-    except ValueError:
+    except (ValueError, DeprecationWarning):
         return False
 
 
@@ -83,6 +104,10 @@ def _ints(cur: _Lines, header: list[str], n: int, name: str) -> list[int]:
         raise cur.error(f"{name} header needs integers, got {' '.join(args)}") from None
     if any(v <= 0 for v in vals):
         raise cur.error(f"{name} header values must be positive, got {' '.join(args)}")
+    if name in ("Convolution", "SumPool", "MaxPool"):
+        extents = vals[:2] + vals[-2:]  # kernel or pool, and stride
+        if max(extents) > MAX_LAYER_EXTENT:
+            raise cur.error(f"{name} window/stride {' '.join(map(str, extents))} exceeds {MAX_LAYER_EXTENT}")
     return vals
 
 
@@ -134,11 +159,12 @@ READERS: dict[str, Callable[[_Lines, list[str]], Any]] = {
 }
 
 
-def parse(text: str, path: str = "<string>") -> Sequential:
-    """A toolbox text model from its contents."""
-    cur = _Lines(path, text)
-    if not cur.lines or all(not line.strip() for line in cur.lines):
+def parse(text: str | bytes, path: str = "<string>") -> Sequential:
+    """A toolbox text model from its contents (text or UTF-8 bytes)."""
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    if not data.strip():
         raise ModelFormatError(f"{path}: empty model file")
+    cur = _Lines(path, data)
     layers = []
     while not cur.done():
         line = cur.next("a layer header")
@@ -155,11 +181,13 @@ def parse(text: str, path: str = "<string>") -> Sequential:
 def read(path: str | os.PathLike[str], **_: Any) -> Sequential:
     """Read a toolbox plain-text model file into a :class:`Sequential` (float64 parameters)."""
     path = os.fspath(path)
-    try:
-        text = read_model_file(path).decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise ModelFormatError(f"{path}: not a text model file (byte {err.start} is not UTF-8)") from err
-    return parse(text, path)
+    data = read_model_file(path)
+    if not data.isascii():  # the writer writes ASCII
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ModelFormatError(f"{path}: not a text model file (byte {err.start} is not UTF-8)") from err
+    return parse(data, path)
 
 
 def _fmt(values: Any) -> str:

@@ -153,6 +153,13 @@ class NodeContext:
     nonneg: tuple[bool, ...] = ()
     #: z = apply(x, W, b) of the node, read from its forward output (None: recompute)
     z: Any = None
+    #: device booleans "this denominator is finite", checked by propagate() once per pass (no sync per node):
+    #: an overflowed z (inf) would otherwise turn R / z into a silent 0
+    finite: list[Any] = field(default_factory=list)
+
+    def check_finite(self, z: Any) -> None:
+        """Record whether the denominator ``z`` is finite (see :attr:`finite`)."""
+        self.finite.append(get_namespace(z).isfinite(z).all())
 
     def modified(self, layer: Layer, xs: Sequence[Any], weight_fn: Modifier, bias_fn: Modifier | None) -> tuple[Any, Any]:
         """``(ρ(W), β(b))`` for this node, cached by modifier and dtype/backend."""
@@ -211,6 +218,7 @@ def modified_gradient(layer: Layer, xs: Sequence[Any], r: Any, parts: Sequence[C
         for fx, w, b in prepared:
             zk = layer.apply(fx, w, b)  # type: ignore[attr-defined]
             z = zk if z is None else z + zk
+        ctx.check_finite(z)
     s = divide(r, z)
     out: list[Any] | None = None
     for fx, w, _ in prepared:
@@ -245,6 +253,7 @@ def _stacked_gradient(layer: Layer, x: Any, r: Any, parts: Sequence[Contribution
     x_stack = xp.concatenate(fx, axis=-1)
     if z is None:
         z = layer.apply([x_stack], w, bias)  # type: ignore[attr-defined]
+        ctx.check_finite(z)
     g = layer.apply_transpose(divide(r, z), w, [x_stack])[0]  # type: ignore[attr-defined]
     c = x.shape[-1]
     out = fx[0] * g[..., :c]
