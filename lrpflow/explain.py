@@ -46,6 +46,9 @@ class Propagation:
     relevance: Any
     ledger: dict[str, LedgerEntry] = field(default_factory=dict)
     intermediate: dict[str, Any] = field(default_factory=dict)
+    #: (node, device bool "all finite") per node; None names the initial relevance. Read once, after
+    #: the pass, by :func:`raise_if_not_finite` (no host synchronisation inside the backward pass)
+    finite: list[tuple[str | None, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -111,9 +114,9 @@ def propagate(model: Model, trace: Trace, r_init: Any, rules: Mapping[str, Rule]
     cache = {} if cache is None else cache
     nonneg = nonneg_nodes(model)
     xp = get_namespace(r_init)
-    scale = _unit_scale(r_init)  # rules are linear in R: propagate R / 2^k, multiply back at the end
+    scale, init_finite = _unit_scale(r_init)  # rules are linear in R: propagate R / 2^k, multiply back at the end
     pending: dict[str, Any] = {start: r_init / scale.reshape((-1,) + (1,) * (r_init.ndim - 1))}
-    finite: list[tuple[str, Any]] = []  # (node, all-finite flag) checked once at the end: no sync per node
+    finite: list[tuple[str | None, Any]] = [(None, init_finite)]  # read once after the pass: no sync per node
     book: dict[str, LedgerEntry] = {}
     kept: dict[str, Any] = {}
     keep_set = set(keep)
@@ -149,11 +152,6 @@ def propagate(model: Model, trace: Trace, r_init: Any, rules: Mapping[str, Rule]
         for name, ri in zip(node.inputs, r_ins):
             pending[name] = ri if name not in pending else pending[name] + ri
         del r, r_ins
-    if finite and not bool(xp.all(xp.stack([flag for _, flag in finite]))):
-        name = next(n for n, flag in finite if not bool(flag))
-        node = model.node(name)
-        raise NumericalError(f"node {name!r} ({node.layer.type_name}): rule {rules[name]!r} produced NaN or Inf "
-                             f"relevance (an overflow in {r_init.dtype}); explain in float64 or rescale the input")
     r_in = pending.get(model.input_name)
     if r_in is None:
         r_in = xp.zeros_like(trace.input)
@@ -163,29 +161,46 @@ def propagate(model: Model, trace: Trace, r_init: Any, rules: Mapping[str, Rule]
     r_in = r_in * per_sample
     kept = {k: v * scale.reshape((-1,) + (1,) * (v.ndim - 1)) for k, v in kept.items()}
     book = {k: LedgerEntry(e.entering * scale, e.leaving * scale) for k, e in book.items()}
-    return Propagation(r_in, book, kept)
+    return Propagation(r_in, book, kept, finite)
 
 
-def _unit_scale(r: Any) -> Any:
-    """Per sample, the power of two ≥ max |r| (1 for an all-zero sample): dividing by it is exact and
-    keeps every rule's quotients far from overflow (logits of 1e30 in float32 otherwise overflow R/ε)."""
+def _unit_scale(r: Any) -> tuple[Any, Any]:
+    """Per sample, the power of two ≥ max |r| (1 for an all-zero or non-finite sample), and whether ``r`` is
+    finite (a device bool). Dividing by a power of two is exact and keeps every rule's quotients far from
+    overflow (logits of 1e30 in float32 otherwise overflow R/ε)."""
     xp = get_namespace(r)
     peak = xp.abs(r).reshape(r.shape[0], -1).max(axis=1) if r.size else xp.zeros((r.shape[0],), dtype=r.dtype)
-    if not bool(xp.isfinite(peak).all()):
-        raise NumericalError("initial relevance contains NaN or Inf (the forward pass overflowed?); "
-                             "explain in float64 or rescale the input")
-    _, exponent = xp.frexp(peak)
+    ok = xp.isfinite(peak)
+    _, exponent = xp.frexp(xp.where(ok, peak, 0))
     scale = xp.ldexp(xp.ones_like(peak), exponent)
-    return xp.where(peak > 0, scale, xp.ones_like(peak))
+    return xp.where(ok & (peak > 0), scale, xp.ones_like(peak)), ok.all()
 
 
-def _check_finite(r: Any, method: str) -> Any:
-    """``r`` unchanged if finite; NumericalError otherwise (never a silent zero in place of a NaN)."""
-    xp = get_namespace(r)
-    if not bool(xp.isfinite(r).all()):
-        raise NumericalError(f"{method}: the explanation contains NaN or Inf (an overflow in {r.dtype}); "
-                             f"explain in float64 or rescale the input")
-    return r
+def raise_if_not_finite(finite: Sequence[tuple[str | None, Any]], model: Model, rules: Mapping[str, Rule],
+                        dtype: Any, method: str = "", initial: Exception | None = None) -> None:
+    """One host read of the pass's finiteness flags; NumericalError naming the first node (or the initial
+    relevance, or the final map) that is not finite — never a silent zero in place of a NaN. ``initial``:
+    the error to raise when the initial relevance itself is not finite (a caller's bad input)."""
+    if not finite:
+        return
+    xp = get_namespace(finite[0][1])
+    ok = to_numpy(xp.stack([xp.asarray(flag) for _, flag in finite])).astype(bool)
+    if ok.all():
+        return
+    name = finite[int(numpy.argmin(ok))][0]
+    hint = f"(an overflow in {numpy.dtype(dtype).name}); explain in float64 or rescale the input"
+    if name is None:
+        if initial is not None:
+            raise initial
+        raise NumericalError(f"initial relevance contains NaN or Inf (the forward pass overflowed?) {hint}")
+    if name == _FINAL:
+        raise NumericalError(f"{method}: the explanation contains NaN or Inf {hint}")
+    node = model.node(name)
+    raise NumericalError(f"node {name!r} ({node.layer.type_name}): rule {rules[name]!r} produced NaN or Inf "
+                         f"relevance {hint}")
+
+
+_FINAL = "\0relevance"  #: the finiteness flag of the final map (a name no node can have)
 
 
 _TOPK = re.compile(r"^\s*topk\s*:\s*(\d+)\s*$", re.IGNORECASE)
@@ -436,16 +451,20 @@ class Explainer:
         workers = self._workers(batch)
         slices = self._chunks(batch, method[1], workers)
         if len(slices) == 1:
-            return self._explain_rows(x, trace, target, labels, init, method, keep)
-        n = batch.shape[0]
-        target_rows, label_rows = _rows_of(target, n, "target"), _rows_of(labels, n, "labels")
+            out, finite = self._explain_rows(x, trace, target, labels, init, method, keep)
+        else:
+            n = batch.shape[0]
+            target_rows, label_rows = _rows_of(target, n, "target"), _rows_of(labels, n, "labels")
 
-        def one(sl: slice) -> Explanation:
-            return self._explain_rows(
-                None if trace is not None else x[sl], trace.rows(sl) if trace is not None else None,
-                target[sl] if target_rows else target, labels[sl] if label_rows else labels, init, method, keep)
+            def one(sl: slice) -> tuple[Explanation, list[tuple[str | None, Any]]]:
+                return self._explain_rows(
+                    None if trace is not None else x[sl], trace.rows(sl) if trace is not None else None,
+                    target[sl] if target_rows else target, labels[sl] if label_rows else labels, init, method, keep)
 
-        return _concatenate(map_chunks(one, slices, workers))
+            parts = map_chunks(one, slices, workers)
+            out, finite = _concatenate([p for p, _ in parts]), [f for _, flags in parts for f in flags]
+        raise_if_not_finite(finite, self.model, method[0], batch.dtype, method[2])  # the one read after the passes
+        return out
 
     def _workers(self, x: Any) -> int:
         if self.workers is not None:
@@ -481,8 +500,9 @@ class Explainer:
         return Explanation(self.model.from_nhwc(xp.zeros_like(x)), logits, tgt, r_init, none, ledger, kept, method[2])
 
     def _explain_rows(self, x: Any, trace: Trace | None, target: Any, labels: Any, init: str,
-                      method: tuple[dict[str, Rule], Rule, str], keep: tuple[str, ...]) -> Explanation:
-        """Explain one chunk of rows (``x`` already prepared, or its ``trace``)."""
+                      method: tuple[dict[str, Rule], Rule, str], keep: tuple[str, ...]
+                      ) -> tuple[Explanation, list[tuple[str | None, Any]]]:
+        """Explain one chunk of rows (``x`` already prepared, or its ``trace``); also its finiteness flags."""
         rules, head, desc = method
         private = trace is None  # our own forward pass: the backward pass may free it as it goes
         if private:
@@ -496,21 +516,23 @@ class Explainer:
                              release=private)
             r_in = prop.relevance
         else:  # averaged over perturbed inputs (SmoothGrad, Integrated Gradients)
-            r_in, prop = None, None
+            r_in, finite = None, []
             for xs, weight in samples:
                 _, tr = self.model.run(xs, upto=self.model.logits_node)
                 r_k = tr.logits * (r_init != 0) if init == "logit" else r_init
                 p = propagate(self.model, tr, r_k, rules, cache=self.cache, keep=keep, ledger=False, release=True)
                 r_in = p.relevance * weight if r_in is None else r_in + p.relevance * weight
-            prop = Propagation(r_in)
-        relevance = _check_finite(head.finalize(x_in, r_in), desc)
-        total_in, total_init = _per_sample_sum(relevance), _per_sample_sum(r_init)
+                finite += p.finite
+            prop = Propagation(r_in, finite=finite)
+        relevance = head.finalize(x_in, r_in)
         xp = get_namespace(relevance)
+        finite = prop.finite + [(_FINAL, xp.isfinite(relevance).all())]
+        total_in, total_init = _per_sample_sum(relevance), _per_sample_sum(r_init)
         diff = xp.abs(total_in - total_init)
         den = xp.abs(total_init)
         conservation = xp.where(den > 0, diff / xp.where(den > 0, den, 1), diff)
         return Explanation(self.model.from_nhwc(relevance), logits, tgt, r_init, conservation, prop.ledger,
-                           prop.intermediate, desc, self.model.layout)
+                           prop.intermediate, desc, self.model.layout), finite
 
     __call__ = explain
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lrpflow.backend import get_namespace
+from lrpflow.backend import get_namespace, to_numpy
 from lrpflow.errors import ConfigError, DataFormatError, LrpflowError, ShapeError
 from lrpflow.layers.base import Layer, Shape
 
@@ -217,7 +217,7 @@ class Model:
 def _check_finite(a: Any, what: str) -> None:
     """DataFormatError if ``a`` holds NaN or Inf (as ``explain()`` refuses them)."""
     xp = get_namespace(a)
-    if xp.asarray(a).dtype.kind in "fc" and not bool(xp.isfinite(a).all()):
+    if xp.asarray(a).dtype.kind in "fc" and not bool(to_numpy(xp.isfinite(a).all())):  # one explicit read
         raise DataFormatError(f"{what} contains NaN or Inf values")
 
 
@@ -290,21 +290,22 @@ class Sequential(Model):
         (param α, β = α − 1), ``'flat'``, ``'ww'|'w^2'`` and their ``*_slow`` spellings.
         """
         from lrpflow.rules.toolbox import toolbox_rule
-        from lrpflow.explain import propagate
+        from lrpflow.explain import propagate, raise_if_not_finite
 
         trace = self._last_trace
         if trace is None:
             raise LrpflowError("Sequential.lrp needs a forward pass first: call nn.forward(X)")
         if tuple(R.shape) != tuple(trace.logits.shape):
             raise ShapeError(f"R must have the shape of the last output {tuple(trace.logits.shape)}, got {tuple(R.shape)}")
-        _check_finite(R, "relevance R")
         explicit = lrp_var is not None or param is not None
         rules = {
             node.name: toolbox_rule(lrp_var, param, node.layer) if explicit
             else toolbox_rule(node.layer.lrp_var, node.layer.lrp_param, node.layer)
             for node in self.nodes
         }
-        result = propagate(self, trace, R, rules)
+        result = propagate(self, trace, R, rules)  # a non-finite R is reported as the initial relevance
+        raise_if_not_finite(result.finite, self, rules, R.dtype, "Sequential.lrp",  # one read, after the pass
+                            initial=DataFormatError("relevance R contains NaN or Inf values"))
         return result.relevance
 
     def train(self, X: Any, Y: Any, Xval: Any = None, Yval: Any = None, batchsize: int = 25, iters: int = 10000,

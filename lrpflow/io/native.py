@@ -218,6 +218,8 @@ def _read_graph(f: Any, path: str, size: int) -> str:
 def _read_header(f: Any, path: str, size: int) -> Any:
     """Check ``format``/``format_version`` and return the parsed graph JSON."""
     version = _attr(f, "format_version", path)
+    if version is None:
+        raise ModelFormatError(f"{path}: an HDF5 file but not an lrpflow model (no 'format_version' attribute)")
     if not isinstance(version, (int, numpy.integer)) or not OLDEST <= int(version) <= VERSION:
         shown = int(version) if isinstance(version, (int, numpy.integer)) else repr(version)
         raise ModelFormatError(f"{path}: unsupported format_version {shown} (this lrpflow reads {OLDEST} to {VERSION})")
