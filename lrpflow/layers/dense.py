@@ -53,10 +53,13 @@ class Linear(LinearLike):
         return [s @ weight.T]
 
     def param_grads(self, xs: Sequence[Any], g: Any) -> dict[str, Any]:
-        return {"weight": xs[0].T @ g, "bias": g.sum(axis=0)}
+        x, g2 = xs[0].reshape(-1, self.m), g.reshape(-1, self.n)
+        return {"weight": x.T @ g2, "bias": g2.sum(axis=0)}
 
     def output_shape(self, *shapes: Shape) -> Shape:
-        check_rank(shapes[0], 1, f"Linear({self.m}, {self.n})", f"vectors of length {self.m}")
-        if shapes[0][0] != self.m:
-            raise ShapeError(f"Linear({self.m}, {self.n}) expects inputs of length {self.m}, got {shapes[0][0]}")
-        return (self.n,)
+        """``(m,) → (n,)``; on tensors (tokens ``(T, m)``, ``(H, W, m)``) the map acts on the last axis."""
+        if len(shapes[0]) < 1:
+            check_rank(shapes[0], 1, f"Linear({self.m}, {self.n})", f"vectors of length {self.m}")
+        if shapes[0][-1] != self.m:
+            raise ShapeError(f"Linear({self.m}, {self.n}) expects inputs of length {self.m}, got {shapes[0][-1]}")
+        return (*shapes[0][:-1], self.n)

@@ -16,7 +16,8 @@ shape (one sample) and how lrpflow stores it:
 Layout changes that cannot be absorbed become explicit, exact shape layers
 (:class:`~lrpflow_onnx.layers.Transpose`, :class:`~lrpflow_onnx.layers.Permute`,
 Reshape). Only nodes that lead to the graph output are converted. Constants
-(initializers, ``Constant`` nodes and shape arithmetic on them) are folded with numpy.
+(initializers, ``Constant`` nodes, shapes of activations and any arithmetic on them) are
+folded by ONNX's reference evaluator (:mod:`lrpflow_onnx.fold`).
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from lrpflow.layers import (
     Add, AvgPool, BatchNorm, Concat, Conv2d, Dropout, Flatten, GlobalAvgPool, LeakyReLU, Linear, MaxPool, Pad, ReLU,
     Reshape, Sigmoid, SoftMax, Tanh,
 )
+from lrpflow_onnx.fold import MIN_FOLD_ELEMENTS
 from lrpflow_onnx.layers import Permute, Transpose
 
 INPUT = "input"
@@ -65,7 +67,8 @@ def _sanitize(name: str) -> str:
 class Converter:
     """One conversion of an ONNX ``ModelProto``; use :func:`convert`."""
 
-    def __init__(self, proto: Any, path: str = "<onnx>", input_shape: Sequence[int] | None = None) -> None:
+    def __init__(self, proto: Any, path: str = "<onnx>", input_shape: Sequence[int] | None = None,
+                 product_rule: str = "gate") -> None:
         self.proto = proto
         self.path = path
         self.graph = proto.graph
@@ -79,6 +82,11 @@ class Converter:
         self.foldable_bias: set[str] = set()  # lrpflow nodes whose bias may absorb a following Add
         self.converted: dict[tuple[str, str, str], Value] = {}  # (node, kind, target kind) -> converted value
         self.batch: int | None = None
+        self.fold_limit: int | None = None
+        self.merged: dict[str, Value] = {}  # tensors whose batch axis a Reshape merged away (see ops._gather)
+        if product_rule not in ("gate", "uniform"):
+            raise LrpflowError(f"product_rule must be 'gate' or 'uniform', got {product_rule!r}")
+        self.product_rule = product_rule
         self.user_input_shape = None if input_shape is None else tuple(int(s) for s in input_shape)
 
     # -- errors -------------------------------------------------------------
@@ -152,6 +160,9 @@ class Converter:
         return Value(name, shape, "flat", perm)
 
     def value(self, name: str, node: Any) -> Value:
+        if name in self.merged:
+            raise self.fail(node, f"input {name!r} merges the batch axis into others (a Reshape to one axis); "
+                                  f"lrpflow keeps samples apart (only a Gather that selects within each sample may follow)")
         if name not in self.values:
             if name in self.consts:
                 raise self.fail(node, f"input {name!r} is a constant where lrpflow needs an activation")
@@ -229,14 +240,20 @@ class Converter:
         return [n for n in self.graph.node if id(n) in need]
 
     def _check_supported(self, nodes: Sequence[Any]) -> None:
+        """Every node that computes on activations needs a handler; nodes on constants only are folded."""
+        const = set(self.consts)
         bad = []
         for n in nodes:
-            if n.domain not in ("", "ai.onnx") or n.op_type not in HANDLERS:
-                op = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
+            onnx_op = n.domain in ("", "ai.onnx")
+            if onnx_op and (n.op_type in SHAPE_OPS or all((not i) or i in const for i in n.input)):
+                const.update(o for o in n.output if o)
+                continue
+            if not onnx_op or n.op_type not in HANDLERS:
+                op = n.op_type if onnx_op else f"{n.domain}.{n.op_type}"
                 bad.append(f"{op} (node {n.name or n.output[0]!r})")
         if bad:
-            raise UnsupportedLayerError(f"{self.path}: unsupported ONNX operators: {', '.join(bad)}; supported: "
-                                        f"{', '.join(sorted(HANDLERS))}")
+            raise UnsupportedLayerError(f"{self.path}: unsupported ONNX operators on activations: {', '.join(bad)}; "
+                                        f"supported: {', '.join(sorted(HANDLERS))} (and any operator on constants)")
 
     def _input(self, vi: Any) -> tuple[tuple[int, ...], str]:
         t = vi.type.tensor_type
@@ -258,25 +275,41 @@ class Converter:
                                     f"vectors (N, D) or images (N, C, H, W)")
 
     def _convert(self, n: Any) -> None:
-        ins = [i for i in n.input]
-        if n.op_type in CONST_FOLD and all((not i) or self.is_const(i) for i in ins) and n.op_type != "Constant":
-            self.consts[n.output[0]] = CONST_FOLD[n.op_type](self, n, [self.consts[i] if i else None for i in ins])
+        ins = list(n.input)
+        if n.op_type in SHAPE_OPS and ins and ins[0] in self.values:
+            _shape_of(self, n)
             return
-        if n.op_type == "Shape" and ins and ins[0] in self.values:
-            v = self.values[ins[0]]
-            self.consts[n.output[0]] = numpy.array([0, *v.shape], dtype=numpy.int64)  # 0: the batch (Reshape copies it)
+        if all((not i) or self.is_const(i) for i in ins):
+            self._fold(n, ins)
             return
-        for extra in n.output[1:]:
-            if extra and self.uses.get(extra):
-                raise self.fail(n, f"its output {extra!r} is used; lrpflow supports only the first output")
+        if n.op_type not in MULTI_OUTPUT:
+            for extra in n.output[1:]:
+                if extra and self.uses.get(extra):
+                    raise self.fail(n, f"its output {extra!r} is used; lrpflow supports only the first output")
         HANDLERS[n.op_type](self, n)
+
+    def _fold(self, n: Any, ins: Sequence[str]) -> None:
+        from lrpflow_onnx.fold import FoldError, fold
+
+        if self.fold_limit is None:
+            total = sum(int(numpy.asarray(a).size) for a in self.consts.values())
+            self.fold_limit = max(MIN_FOLD_ELEMENTS, 2 * total)
+        try:
+            outs = fold(n, [self.consts[i] if i else None for i in ins], self.opset, self.fold_limit)
+        except FoldError as err:
+            raise self.fail(n, str(err), ModelFormatError) from None
+        for name, value in zip([o for o in n.output if o], outs):
+            self.consts[name] = value
 
 
 # --------------------------------------------------------------------------- handlers
 
 Handler = Callable[[Converter, Any], None]
 HANDLERS: dict[str, Handler] = {}
-CONST_FOLD: dict[str, Callable[[Converter, Any, list[Any]], numpy.ndarray]] = {}
+#: operators whose result on an activation is a constant (its static shape)
+SHAPE_OPS = frozenset({"Shape", "Size"})
+#: operators whose handlers define every output (the others: only the first may be used)
+MULTI_OUTPUT: set[str] = set()
 
 
 def handles(*ops: str) -> Callable[[Handler], Handler]:
@@ -287,126 +320,28 @@ def handles(*ops: str) -> Callable[[Handler], Handler]:
     return deco
 
 
-def folds(*ops: str) -> Callable[[Any], Any]:
-    def deco(fn: Any) -> Any:
-        for op in ops:
-            CONST_FOLD[op] = fn
-            HANDLERS.setdefault(op, _needs_constants)
-        return fn
-    return deco
-
-
-def _needs_constants(c: Converter, n: Any) -> None:
-    raise c.fail(n, "is supported on constants only (shape arithmetic), not on activations")
-
-
 def _base(n: Any) -> str:
     return n.name or n.output[0]
 
 
-# -- constants ---------------------------------------------------------------
+# -- shapes of activations --------------------------------------------------
 
 
-@handles("Constant")
-def _constant(c: Converter, n: Any) -> None:
-    from onnx import numpy_helper
-
+def _shape_of(c: Converter, n: Any) -> None:
+    """``Shape``/``Size`` of an activation: a constant (lrpflow shapes are static; the batch is written 0,
+    which a later Reshape copies)."""
+    v = c.values[n.input[0]]
+    full = numpy.array([0, *v.shape], dtype=numpy.int64)
+    if n.op_type == "Size":
+        c.consts[n.output[0]] = numpy.array(math.prod(v.shape) * (c.batch or 0), dtype=numpy.int64)
+        return
     a = _attrs(n)
-    if "value" in a:
-        c.consts[n.output[0]] = numpy_helper.to_array(a["value"])
-    elif "value_float" in a:
-        c.consts[n.output[0]] = numpy.array(a["value_float"], dtype=numpy.float32)
-    elif "value_floats" in a:
-        c.consts[n.output[0]] = numpy.array(a["value_floats"], dtype=numpy.float32)
-    elif "value_int" in a:
-        c.consts[n.output[0]] = numpy.array(a["value_int"], dtype=numpy.int64)
-    elif "value_ints" in a:
-        c.consts[n.output[0]] = numpy.array(a["value_ints"], dtype=numpy.int64)
-    else:
-        raise c.fail(n, f"unsupported constant attributes {sorted(a)}")
-
-
-def _axes(n: Any, args: list[Any], c: Converter) -> list[int]:
-    a = _attrs(n)
-    if "axes" in a:
-        return [int(x) for x in a["axes"]]
-    if len(args) > 1 and args[1] is not None:
-        return [int(x) for x in numpy.asarray(args[1]).ravel()]
-    return []
-
-
-@folds("Unsqueeze")
-def _f_unsqueeze(c: Converter, n: Any, args: list[Any]) -> numpy.ndarray:
-    x = numpy.asarray(args[0])
-    axes = _axes(n, args, c)
-    rank = x.ndim + len(axes)
-    for ax in sorted(a % rank for a in axes):
-        x = numpy.expand_dims(x, ax)
-    return x
-
-
-@folds("Squeeze")
-def _f_squeeze(c: Converter, n: Any, args: list[Any]) -> numpy.ndarray:
-    x = numpy.asarray(args[0])
-    axes = _axes(n, args, c)
-    return numpy.squeeze(x, axis=tuple(a % x.ndim for a in axes)) if axes else numpy.squeeze(x)
-
-
-@folds("Gather")
-def _f_gather(c: Converter, n: Any, args: list[Any]) -> numpy.ndarray:
-    return numpy.take(args[0], numpy.asarray(args[1]), axis=int(_attrs(n).get("axis", 0)))
-
-
-@folds("Cast")
-def _f_cast(c: Converter, n: Any, args: list[Any]) -> numpy.ndarray:
-    from onnx import helper
-
-    return numpy.asarray(args[0]).astype(helper.tensor_dtype_to_np_dtype(int(_attrs(n)["to"])))
-
-
-@folds("Transpose")
-def _f_transpose(c: Converter, n: Any, args: list[Any]) -> numpy.ndarray:
-    perm = _attrs(n).get("perm")
-    return numpy.transpose(args[0], None if perm is None else [int(p) for p in perm])
-
-
-@folds("Add", "Sub", "Mul", "Div")
-def _f_arith(c: Converter, n: Any, args: list[Any]) -> numpy.ndarray:
-    a, b = numpy.asarray(args[0]), numpy.asarray(args[1])
-    op = {"Add": numpy.add, "Sub": numpy.subtract, "Mul": numpy.multiply}.get(n.op_type)
-    if op is not None:
-        return op(a, b)
-    return a // b if a.dtype.kind in "iu" and b.dtype.kind in "iu" else numpy.divide(a, b)
-
-
-@folds("Concat")
-def _f_concat(c: Converter, n: Any, args: list[Any]) -> numpy.ndarray:
-    return numpy.concatenate([numpy.asarray(a) for a in args], axis=int(_attrs(n).get("axis", 0)))
-
-
-@folds("Reshape")
-def _f_reshape(c: Converter, n: Any, args: list[Any]) -> numpy.ndarray:
-    x = numpy.asarray(args[0])
-    shape = [int(s) for s in numpy.asarray(args[1]).ravel()]
-    shape = [x.shape[i] if s == 0 and not _attrs(n).get("allowzero", 0) else s for i, s in enumerate(shape)]
-    return x.reshape(shape)
-
-
-@folds("Flatten")
-def _f_flatten(c: Converter, n: Any, args: list[Any]) -> numpy.ndarray:
-    x = numpy.asarray(args[0])
-    ax = int(_attrs(n).get("axis", 1)) % max(x.ndim, 1)
-    return x.reshape(math.prod(x.shape[:ax]), -1)
-
-
-@folds("Identity")
-def _f_identity(c: Converter, n: Any, args: list[Any]) -> numpy.ndarray:
-    return numpy.asarray(args[0])
-
-
-@handles("Shape")
-def _shape(c: Converter, n: Any) -> None:  # reached only for inputs neither activation nor constant
-    raise c.fail(n, "its input is unknown", ModelFormatError)
+    rank = full.size
+    start = int(a.get("start", 0))
+    end = int(a.get("end", rank))
+    start = min(max(start + rank if start < 0 else start, 0), rank)
+    end = min(max(end + rank if end < 0 else end, 0), rank)
+    c.consts[n.output[0]] = full[start:end]
 
 
 # -- elementwise -------------------------------------------------------------
@@ -447,12 +382,23 @@ def _dropout(c: Converter, n: Any) -> None:
 @handles("Softmax")
 def _softmax(c: Converter, n: Any) -> None:
     v = c.value(n.input[0], n)
+    rank = len(v.shape) + 1
     axis = int(_attrs(n).get("axis", 1 if c.opset < 13 else -1))
-    if len(v.shape) != 1 or axis not in (1, -1):
-        raise c.fail(n, f"only a softmax over the classes of (N, C) outputs is supported (axis {axis}, "
-                        f"sample shape {v.shape})")
+    axis = axis + rank if axis < 0 else axis
+    if rank == 2 and axis == 1:
+        v = c.as_plain(v, _base(n))
+        c.values[n.output[0]] = Value(c.add(_base(n), SoftMax(), [v.node]), v.shape)
+        return
+    if c.opset < 13 or axis < 1:
+        raise c.fail(n, f"softmax over axis {axis} of a rank-{rank} tensor is supported from opset 13 on")
+    if v.kind == "nhwc" and axis == 1:  # over the channels: lrpflow stores them last
+        c.values[n.output[0]] = Value(c.add(_base(n), SoftMax(), [v.node]), v.shape, "nhwc")
+        return
+    if axis != rank - 1:
+        raise c.fail(n, f"softmax over axis {axis} of sample shape {v.shape} is not supported (the last axis or "
+                        f"the channels of images)")
     v = c.as_plain(v, _base(n))
-    c.values[n.output[0]] = Value(c.add(_base(n), SoftMax(), [v.node]), v.shape)
+    c.values[n.output[0]] = Value(c.add(_base(n), SoftMax(), [v.node]), v.shape, "plain")
 
 
 # -- dense ---------------------------------------------------------------------
@@ -496,17 +442,21 @@ def _matmul(c: Converter, n: Any) -> None:
     if c.is_const(n.input[0]):
         raise c.fail(n, "constant @ activation is not supported (only activation @ constant weights)")
     v = c.value(n.input[0], n)
-    node, perm = _vector(c, n, v)
+    if len(v.shape) > 1 and not (v.kind == "flat" and all(s == 1 for s in v.shape[1:])):
+        v = c.as_plain(v, _base(n))  # token-wise: the weight acts on the last axis
+        node, perm = v.node, None
+    else:
+        node, perm = _vector(c, n, v)
     w = numpy.asarray(c.const(n.input[1], n, "the weight matrix"))
-    if w.ndim != 2 or w.shape[0] != v.shape[0]:
-        raise c.fail(n, f"weights of shape {w.shape} do not fit inputs of length {v.shape[0]}", ShapeError)
+    if w.ndim != 2 or w.shape[0] != v.shape[-1]:
+        raise c.fail(n, f"weights of shape {w.shape} do not fit inputs of shape {v.shape}", ShapeError)
     dtype = w.dtype if w.dtype.kind == "f" else numpy.dtype("float32")
     if perm is not None:
         w = w[perm]
     name = c.add(_base(n), Linear(w.shape[0], w.shape[1], weight=numpy.ascontiguousarray(w, dtype=dtype),
                                   bias=numpy.zeros(w.shape[1], dtype=dtype)), [node])
     c.foldable_bias.add(name)
-    c.values[n.output[0]] = Value(name, (w.shape[1],))
+    c.values[n.output[0]] = Value(name, (*v.shape[:-1], w.shape[1]) if v.kind == "plain" else (w.shape[1],))
 
 
 # -- convolution and pooling -------------------------------------------------
@@ -547,15 +497,14 @@ def _conv(c: Converter, n: Any) -> None:
     w = numpy.asarray(c.const(n.input[1], n, "W (the filters)"))
     if w.ndim != 4:
         raise c.fail(n, f"only 2-D convolutions are supported, got filters of shape {w.shape}")
-    if int(a.get("group", 1)) != 1:
-        raise c.fail(n, f"group={a['group']} (grouped or depthwise convolution) is not supported")
+    groups = int(a.get("group", 1))
     if any(int(d) != 1 for d in a.get("dilations", [1, 1])):
         raise c.fail(n, f"dilations={list(a['dilations'])} are not supported")
     v = c.as_nhwc(c.value(n.input[0], n), _base(n), n)
     cin, h, wd = v.shape
     o, i, kh, kw = w.shape
-    if i != cin:
-        raise c.fail(n, f"filters for {i} input channels applied to {cin} channels", ShapeError)
+    if i * groups != cin or groups < 1 or o % groups:
+        raise c.fail(n, f"filters for {i} input channels in {groups} group(s) applied to {cin} channels", ShapeError)
     strides = _pair(c, n, a, "strides", (1, 1))
     pads = _spatial_pads(c, n, a, (h, wd), (kh, kw), strides)
     dtype = w.dtype if w.dtype.kind == "f" else numpy.dtype("float32")
@@ -563,7 +512,7 @@ def _conv(c: Converter, n: Any) -> None:
     if len(n.input) > 2 and n.input[2]:
         bias = numpy.asarray(c.const(n.input[2], n, "B (the bias)"), dtype=dtype).ravel()
     layer = Conv2d(kh, kw, cin, o, stride=strides, padding=pads,
-                   weight=numpy.ascontiguousarray(w.transpose(2, 3, 1, 0), dtype=dtype), bias=bias)
+                   weight=numpy.ascontiguousarray(w.transpose(2, 3, 1, 0), dtype=dtype), bias=bias, groups=groups)
     name = c.add(_base(n), layer, [v.node])
     shape = layer.output_shape((h, wd, cin))
     c.foldable_bias.add(name)
@@ -654,8 +603,10 @@ def _harmonize(c: Converter, n: Any, vs: list[Value]) -> list[Value]:
     return [c.as_plain(v, f"{_base(n)}.in{k}") for k, v in enumerate(vs)]
 
 
-def _per_channel(c: Converter, n: Any, v: Value, const: numpy.ndarray) -> numpy.ndarray:
-    """A constant that broadcasts over a sample of ``v`` as one value per channel (or feature), in stored order."""
+def _per_channel(c: Converter, n: Any, v: Value, const: numpy.ndarray) -> tuple[numpy.ndarray, Value]:
+    """A constant that broadcasts over a sample of ``v`` as one value per entry of ``v``'s *stored* last
+    axis: ``(vector, v)``, ``v`` converted where needed (channels of images stored NHWC; the last axis of
+    token tensors stored as in ONNX; scalars on anything)."""
     k = numpy.asarray(const, dtype=numpy.float64)
     full = (1, *v.shape)
     if k.ndim > len(full):
@@ -665,14 +616,24 @@ def _per_channel(c: Converter, n: Any, v: Value, const: numpy.ndarray) -> numpy.
         numpy.broadcast_shapes(kk.shape, full)
     except ValueError:
         raise c.fail(n, f"constant of shape {k.shape} does not broadcast to samples of shape {v.shape}") from None
-    if kk.shape[0] != 1 or any(s != 1 for s in kk.shape[2:]):
-        raise c.fail(n, f"constant of shape {k.shape} varies over more than the channel axis; only per-channel "
-                        f"constants are supported")
-    ch = v.shape[0]
-    vec = numpy.broadcast_to(kk.reshape(-1), (ch,)).copy()
-    if v.kind == "flat" and v.perm is not None and len(v.shape) == 1:
+    varying = [i for i in range(1, len(full)) if kk.shape[i] != 1]
+    if kk.shape[0] != 1 or len(varying) > 1 or (varying and varying[0] != 1 and varying[0] != len(full) - 1):
+        raise c.fail(n, f"constant of shape {k.shape} varies over more than the channel (or last) axis of samples "
+                        f"of shape {v.shape}; only per-channel constants are supported")
+    if not varying:
+        last = c.stored_shape(v)[-1]
+        return numpy.full(last, float(kk.ravel()[0])), v
+    if varying[0] == 1 and len(v.shape) == 3:
+        v = c.as_nhwc(v, _base(n), n)
+    elif varying[0] == 1 and len(v.shape) != 1 and not (v.kind == "flat" and all(s == 1 for s in v.shape[1:])):
+        raise c.fail(n, f"per-channel constants on samples of shape {v.shape} are not supported")
+    elif varying[0] != 1:
+        v = c.as_plain(v, _base(n))
+    axis = varying[0] - 1
+    vec = kk.reshape(-1).copy()
+    if v.kind == "flat" and v.perm is not None and axis == 0:
         vec = vec[v.perm]
-    return vec
+    return vec, v
 
 
 @handles("Add", "Sub", "Mul", "Div")
@@ -680,6 +641,11 @@ def _arith(c: Converter, n: Any) -> None:
     x, y = n.input[0], n.input[1]
     op = n.op_type
     if not c.is_const(x) and not c.is_const(y):
+        if op == "Mul":
+            from lrpflow_onnx.ops import product
+
+            product(c, n)
+            return
         if op != "Add":
             raise c.fail(n, f"{op} of two activations is not supported (not an affine map of its inputs)")
         vs = _harmonize(c, n, [c.value(x, n), c.value(y, n)])
@@ -689,9 +655,9 @@ def _arith(c: Converter, n: Any) -> None:
         c.values[n.output[0]] = Value(name, vs[0].shape, vs[0].kind, vs[0].perm)
         return
     act_first = not c.is_const(x)
-    v = c.value(x if act_first else y, n)
+    v0 = c.value(x if act_first else y, n)
     k = c.consts[y if act_first else x]
-    vec = _per_channel(c, n, v, k)
+    vec, v = _per_channel(c, n, v0, k)
     if op == "Add":
         scale, shift = 1.0, vec
     elif op == "Sub":
@@ -702,21 +668,18 @@ def _arith(c: Converter, n: Any) -> None:
         if not act_first:
             raise c.fail(n, "constant / activation is not supported (not affine)")
         scale, shift = 1.0 / vec, 0.0
-    ch = v.shape[0]
+    ch = c.stored_shape(v)[-1]
     scale = numpy.broadcast_to(numpy.asarray(scale, dtype=numpy.float64), (ch,))
     shift = numpy.broadcast_to(numpy.asarray(shift, dtype=numpy.float64), (ch,))
     prod = c.layers.get(v.node)
-    if (v.node in c.foldable_bias and numpy.all(scale == 1.0) and c.uses.get(x if act_first else y, 0) == 1
+    if (v is v0 and v.node in c.foldable_bias and numpy.all(scale == 1.0) and c.uses.get(x if act_first else y, 0) == 1
             and prod is not None and getattr(prod, "n", None) == ch):
         b = prod.bias
         prod.set_params(bias=(b.astype(numpy.float64) + shift).astype(b.dtype))
         c.values[n.output[0]] = v
         return
-    if len(v.shape) == 3:
-        v = c.as_nhwc(v, _base(n), n)
-    elif len(v.shape) != 1:
-        raise c.fail(n, f"inputs of sample shape {v.shape} are not supported")
-    dtype = numpy.float32 if numpy.asarray(k).dtype != numpy.float64 else numpy.float64
+    # a quotient is kept in float64 (1/√2 in float32 would cost 1e-8 relative in float64 runs)
+    dtype = numpy.float64 if numpy.asarray(k).dtype == numpy.float64 or op == "Div" else numpy.float32
     layer = BatchNorm(ch, gamma=scale.astype(dtype), beta=shift.astype(dtype), mean=numpy.zeros(ch, dtype),
                       var=numpy.ones(ch, dtype), eps=0.0)
     name = c.add(_base(n), layer, [v.node])
@@ -790,6 +753,9 @@ def _reshape(c: Converter, n: Any) -> None:
     if not target:
         raise c.fail(n, "empty target shape")
     size = math.prod(v.shape)
+    if len(target) == 1 and c.batch is not None and (target[0] == -1 or target[0] == c.batch * size):
+        c.merged[n.output[0]] = c.as_plain(v, _base(n))  # the batch merged into one axis: only a Gather may follow
+        return
     first, rest = target[0], target[1:]
     rest = [v.shape[i] if s == 0 and not allowzero and i < len(v.shape) else s for i, s in enumerate(rest, 0)]
     batch_ok = (first == 0 and not allowzero) or first == -1 or (c.batch is not None and first == c.batch)
@@ -847,8 +813,8 @@ def _pad(c: Converter, n: Any) -> None:
     a = _attrs(n)
     mode = a.get("mode", b"constant")
     mode = mode.decode() if isinstance(mode, bytes) else str(mode)
-    if mode != "constant":
-        raise c.fail(n, f"mode={mode} is not supported (only constant padding)")
+    if mode not in ("constant", "reflect", "edge"):
+        raise c.fail(n, f"mode={mode} is not supported (constant, reflect, edge)")
     if "pads" in a:
         pads = [int(p) for p in a["pads"]]
         value = float(a.get("value", 0.0))
@@ -872,7 +838,14 @@ def _pad(c: Converter, n: Any) -> None:
     if min(pads) < 0:
         raise c.fail(n, f"negative pads (cropping) are not supported (pads {pads})")
     v = c.as_nhwc(v, _base(n), n)
-    layer = Pad((pads[2], pads[6], pads[3], pads[7]), value)
+    if mode != "constant":
+        from lrpflow.layers import PadEdges
+
+        layer: Any = PadEdges((pads[2], pads[6], pads[3], pads[7]), mode)
+        if mode == "reflect" and (max(pads[2], pads[6]) >= v.shape[1] or max(pads[3], pads[7]) >= v.shape[2]):
+            raise c.fail(n, f"reflect pads {pads} must be smaller than the image {v.shape[1:]}", ShapeError)
+    else:
+        layer = Pad((pads[2], pads[6], pads[3], pads[7]), value)
     name = c.add(_base(n), layer, [v.node])
     ch, h, w = v.shape
     c.values[n.output[0]] = Value(name, (ch, h + pads[2] + pads[6], w + pads[3] + pads[7]), "nhwc")
@@ -882,9 +855,14 @@ def _pad(c: Converter, n: Any) -> None:
 
 
 def convert(proto: Any, path: str = "<onnx>", fold_batchnorm: bool = False,
-            input_shape: Sequence[int] | None = None) -> Model:
-    """An lrpflow model (layout NCHW) from an ``onnx.ModelProto``."""
-    model = Converter(proto, path, input_shape).run()
+            input_shape: Sequence[int] | None = None, product_rule: str = "gate") -> Model:
+    """An lrpflow model (layout NCHW) from an ``onnx.ModelProto``.
+
+    ``product_rule``: LRP of products of two activations (``Mul``): ``"gate"`` holds the
+    gating operand (from Sigmoid/HardSigmoid/Erf/Tanh) constant, ``"uniform"`` splits 50/50
+    (see :class:`lrpflow.layers.Multiply`).
+    """
+    model = Converter(proto, path, input_shape, product_rule).run()
     if fold_batchnorm:
         from lrpflow.io.canonize import fold_batchnorm as fold
 
@@ -893,7 +871,7 @@ def convert(proto: Any, path: str = "<onnx>", fold_batchnorm: bool = False,
 
 
 def read(path: str | os.PathLike[str], fold_batchnorm: bool = False, input_shape: Sequence[int] | None = None,
-         **_: Any) -> Model:
+         product_rule: str = "gate", **_: Any) -> Model:
     """Read an ``.onnx`` file; ``explain()`` on the result takes and returns NCHW."""
     import onnx
 
@@ -913,10 +891,13 @@ def read(path: str | os.PathLike[str], fold_batchnorm: bool = False, input_shape
         except Exception as err:
             raise ModelFormatError(f"{path}: cannot load the model's external data: {err}") from err
     try:
-        return convert(proto, path, fold_batchnorm=fold_batchnorm, input_shape=input_shape)
+        return convert(proto, path, fold_batchnorm=fold_batchnorm, input_shape=input_shape, product_rule=product_rule)
     except LrpflowError:
         raise
     except RecursionError as err:
         raise ModelFormatError(f"{path}: graph nested too deeply") from err
     except Exception as err:  # malformed attributes, tensors, ...
         raise ModelFormatError(f"{path}: malformed ONNX model: {type(err).__name__}: {err}") from err
+
+
+from lrpflow_onnx import ops as _ops  # noqa: E402,F401 - registers the handlers of modern vision models
