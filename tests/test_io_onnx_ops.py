@@ -170,7 +170,29 @@ def pads_and_softmax():
     return g.model([2, 6, 7], g.gemm(h, 3, 2), [2]), (2, 6, 7)
 
 
-MODELS = {f.__name__: f for f in (pads_and_softmax, resize, conv_transpose, grouped_conv, se_gate, silu_gelu_clip, convnext_block, channel_shuffle,
+def tokens():
+    """Rank-3 activations: patches flattened to tokens (N, T, D), token-wise LayerNorm/MatMul, pooling over tokens."""
+    g = OpsetGraph(13)
+    h = g.conv("x", 3, 4, 2, strides=[2, 2])  # (4, 3, 3)
+    t = g.op("Transpose", [g.op("Reshape", [h, g.ints(2, 4, 9)])], perm=[0, 2, 1])  # (9, 4)
+    t = g.op("LayerNormalization", [t, g.f32(g.rng.uniform(0.5, 1.5, 4)), g.f32(g.rng.normal(0, 0.3, 4))], axis=-1)
+    t = g.op("Gelu", [g.op("Add", [g.op("MatMul", [t, g.rand(4, 6)]), g.f32(g.rng.normal(0, 0.3, 6))])],
+             approximate="tanh")
+    t = g.op("Mul", [t, g.op("Sigmoid", [g.op("MatMul", [t, g.rand(6, 6)])])])  # a gated MLP
+    t = g.op("Softmax", [g.op("Mul", [t, g.f32(0.5)])], axis=-1)
+    t = g.op("ReduceMean", [t, g.ints(1)], keepdims=0)  # mean over tokens
+    return g.model([3, 6, 6], g.gemm(t, 6, 3), [3], opset=20), (3, 6, 6)
+
+
+def sequence_input():
+    g = OpsetGraph(14)
+    t = g.op("LayerNormalization", ["x", g.f32(g.rng.uniform(0.5, 1.5, 5))], axis=-1)
+    t = g.op("Relu", [g.op("MatMul", [t, g.rand(5, 4)])])
+    t = g.op("ReduceMax", [t, g.ints(1)], keepdims=0)
+    return g.model([7, 5], g.gemm(t, 4, 2), [2], opset=18), (7, 5)
+
+
+MODELS = {f.__name__: f for f in (tokens, sequence_input, pads_and_softmax, resize, conv_transpose, grouped_conv, se_gate, silu_gelu_clip, convnext_block, channel_shuffle,
                                   shape_arithmetic)}
 
 

@@ -16,7 +16,8 @@ from lrpflow.errors import ShapeError
 from lrpflow.layers import (
     Clip, Erf, Gelu, GlobalAvgPool, HardSigmoid, HardSwish, LayerNorm, Max, Mean, Multiply, Reshape, Slice, Take,
 )
-from lrpflow_onnx.convert import HANDLERS, MULTI_OUTPUT, Converter, Value, _attrs, _base, _elementwise, handles
+from lrpflow_onnx.convert import HANDLERS, MULTI_OUTPUT, Converter, Value, _attrs, _base, handles
+from lrpflow_onnx.ops_cnn import _elementwise
 
 #: ONNX sample axis (0 = channels) → stored axis of an ``nhwc`` value
 NHWC_AXIS = {0: 2, 1: 0, 2: 1}
@@ -272,7 +273,7 @@ MULTI_OUTPUT.add("Split")
 
 
 def _reshape_to(c: Converter, n: Any, v: Value, shape: tuple[int, ...]) -> None:
-    from lrpflow_onnx.convert import _flatten_value
+    from lrpflow_onnx.ops_cnn import _flatten_value
 
     if shape == v.shape:
         c.alias(n.output[0], v)
@@ -348,7 +349,7 @@ def _gather(c: Converter, n: Any) -> None:
 @handles("ConvTranspose")
 def _conv_transpose(c: Converter, n: Any) -> None:
     from lrpflow.layers import ConvTranspose2d
-    from lrpflow_onnx.convert import _pair
+    from lrpflow_onnx.ops_cnn import _pair
 
     a = _attrs(n)
     w = numpy.asarray(c.const(n.input[1], n, "W (the filters)"))
