@@ -20,6 +20,8 @@ from lrpflow.layers.base import LinearLike, Shape, check_rank
 MODES = ("nearest", "linear")
 COORDINATES = ("half_pixel", "pytorch_half_pixel", "asymmetric", "align_corners")
 NEAREST = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
+#: entries of one axis' interpolation matrix at most (a hostile scale must not allocate out of proportion)
+MAX_MATRIX = 1 << 24
 
 
 def interpolation_matrix(n_in: int, n_out: int, scale: float, mode: str, coordinates: str,
@@ -82,6 +84,9 @@ class Resize(LinearLike):
         self.mode, self.coordinates, self.nearest = mode, coordinates, nearest
         if min(self.size) < 1 or min(self.in_size) < 1 or not all(math.isfinite(s) and s > 0 for s in self.scale):
             raise ShapeError(f"Resize: sizes {self.in_size} → {self.size} with scales {self.scale} are not valid")
+        if max(o * i for o, i in zip(self.size, self.in_size)) > MAX_MATRIX:
+            raise ShapeError(f"Resize: {self.in_size} → {self.size} needs interpolation matrices larger than "
+                             f"{MAX_MATRIX} entries")
         self._a = [interpolation_matrix(i, o, s, mode, coordinates, nearest)
                    for i, o, s in zip(self.in_size, self.size, self.scale)]
 

@@ -46,8 +46,9 @@ def _export(module: Any, x: Any, dynamo: bool, opset: int | None, what: str) -> 
     except LrpflowError:
         raise
     except Exception as err:  # noqa: BLE001 - the exporter's own errors, reported with the model's name
+        reason = next((line for line in str(err).splitlines() if line.strip()), "")[:400]  # not the IR dump after it
         raise ModelFormatError(f"{what}: torch.onnx.export ({'dynamo' if dynamo else 'TorchScript'} exporter) "
-                               f"refused the model: {type(err).__name__}: {err}") from err
+                               f"refused the model: {type(err).__name__}: {reason}") from err
     finally:
         if was_training and hasattr(module, "train"):
             module.train(True)
