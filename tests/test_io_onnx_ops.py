@@ -192,7 +192,23 @@ def sequence_input():
     return g.model([7, 5], g.gemm(t, 4, 2), [2], opset=18), (7, 5)
 
 
-MODELS = {f.__name__: f for f in (tokens, sequence_input, pads_and_softmax, resize, conv_transpose, grouped_conv, se_gate, silu_gelu_clip, convnext_block, channel_shuffle,
+def decomposed_layer_norm():
+    """LayerNorm as the TorchScript exporter writes it below opset 17 (fused into one LayerNorm on import)."""
+    g = OpsetGraph(15)
+    c = g.conv("x", 2, 4, 3)
+    t = g.op("Transpose", [c], perm=[0, 2, 3, 1])  # (4, 4, 4) tokens
+    mean = g.op("ReduceMean", [t], axes=[-1], keepdims=1)
+    d = g.op("Sub", [t, mean])
+    two = g.op("Constant", [], value=helper.make_tensor("two", TensorProto.FLOAT, [], [2.0]))
+    var = g.op("ReduceMean", [g.op("Pow", [d, two])], axes=[-1], keepdims=1)
+    eps = g.op("Constant", [], value=helper.make_tensor("eps", TensorProto.FLOAT, [], [1e-6]))
+    h = g.op("Div", [d, g.op("Sqrt", [g.op("Add", [var, eps])])])
+    h = g.op("Add", [g.op("Mul", [h, g.f32(g.rng.uniform(0.5, 1.5, 4))]), g.f32(g.rng.normal(0, 0.3, 4))])
+    h = g.op("ReduceMean", [g.op("Relu", [h])], axes=[1, 2], keepdims=0)
+    return g.model([2, 6, 6], g.gemm(h, 4, 3), [3], opset=13), (2, 6, 6)
+
+
+MODELS = {f.__name__: f for f in (decomposed_layer_norm, tokens, sequence_input, pads_and_softmax, resize, conv_transpose, grouped_conv, se_gate, silu_gelu_clip, convnext_block, channel_shuffle,
                                   shape_arithmetic)}
 
 
@@ -239,6 +255,12 @@ def test_products_of_activations_hold_the_gate_or_split_uniformly():
         out = lrpflow.explain(model, x, rule="epsilon", epsilon=1e-12, target=r, dtype="float64")
         numpy.testing.assert_allclose(out.relevance[:, :3], share_a * r, rtol=1e-9)
         numpy.testing.assert_allclose(out.relevance[:, 3:], (1 - share_a) * r, rtol=1e-9, atol=1e-15)
+
+
+def test_decomposed_layer_norm_becomes_one_layer(tmp_path):
+    model = lrpflow.load_model(_save(decomposed_layer_norm()[0], tmp_path))
+    assert [type(layer).__name__ for layer in model.layers].count("LayerNorm") == 1
+    assert not any(isinstance(layer, (Mean, Multiply)) for layer in model.layers[:-2])
 
 
 def test_product_rule_uniform_is_offered_by_the_reader(tmp_path):

@@ -193,6 +193,7 @@ class Converter:
         if len(g.output) != 1:
             raise ModelFormatError(f"{self.path}: lrpflow models have one output; the graph has "
                                    f"{len(g.output)} ({', '.join(o.name for o in g.output) or 'none'})")
+        self.node_list = self._fused_nodes()
         live = self._live_nodes(g.output[0].name)
         self._check_supported(live)
         for n in live:
@@ -222,7 +223,7 @@ class Converter:
 
     def _live_nodes(self, output: str) -> list[Any]:
         producer = {}
-        for n in self.graph.node:
+        for n in self.node_list:
             for o in n.output:
                 if o:
                     producer[o] = n
@@ -234,7 +235,34 @@ class Converter:
                 continue
             need.add(id(n))
             stack.extend(i for i in n.input if i)
-        return [n for n in self.graph.node if id(n) in need]
+        return [n for n in self.node_list if id(n) in need]
+
+    def _fused_nodes(self) -> list[Any]:
+        """The graph's nodes with multi-node patterns (decomposed LayerNorm) fused (:mod:`lrpflow_onnx.patterns`)."""
+        from onnx import numpy_helper
+
+        from lrpflow_onnx.fold import infer_shapes
+        from lrpflow_onnx.patterns import fuse_layer_norms
+
+        nodes = list(self.graph.node)
+        if not any(n.op_type == "Pow" for n in nodes):
+            return nodes
+        constants = {n.output[0]: a.t for n in nodes if n.op_type == "Constant" for a in n.attribute if a.name == "value"}
+        shapes: dict[str, Any] = {}
+
+        def const(name: str) -> Any:
+            if name in self.consts:
+                return self.consts[name]
+            return numpy_helper.to_array(constants[name]) if name in constants else None
+
+        def rank(name: str) -> int | None:
+            if not shapes:
+                shapes.update(infer_shapes(self.proto) or {"": ()})
+            return len(shapes[name]) if name in shapes else None
+
+        nodes, extra = fuse_layer_norms(nodes, const, rank)
+        self.consts.update(extra)
+        return nodes
 
     def _check_supported(self, nodes: Sequence[Any]) -> None:
         """Every node that computes on activations needs a handler; nodes on constants only are folded."""
