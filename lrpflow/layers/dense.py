@@ -46,10 +46,16 @@ class Linear(LinearLike):
         return {"m": self.m, "n": self.n}
 
     def apply(self, xs: Sequence[Any], weight: Any, bias: Any | None) -> Any:
-        z = xs[0] @ weight
+        x = xs[0]
+        if x.ndim > 2:  # tokens: one GEMM over all positions (a broadcast matmul would loop over them)
+            z = (x.reshape(-1, x.shape[-1]) @ weight).reshape((*x.shape[:-1], weight.shape[-1]))
+        else:
+            z = x @ weight
         return z if bias is None else z + bias
 
     def apply_transpose(self, s: Any, weight: Any, xs: Sequence[Any]) -> list[Any]:
+        if s.ndim > 2:
+            return [(s.reshape(-1, s.shape[-1]) @ weight.T).reshape((*s.shape[:-1], weight.shape[0]))]
         return [s @ weight.T]
 
     def param_grads(self, xs: Sequence[Any], g: Any) -> dict[str, Any]:
