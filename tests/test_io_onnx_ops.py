@@ -282,8 +282,7 @@ def test_layer_norm_relevance_is_proportional_through_the_centred_map():
     out = lrpflow.explain(model, x, rule="epsilon", epsilon=0.0, target=r_out, dtype="float64")
     mu, sigma = x.mean(-1, keepdims=True), numpy.sqrt(x.var(-1, keepdims=True) + 1e-5)
     z = (x - mu) / sigma * gamma
-    u = r_out.reshape(2, 3, 5) * z / z * gamma / sigma / z * z  # R/z · γ/σ
-    u = r_out.reshape(2, 3, 5) / z * gamma / sigma
+    u = r_out.reshape(2, 3, 5) / z * gamma / sigma  # R/z · γ/σ
     want = x * (u - u.mean(-1, keepdims=True))  # AttnLRP: σ constant, R_x = x ⊙ (u − mean u)
     numpy.testing.assert_allclose(out.relevance, want, rtol=1e-9, atol=1e-12)
     numpy.testing.assert_allclose(out.relevance.sum((1, 2)), r_out.reshape(2, 3, 5).sum((1, 2)), rtol=1e-9)
