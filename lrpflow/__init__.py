@@ -32,3 +32,21 @@ __all__ = [
     "UnknownNameError", "UnsupportedLayerError", "ShapeError", "ModelFormatError", "DataFormatError", "BackendError",
     "StoreError", "load_results", "write_results", "Results",
 ]
+
+
+def from_torch(module, example_input, **options):  # noqa: ANN001, ANN003, ANN201 - torch types stay optional
+    """An lrpflow model of a PyTorch module, exported in memory by torch's ONNX exporter.
+
+    ``lrpflow.from_torch(net, x)`` with ``x`` one example batch; needs torch and the lrpflow-onnx
+    plugin (neither is a dependency of lrpflow). Options: ``dynamo`` (default True: torch's default
+    exporter; False: the TorchScript exporter), ``opset``, ``fold_batchnorm``, ``product_rule``.
+    See :func:`lrpflow_onnx.torch_export.from_torch` and docs/onnx.md.
+    """
+    try:
+        from lrpflow_onnx.torch_export import from_torch as export
+    except ImportError as err:
+        raise PluginError(f"lrpflow.from_torch needs the lrpflow-onnx plugin (pip install -e plugins/lrpflow-onnx): {err}") from None
+    return export(module, example_input, **options)
+
+
+__all__.append("from_torch")

@@ -263,7 +263,7 @@ def test_nhwc_graph_with_input_transpose(tmp_path):
 
 def test_unsupported_operators_are_all_listed(tmp_path):
     g = Graph(0)
-    h = g.op("Erf", [g.gemm("x", 4, 4)], name="gelu_erf")
+    h = g.op("Softsign", [g.gemm("x", 4, 4)], name="my_softsign")
     h = g.op("Relu", [h])
     h = g.op("Elu", [h], name="my_elu")
     out = g.gemm(h, 4, 2)
@@ -271,12 +271,11 @@ def test_unsupported_operators_are_all_listed(tmp_path):
     with pytest.raises(lrpflow.UnsupportedLayerError) as info:
         lrpflow.load_model(path)
     msg = str(info.value)
-    assert "Erf (node 'gelu_erf')" in msg and "Elu (node 'my_elu')" in msg and str(path) in msg
+    assert "Softsign (node 'my_softsign')" in msg and "Elu (node 'my_elu')" in msg and str(path) in msg
     assert isinstance(info.value, lrpflow.LrpflowError)
 
 
 @pytest.mark.parametrize("attrs,match", [
-    ({"group": 2}, "group=2"),
     ({"dilations": [2, 2]}, "dilations"),
 ])
 def test_unsupported_attributes_name_the_node(tmp_path, attrs, match):

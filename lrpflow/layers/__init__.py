@@ -6,14 +6,21 @@ from lrpflow.layers.activation import Dropout, Identity, LeakyReLU, ReLU, Sigmoi
 from lrpflow.layers.activation_extra import ELU, SELU, ClippedReLU, PReLU, Softplus
 from lrpflow.layers.base import Elementwise, Layer, LinearLike, ShapeLayer
 from lrpflow.layers.conv import Conv2d
+from lrpflow.layers.deconv import ConvTranspose2d
 from lrpflow.layers.dense import Linear
 from lrpflow.layers.lrn import LRN
 from lrpflow.layers.merge import Add, Concat
 from lrpflow.layers.merge_extra import Average, Subtract
 from lrpflow.layers.norm import BatchNorm
 from lrpflow.layers.pool import AvgPool, GlobalAvgPool, MaxPool, SumPool
+from lrpflow.layers.layernorm import LayerNorm
+from lrpflow.layers.product import Multiply
+from lrpflow.layers.reduce import Max, Mean
+from lrpflow.layers.resize import Resize
+from lrpflow.layers.select import PadEdges, Slice, Take
 from lrpflow.layers.shape import Flatten, Pad, Reshape
 from lrpflow.layers.shape_extra import Crop, Embedding, Permute
+from lrpflow.layers.smooth import Clip, Erf, Gelu, HardSigmoid, HardSwish, SiLU
 
 # toolbox-style aliases
 Rect = ReLU
@@ -25,6 +32,8 @@ __all__ = [
     "Flatten", "Reshape", "Pad", "ReLU", "Rect", "LeakyReLU", "Tanh", "Sigmoid", "SoftMax",
     "BatchNorm", "Dropout", "Identity", "Add", "Concat", "LRN",
     "ClippedReLU", "PReLU", "ELU", "SELU", "Softplus", "Subtract", "Average", "Crop", "Permute", "Embedding",
+    "ConvTranspose2d", "LayerNorm", "Multiply", "Mean", "Max", "PadEdges", "Resize", "Slice", "Take", "Clip", "Erf",
+    "Gelu", "HardSigmoid", "HardSwish", "SiLU",
 ]
 
 #: registry name → (class, aliases); names are snake_case, aliases include toolbox names
@@ -59,6 +68,21 @@ BUILTIN_LAYERS = {
     "crop": (Crop, ("cropping",)),
     "permute": (Permute, ()),
     "embedding": (Embedding, ()),
+    "conv_transpose2d": (ConvTranspose2d, ("deconvolution", "conv_transpose")),
+    "layer_norm": (LayerNorm, ("layernorm",)),
+    "multiply": (Multiply, ("mul",)),
+    "mean": (Mean, ("reduce_mean",)),
+    "max": (Max, ("reduce_max",)),
+    "pad_edges": (PadEdges, ("reflection_pad", "replication_pad")),
+    "resize": (Resize, ("upsample",)),
+    "slice": (Slice, ()),
+    "take": (Take, ()),
+    "clip": (Clip, ("relu6",)),
+    "erf": (Erf, ()),
+    "gelu": (Gelu, ()),
+    "hard_sigmoid": (HardSigmoid, ("hardsigmoid",)),
+    "hard_swish": (HardSwish, ("hardswish",)),
+    "silu": (SiLU, ("swish",)),
 }
 
 

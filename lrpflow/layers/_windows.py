@@ -286,3 +286,47 @@ def conv_weight_grad(x: Any, g: Any, kernel: tuple[int, int], stride: tuple[int,
         patches = windows(xpad[sl], (kh, kw), stride).transpose(0, 1, 2, 4, 5, 3)
         dw += patches.reshape(-1, kh * kw * cin).T @ g[sl].reshape(-1, cout)
     return dw.reshape(kh, kw, cin, cout)
+
+
+# --- grouped and depthwise convolution ------------------------------------------------
+
+
+def depthwise_forward(x: Any, weight: Any, stride: tuple[int, int], pads: tuple[int, int, int, int]) -> Any:
+    """Depthwise cross-correlation, ``weight[kh, kw, 1, C]``: one strided multiply-add per kernel offset."""
+    xp = get_namespace(x, weight)
+    kh, kw, _, c = weight.shape
+    xpad = pad(x, pads)
+    ho, wo = (xpad.shape[1] - kh) // stride[0] + 1, (xpad.shape[2] - kw) // stride[1] + 1
+    out = xp.zeros((x.shape[0], ho, wo, c), dtype=xp.result_type(x, weight))
+    for a in range(kh):
+        for b in range(kw):
+            out += xpad[:, a : a + stride[0] * (ho - 1) + 1 : stride[0], b : b + stride[1] * (wo - 1) + 1 : stride[1], :] \
+                * weight[a, b, 0]
+    return out
+
+
+def depthwise_transpose(s: Any, weight: Any, stride: tuple[int, int], pads: tuple[int, int, int, int],
+                        in_shape: tuple[int, ...]) -> Any:
+    """Transpose of :func:`depthwise_forward`: every output adds ``s·w`` back to its window."""
+    xp = get_namespace(s, weight)
+    kh, kw = weight.shape[:2]
+    n, ho, wo, c = s.shape
+    out = xp.zeros((n, in_shape[1] + pads[0] + pads[1], in_shape[2] + pads[2] + pads[3], c), dtype=xp.result_type(s, weight))
+    for a in range(kh):
+        for b in range(kw):
+            out[:, a : a + stride[0] * ho : stride[0], b : b + stride[1] * wo : stride[1], :] += s * weight[a, b, 0]
+    return unpad(out, pads)
+
+
+def depthwise_weight_grad(x: Any, g: Any, kernel: tuple[int, int], stride: tuple[int, int],
+                          pads: tuple[int, int, int, int]) -> Any:
+    """Gradient of :func:`depthwise_forward` w.r.t. its weight, shape (kh, kw, 1, C)."""
+    xp = get_namespace(x, g)
+    xpad = pad(x, pads)
+    n, ho, wo, c = g.shape
+    dw = xp.zeros((kernel[0], kernel[1], 1, c), dtype=xp.result_type(x, g))
+    for a in range(kernel[0]):
+        for b in range(kernel[1]):
+            part = xpad[:, a : a + stride[0] * (ho - 1) + 1 : stride[0], b : b + stride[1] * (wo - 1) + 1 : stride[1], :]
+            dw[a, b, 0] = (part * g).sum(axis=(0, 1, 2))
+    return dw

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy
 
+from lrpflow.backend import get_namespace
 from lrpflow.errors import ShapeError
 from lrpflow.layers import _windows as win
 from lrpflow.layers.base import LinearLike, Shape, check_rank
@@ -23,6 +24,11 @@ class Conv2d(LinearLike):
         Zero padding of the input (the toolbox uses none).
     weight, bias : array, optional
         Initial parameters; default ``W ~ N(0, 1/(h·w·d))``, ``b = 0``.
+    groups : int
+        Grouped convolution: input and output channels split into ``groups`` blocks, block
+        ``g`` of the output sees only block ``g`` of the input; the weight is then
+        ``W[h, w, d/groups, n]`` (output channels of group ``g`` are ``g·n/groups …``).
+        ``groups = d = n`` is the depthwise convolution.
     """
 
     kinds = frozenset({"affine", "conv", "convolution"})
@@ -32,15 +38,20 @@ class Conv2d(LinearLike):
     toolbox_name = "Convolution"
 
     def __init__(self, h: int, w: int, d: int, n: int, stride: Any = 1, padding: Any = 0,
-                 weight: Any = None, bias: Any = None, rng: Any = None) -> None:
+                 weight: Any = None, bias: Any = None, rng: Any = None, groups: int = 1) -> None:
         super().__init__()
         self.kernel = (int(h), int(w))
         self.d, self.n = int(d), int(n)
         self.stride = win.pair(stride, "stride")
         self.pads = win.pads4(padding)
-        shape = (*self.kernel, self.d, self.n)
+        self.groups = int(groups)
+        if self.groups < 1 or self.d % self.groups or self.n % self.groups:
+            raise ShapeError(f"Conv2d: groups={groups} must divide the input ({d}) and output ({n}) channels")
+        if self.groups > 1:
+            self.channel_blocks = False  # the weight's channel axes are per group: no stacked contributions
+        shape = (*self.kernel, self.d // self.groups, self.n)
         if weight is None:
-            weight = numpy.random.default_rng(rng).normal(0.0, (h * w * d) ** -0.5, shape)
+            weight = numpy.random.default_rng(rng).normal(0.0, (h * w * d // self.groups) ** -0.5, shape)
         if bias is None:
             bias = numpy.zeros(self.n)
         if tuple(weight.shape) != shape:
@@ -50,19 +61,54 @@ class Conv2d(LinearLike):
         self.weight, self.bias = weight, bias
 
     def config(self) -> dict[str, Any]:
-        return {"h": self.kernel[0], "w": self.kernel[1], "d": self.d, "n": self.n,
-                "stride": self.stride, "padding": self.pads}
+        cfg = {"h": self.kernel[0], "w": self.kernel[1], "d": self.d, "n": self.n,
+               "stride": self.stride, "padding": self.pads}
+        if self.groups != 1:
+            cfg["groups"] = self.groups
+        return cfg
+
+    @property
+    def depthwise(self) -> bool:
+        return self.groups > 1 and self.groups == self.d == self.n
+
+    def _group_slices(self) -> list[tuple[slice, slice]]:
+        di, do = self.d // self.groups, self.n // self.groups
+        return [(slice(g * di, (g + 1) * di), slice(g * do, (g + 1) * do)) for g in range(self.groups)]
 
     def apply(self, xs: Sequence[Any], weight: Any, bias: Any | None) -> Any:
-        z = win.conv_forward(xs[0], weight, self.stride, self.pads)
+        x = xs[0]
+        if self.groups == 1:
+            z = win.conv_forward(x, weight, self.stride, self.pads)
+        elif self.depthwise:
+            z = win.depthwise_forward(x, weight, self.stride, self.pads)
+        else:
+            xp = get_namespace(x, weight)
+            z = xp.concatenate([win.conv_forward(xp.ascontiguousarray(x[..., i]), weight[..., o], self.stride, self.pads)
+                                for i, o in self._group_slices()], axis=-1)
         return z if bias is None else z + bias
 
     def apply_transpose(self, s: Any, weight: Any, xs: Sequence[Any]) -> list[Any]:
-        return [win.conv_transpose(s, weight, self.stride, self.pads, xs[0].shape)]
+        shape = xs[0].shape
+        if self.groups == 1:
+            return [win.conv_transpose(s, weight, self.stride, self.pads, shape)]
+        if self.depthwise:
+            return [win.depthwise_transpose(s, weight, self.stride, self.pads, shape)]
+        xp = get_namespace(s, weight)
+        part = (*shape[:3], self.d // self.groups)
+        return [xp.concatenate([win.conv_transpose(xp.ascontiguousarray(s[..., o]), weight[..., o], self.stride,
+                                                   self.pads, part) for _, o in self._group_slices()], axis=-1)]
 
     def param_grads(self, xs: Sequence[Any], g: Any) -> dict[str, Any]:
-        return {"weight": win.conv_weight_grad(xs[0], g, self.kernel, self.stride, self.pads),
-                "bias": g.sum(axis=(0, 1, 2))}
+        x = xs[0]
+        if self.groups == 1:
+            dw = win.conv_weight_grad(x, g, self.kernel, self.stride, self.pads)
+        elif self.depthwise:
+            dw = win.depthwise_weight_grad(x, g, self.kernel, self.stride, self.pads)
+        else:
+            xp = get_namespace(x, g)
+            dw = xp.concatenate([win.conv_weight_grad(x[..., i], g[..., o], self.kernel, self.stride, self.pads)
+                                 for i, o in self._group_slices()], axis=-1)
+        return {"weight": dw, "bias": g.sum(axis=(0, 1, 2))}
 
     def output_shape(self, *shapes: Shape) -> Shape:
         s = shapes[0]

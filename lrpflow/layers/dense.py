@@ -46,17 +46,26 @@ class Linear(LinearLike):
         return {"m": self.m, "n": self.n}
 
     def apply(self, xs: Sequence[Any], weight: Any, bias: Any | None) -> Any:
-        z = xs[0] @ weight
+        x = xs[0]
+        if x.ndim > 2:  # tokens: one GEMM over all positions (a broadcast matmul would loop over them)
+            z = (x.reshape(-1, x.shape[-1]) @ weight).reshape((*x.shape[:-1], weight.shape[-1]))
+        else:
+            z = x @ weight
         return z if bias is None else z + bias
 
     def apply_transpose(self, s: Any, weight: Any, xs: Sequence[Any]) -> list[Any]:
+        if s.ndim > 2:
+            return [(s.reshape(-1, s.shape[-1]) @ weight.T).reshape((*s.shape[:-1], weight.shape[0]))]
         return [s @ weight.T]
 
     def param_grads(self, xs: Sequence[Any], g: Any) -> dict[str, Any]:
-        return {"weight": xs[0].T @ g, "bias": g.sum(axis=0)}
+        x, g2 = xs[0].reshape(-1, self.m), g.reshape(-1, self.n)
+        return {"weight": x.T @ g2, "bias": g2.sum(axis=0)}
 
     def output_shape(self, *shapes: Shape) -> Shape:
-        check_rank(shapes[0], 1, f"Linear({self.m}, {self.n})", f"vectors of length {self.m}")
-        if shapes[0][0] != self.m:
-            raise ShapeError(f"Linear({self.m}, {self.n}) expects inputs of length {self.m}, got {shapes[0][0]}")
-        return (self.n,)
+        """``(m,) → (n,)``; on tensors (tokens ``(T, m)``, ``(H, W, m)``) the map acts on the last axis."""
+        if len(shapes[0]) < 1:
+            check_rank(shapes[0], 1, f"Linear({self.m}, {self.n})", f"vectors of length {self.m}")
+        if shapes[0][-1] != self.m:
+            raise ShapeError(f"Linear({self.m}, {self.n}) expects inputs of length {self.m}, got {shapes[0][-1]}")
+        return (*shapes[0][:-1], self.n)

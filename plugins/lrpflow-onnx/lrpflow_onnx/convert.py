@@ -16,7 +16,8 @@ shape (one sample) and how lrpflow stores it:
 Layout changes that cannot be absorbed become explicit, exact shape layers
 (:class:`~lrpflow_onnx.layers.Transpose`, :class:`~lrpflow_onnx.layers.Permute`,
 Reshape). Only nodes that lead to the graph output are converted. Constants
-(initializers, ``Constant`` nodes and shape arithmetic on them) are folded with numpy.
+(initializers, ``Constant`` nodes, shapes of activations and any arithmetic on them) are
+folded by ONNX's reference evaluator (:mod:`lrpflow_onnx.fold`).
 """
 from __future__ import annotations
 
@@ -29,13 +30,11 @@ from typing import Any
 
 import numpy
 
-from lrpflow.errors import LrpflowError, ModelFormatError, ShapeError, UnsupportedLayerError
+from lrpflow.errors import LrpflowError, ModelFormatError, UnsupportedLayerError
 from lrpflow.graph import Model, Node
 from lrpflow.io.files import check_model_file
-from lrpflow.layers import (
-    Add, AvgPool, BatchNorm, Concat, Conv2d, Dropout, Flatten, GlobalAvgPool, LeakyReLU, Linear, MaxPool, Pad, ReLU,
-    Reshape, Sigmoid, SoftMax, Tanh,
-)
+from lrpflow.layers import Reshape
+from lrpflow_onnx.fold import MIN_FOLD_ELEMENTS
 from lrpflow_onnx.layers import Permute, Transpose
 
 INPUT = "input"
@@ -65,7 +64,8 @@ def _sanitize(name: str) -> str:
 class Converter:
     """One conversion of an ONNX ``ModelProto``; use :func:`convert`."""
 
-    def __init__(self, proto: Any, path: str = "<onnx>", input_shape: Sequence[int] | None = None) -> None:
+    def __init__(self, proto: Any, path: str = "<onnx>", input_shape: Sequence[int] | None = None,
+                 product_rule: str = "gate") -> None:
         self.proto = proto
         self.path = path
         self.graph = proto.graph
@@ -79,6 +79,11 @@ class Converter:
         self.foldable_bias: set[str] = set()  # lrpflow nodes whose bias may absorb a following Add
         self.converted: dict[tuple[str, str, str], Value] = {}  # (node, kind, target kind) -> converted value
         self.batch: int | None = None
+        self.fold_limit: int | None = None
+        self.merged: dict[str, Value] = {}  # tensors whose batch axis a Reshape merged away (see ops._gather)
+        if product_rule not in ("gate", "uniform"):
+            raise LrpflowError(f"product_rule must be 'gate' or 'uniform', got {product_rule!r}")
+        self.product_rule = product_rule
         self.user_input_shape = None if input_shape is None else tuple(int(s) for s in input_shape)
 
     # -- errors -------------------------------------------------------------
@@ -152,6 +157,9 @@ class Converter:
         return Value(name, shape, "flat", perm)
 
     def value(self, name: str, node: Any) -> Value:
+        if name in self.merged:
+            raise self.fail(node, f"input {name!r} merges the batch axis into others (a Reshape to one axis); "
+                                  f"lrpflow keeps samples apart (only a Gather that selects within each sample may follow)")
         if name not in self.values:
             if name in self.consts:
                 raise self.fail(node, f"input {name!r} is a constant where lrpflow needs an activation")
@@ -185,6 +193,7 @@ class Converter:
         if len(g.output) != 1:
             raise ModelFormatError(f"{self.path}: lrpflow models have one output; the graph has "
                                    f"{len(g.output)} ({', '.join(o.name for o in g.output) or 'none'})")
+        self.node_list = self._fused_nodes()
         live = self._live_nodes(g.output[0].name)
         self._check_supported(live)
         for n in live:
@@ -214,7 +223,7 @@ class Converter:
 
     def _live_nodes(self, output: str) -> list[Any]:
         producer = {}
-        for n in self.graph.node:
+        for n in self.node_list:
             for o in n.output:
                 if o:
                     producer[o] = n
@@ -226,17 +235,50 @@ class Converter:
                 continue
             need.add(id(n))
             stack.extend(i for i in n.input if i)
-        return [n for n in self.graph.node if id(n) in need]
+        return [n for n in self.node_list if id(n) in need]
+
+    def _fused_nodes(self) -> list[Any]:
+        """The graph's nodes with multi-node patterns (decomposed LayerNorm) fused (:mod:`lrpflow_onnx.patterns`)."""
+        from onnx import numpy_helper
+
+        from lrpflow_onnx.fold import infer_shapes
+        from lrpflow_onnx.patterns import fuse_layer_norms
+
+        nodes = list(self.graph.node)
+        if not any(n.op_type == "Pow" for n in nodes):
+            return nodes
+        constants = {n.output[0]: a.t for n in nodes if n.op_type == "Constant" for a in n.attribute if a.name == "value"}
+        shapes: dict[str, Any] = {}
+
+        def const(name: str) -> Any:
+            if name in self.consts:
+                return self.consts[name]
+            return numpy_helper.to_array(constants[name]) if name in constants else None
+
+        def rank(name: str) -> int | None:
+            if not shapes:
+                shapes.update(infer_shapes(self.proto) or {"": ()})
+            return len(shapes[name]) if name in shapes else None
+
+        nodes, extra = fuse_layer_norms(nodes, const, rank)
+        self.consts.update(extra)
+        return nodes
 
     def _check_supported(self, nodes: Sequence[Any]) -> None:
+        """Every node that computes on activations needs a handler; nodes on constants only are folded."""
+        const = set(self.consts)
         bad = []
         for n in nodes:
-            if n.domain not in ("", "ai.onnx") or n.op_type not in HANDLERS:
-                op = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
+            onnx_op = n.domain in ("", "ai.onnx")
+            if onnx_op and (n.op_type in SHAPE_OPS or all((not i) or i in const for i in n.input)):
+                const.update(o for o in n.output if o)
+                continue
+            if not onnx_op or n.op_type not in HANDLERS:
+                op = n.op_type if onnx_op else f"{n.domain}.{n.op_type}"
                 bad.append(f"{op} (node {n.name or n.output[0]!r})")
         if bad:
-            raise UnsupportedLayerError(f"{self.path}: unsupported ONNX operators: {', '.join(bad)}; supported: "
-                                        f"{', '.join(sorted(HANDLERS))}")
+            raise UnsupportedLayerError(f"{self.path}: unsupported ONNX operators on activations: {', '.join(bad)}; "
+                                        f"supported: {', '.join(sorted(HANDLERS))} (and any operator on constants)")
 
     def _input(self, vi: Any) -> tuple[tuple[int, ...], str]:
         t = vi.type.tensor_type
@@ -252,31 +294,49 @@ class Converter:
             sample = tuple(int(d) for d in dims[1:])  # type: ignore[arg-type]
         if len(sample) == 3:
             return sample, "nhwc"
-        if len(sample) == 1:
+        if len(sample) in (1, 2):  # vectors (N, D), sequences (N, T, D)
             return sample, "plain"
         raise UnsupportedLayerError(f"{self.path}: input {vi.name!r} of sample shape {sample}: lrpflow takes "
-                                    f"vectors (N, D) or images (N, C, H, W)")
+                                    f"vectors (N, D), sequences (N, T, D) or images (N, C, H, W)")
 
     def _convert(self, n: Any) -> None:
-        ins = [i for i in n.input]
-        if n.op_type in CONST_FOLD and all((not i) or self.is_const(i) for i in ins) and n.op_type != "Constant":
-            self.consts[n.output[0]] = CONST_FOLD[n.op_type](self, n, [self.consts[i] if i else None for i in ins])
+        ins = list(n.input)
+        if n.op_type in SHAPE_OPS and ins and ins[0] in self.values:
+            from lrpflow_onnx.ops_cnn import _shape_of
+
+            _shape_of(self, n)
             return
-        if n.op_type == "Shape" and ins and ins[0] in self.values:
-            v = self.values[ins[0]]
-            self.consts[n.output[0]] = numpy.array([0, *v.shape], dtype=numpy.int64)  # 0: the batch (Reshape copies it)
+        if all((not i) or self.is_const(i) for i in ins):
+            self._fold(n, ins)
             return
-        for extra in n.output[1:]:
-            if extra and self.uses.get(extra):
-                raise self.fail(n, f"its output {extra!r} is used; lrpflow supports only the first output")
+        if n.op_type not in MULTI_OUTPUT:
+            for extra in n.output[1:]:
+                if extra and self.uses.get(extra):
+                    raise self.fail(n, f"its output {extra!r} is used; lrpflow supports only the first output")
         HANDLERS[n.op_type](self, n)
+
+    def _fold(self, n: Any, ins: Sequence[str]) -> None:
+        from lrpflow_onnx.fold import FoldError, fold
+
+        if self.fold_limit is None:
+            total = sum(int(numpy.asarray(a).size) for a in self.consts.values())
+            self.fold_limit = max(MIN_FOLD_ELEMENTS, 2 * total)
+        try:
+            outs = fold(n, [self.consts[i] if i else None for i in ins], self.opset, self.fold_limit)
+        except FoldError as err:
+            raise self.fail(n, str(err), ModelFormatError) from None
+        for name, value in zip([o for o in n.output if o], outs):
+            self.consts[name] = value
 
 
 # --------------------------------------------------------------------------- handlers
 
 Handler = Callable[[Converter, Any], None]
 HANDLERS: dict[str, Handler] = {}
-CONST_FOLD: dict[str, Callable[[Converter, Any, list[Any]], numpy.ndarray]] = {}
+#: operators whose result on an activation is a constant (its static shape)
+SHAPE_OPS = frozenset({"Shape", "Size"})
+#: operators whose handlers define every output (the others: only the first may be used)
+MULTI_OUTPUT: set[str] = set()
 
 
 def handles(*ops: str) -> Callable[[Handler], Handler]:
@@ -287,604 +347,22 @@ def handles(*ops: str) -> Callable[[Handler], Handler]:
     return deco
 
 
-def folds(*ops: str) -> Callable[[Any], Any]:
-    def deco(fn: Any) -> Any:
-        for op in ops:
-            CONST_FOLD[op] = fn
-            HANDLERS.setdefault(op, _needs_constants)
-        return fn
-    return deco
-
-
-def _needs_constants(c: Converter, n: Any) -> None:
-    raise c.fail(n, "is supported on constants only (shape arithmetic), not on activations")
-
-
 def _base(n: Any) -> str:
     return n.name or n.output[0]
-
-
-# -- constants ---------------------------------------------------------------
-
-
-@handles("Constant")
-def _constant(c: Converter, n: Any) -> None:
-    from onnx import numpy_helper
-
-    a = _attrs(n)
-    if "value" in a:
-        c.consts[n.output[0]] = numpy_helper.to_array(a["value"])
-    elif "value_float" in a:
-        c.consts[n.output[0]] = numpy.array(a["value_float"], dtype=numpy.float32)
-    elif "value_floats" in a:
-        c.consts[n.output[0]] = numpy.array(a["value_floats"], dtype=numpy.float32)
-    elif "value_int" in a:
-        c.consts[n.output[0]] = numpy.array(a["value_int"], dtype=numpy.int64)
-    elif "value_ints" in a:
-        c.consts[n.output[0]] = numpy.array(a["value_ints"], dtype=numpy.int64)
-    else:
-        raise c.fail(n, f"unsupported constant attributes {sorted(a)}")
-
-
-def _axes(n: Any, args: list[Any], c: Converter) -> list[int]:
-    a = _attrs(n)
-    if "axes" in a:
-        return [int(x) for x in a["axes"]]
-    if len(args) > 1 and args[1] is not None:
-        return [int(x) for x in numpy.asarray(args[1]).ravel()]
-    return []
-
-
-@folds("Unsqueeze")
-def _f_unsqueeze(c: Converter, n: Any, args: list[Any]) -> numpy.ndarray:
-    x = numpy.asarray(args[0])
-    axes = _axes(n, args, c)
-    rank = x.ndim + len(axes)
-    for ax in sorted(a % rank for a in axes):
-        x = numpy.expand_dims(x, ax)
-    return x
-
-
-@folds("Squeeze")
-def _f_squeeze(c: Converter, n: Any, args: list[Any]) -> numpy.ndarray:
-    x = numpy.asarray(args[0])
-    axes = _axes(n, args, c)
-    return numpy.squeeze(x, axis=tuple(a % x.ndim for a in axes)) if axes else numpy.squeeze(x)
-
-
-@folds("Gather")
-def _f_gather(c: Converter, n: Any, args: list[Any]) -> numpy.ndarray:
-    return numpy.take(args[0], numpy.asarray(args[1]), axis=int(_attrs(n).get("axis", 0)))
-
-
-@folds("Cast")
-def _f_cast(c: Converter, n: Any, args: list[Any]) -> numpy.ndarray:
-    from onnx import helper
-
-    return numpy.asarray(args[0]).astype(helper.tensor_dtype_to_np_dtype(int(_attrs(n)["to"])))
-
-
-@folds("Transpose")
-def _f_transpose(c: Converter, n: Any, args: list[Any]) -> numpy.ndarray:
-    perm = _attrs(n).get("perm")
-    return numpy.transpose(args[0], None if perm is None else [int(p) for p in perm])
-
-
-@folds("Add", "Sub", "Mul", "Div")
-def _f_arith(c: Converter, n: Any, args: list[Any]) -> numpy.ndarray:
-    a, b = numpy.asarray(args[0]), numpy.asarray(args[1])
-    op = {"Add": numpy.add, "Sub": numpy.subtract, "Mul": numpy.multiply}.get(n.op_type)
-    if op is not None:
-        return op(a, b)
-    return a // b if a.dtype.kind in "iu" and b.dtype.kind in "iu" else numpy.divide(a, b)
-
-
-@folds("Concat")
-def _f_concat(c: Converter, n: Any, args: list[Any]) -> numpy.ndarray:
-    return numpy.concatenate([numpy.asarray(a) for a in args], axis=int(_attrs(n).get("axis", 0)))
-
-
-@folds("Reshape")
-def _f_reshape(c: Converter, n: Any, args: list[Any]) -> numpy.ndarray:
-    x = numpy.asarray(args[0])
-    shape = [int(s) for s in numpy.asarray(args[1]).ravel()]
-    shape = [x.shape[i] if s == 0 and not _attrs(n).get("allowzero", 0) else s for i, s in enumerate(shape)]
-    return x.reshape(shape)
-
-
-@folds("Flatten")
-def _f_flatten(c: Converter, n: Any, args: list[Any]) -> numpy.ndarray:
-    x = numpy.asarray(args[0])
-    ax = int(_attrs(n).get("axis", 1)) % max(x.ndim, 1)
-    return x.reshape(math.prod(x.shape[:ax]), -1)
-
-
-@folds("Identity")
-def _f_identity(c: Converter, n: Any, args: list[Any]) -> numpy.ndarray:
-    return numpy.asarray(args[0])
-
-
-@handles("Shape")
-def _shape(c: Converter, n: Any) -> None:  # reached only for inputs neither activation nor constant
-    raise c.fail(n, "its input is unknown", ModelFormatError)
-
-
-# -- elementwise -------------------------------------------------------------
-
-
-def _elementwise(make: Callable[[dict[str, Any]], Any]) -> Handler:
-    def handler(c: Converter, n: Any) -> None:
-        v = c.value(n.input[0], n)
-        name = c.add(_base(n), make(_attrs(n)), [v.node])
-        c.values[n.output[0]] = Value(name, v.shape, v.kind, v.perm)
-    return handler
-
-
-HANDLERS["Relu"] = _elementwise(lambda a: ReLU())
-HANDLERS["LeakyRelu"] = _elementwise(lambda a: LeakyReLU(float(a.get("alpha", 0.01))))
-HANDLERS["Tanh"] = _elementwise(lambda a: Tanh())
-HANDLERS["Sigmoid"] = _elementwise(lambda a: Sigmoid())
-
-
-@handles("Identity")
-def _identity(c: Converter, n: Any) -> None:
-    c.alias(n.output[0], c.value(n.input[0], n))
-
-
-@handles("Dropout")
-def _dropout(c: Converter, n: Any) -> None:
-    v = c.value(n.input[0], n)
-    a = _attrs(n)
-    rate = float(a.get("ratio", 0.5))
-    if len(n.input) > 1 and n.input[1]:
-        rate = float(numpy.asarray(c.const(n.input[1], n, "the ratio")).ravel()[0])
-    if len(n.input) > 2 and n.input[2] and c.is_const(n.input[2]) and bool(numpy.asarray(c.consts[n.input[2]]).ravel()[0]):
-        raise c.fail(n, "training_mode=True is not supported (lrpflow explains inference)")
-    name = c.add(_base(n), Dropout(rate), [v.node])
-    c.values[n.output[0]] = Value(name, v.shape, v.kind, v.perm)
-
-
-@handles("Softmax")
-def _softmax(c: Converter, n: Any) -> None:
-    v = c.value(n.input[0], n)
-    axis = int(_attrs(n).get("axis", 1 if c.opset < 13 else -1))
-    if len(v.shape) != 1 or axis not in (1, -1):
-        raise c.fail(n, f"only a softmax over the classes of (N, C) outputs is supported (axis {axis}, "
-                        f"sample shape {v.shape})")
-    v = c.as_plain(v, _base(n))
-    c.values[n.output[0]] = Value(c.add(_base(n), SoftMax(), [v.node]), v.shape)
-
-
-# -- dense ---------------------------------------------------------------------
-
-
-def _vector(c: Converter, n: Any, v: Value) -> tuple[str, numpy.ndarray | None]:
-    if len(v.shape) != 1:
-        raise c.fail(n, f"needs a 2-D (N, D) input, got sample shape {v.shape}; flatten first")
-    if v.kind == "flat":
-        return v.node, v.perm
-    return v.node, None
-
-
-@handles("Gemm")
-def _gemm(c: Converter, n: Any) -> None:
-    a = _attrs(n)
-    if int(a.get("transA", 0)):
-        raise c.fail(n, "transA=1 is not supported")
-    v = c.value(n.input[0], n)
-    node, perm = _vector(c, n, v)
-    b = numpy.asarray(c.const(n.input[1], n, "B (the weights)"))
-    w = b.T if int(a.get("transB", 0)) else b
-    if w.ndim != 2 or w.shape[0] != v.shape[0]:
-        raise c.fail(n, f"weights of shape {b.shape} do not fit inputs of length {v.shape[0]}", ShapeError)
-    dtype = w.dtype if w.dtype.kind == "f" else numpy.dtype("float32")
-    w = (w.astype(numpy.float64) * float(a.get("alpha", 1.0))).astype(dtype)
-    bias = numpy.zeros(w.shape[1], dtype=dtype)
-    if len(n.input) > 2 and n.input[2]:
-        cc = numpy.asarray(c.const(n.input[2], n, "C (the bias)"))
-        if cc.size not in (1, w.shape[1]) or (cc.ndim == 2 and cc.shape[0] != 1):
-            raise c.fail(n, f"C of shape {cc.shape} is not a bias of {w.shape[1]} outputs")
-        bias = (numpy.broadcast_to(cc.astype(numpy.float64).ravel(), (w.shape[1],)) * float(a.get("beta", 1.0))).astype(dtype)
-    if perm is not None:
-        w = w[perm]
-    name = c.add(_base(n), Linear(w.shape[0], w.shape[1], weight=numpy.ascontiguousarray(w), bias=bias), [node])
-    c.values[n.output[0]] = Value(name, (w.shape[1],))
-
-
-@handles("MatMul")
-def _matmul(c: Converter, n: Any) -> None:
-    if c.is_const(n.input[0]):
-        raise c.fail(n, "constant @ activation is not supported (only activation @ constant weights)")
-    v = c.value(n.input[0], n)
-    node, perm = _vector(c, n, v)
-    w = numpy.asarray(c.const(n.input[1], n, "the weight matrix"))
-    if w.ndim != 2 or w.shape[0] != v.shape[0]:
-        raise c.fail(n, f"weights of shape {w.shape} do not fit inputs of length {v.shape[0]}", ShapeError)
-    dtype = w.dtype if w.dtype.kind == "f" else numpy.dtype("float32")
-    if perm is not None:
-        w = w[perm]
-    name = c.add(_base(n), Linear(w.shape[0], w.shape[1], weight=numpy.ascontiguousarray(w, dtype=dtype),
-                                  bias=numpy.zeros(w.shape[1], dtype=dtype)), [node])
-    c.foldable_bias.add(name)
-    c.values[n.output[0]] = Value(name, (w.shape[1],))
-
-
-# -- convolution and pooling -------------------------------------------------
-
-
-def _spatial_pads(c: Converter, n: Any, a: dict[str, Any], hw: tuple[int, int], kernel: tuple[int, int],
-                  strides: tuple[int, int]) -> list[int]:
-    """(top, bottom, left, right) from ``pads``/``auto_pad``."""
-    auto = a.get("auto_pad", b"NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else str(auto)
-    if auto in ("SAME_UPPER", "SAME_LOWER"):
-        out = []
-        for size, k, s in zip(hw, kernel, strides):
-            total = max(0, (math.ceil(size / s) - 1) * s + k - size)
-            small, big = total // 2, total - total // 2
-            out.append((small, big) if auto == "SAME_UPPER" else (big, small))
-        return [out[0][0], out[0][1], out[1][0], out[1][1]]
-    if auto == "VALID":
-        return [0, 0, 0, 0]
-    if auto not in ("NOTSET", ""):
-        raise c.fail(n, f"auto_pad={auto} is not supported")
-    p = [int(x) for x in a.get("pads", [0, 0, 0, 0])]
-    if len(p) != 4 or min(p) < 0:
-        raise c.fail(n, f"pads {p} must be 4 non-negative values (2-D)")
-    return [p[0], p[2], p[1], p[3]]
-
-
-def _pair(c: Converter, n: Any, a: dict[str, Any], key: str, default: Sequence[int]) -> tuple[int, int]:
-    v = tuple(int(x) for x in a.get(key, default))
-    if len(v) != 2:
-        raise c.fail(n, f"{key}={list(v)}: only 2-D operations are supported")
-    return v  # type: ignore[return-value]
-
-
-@handles("Conv")
-def _conv(c: Converter, n: Any) -> None:
-    a = _attrs(n)
-    w = numpy.asarray(c.const(n.input[1], n, "W (the filters)"))
-    if w.ndim != 4:
-        raise c.fail(n, f"only 2-D convolutions are supported, got filters of shape {w.shape}")
-    if int(a.get("group", 1)) != 1:
-        raise c.fail(n, f"group={a['group']} (grouped or depthwise convolution) is not supported")
-    if any(int(d) != 1 for d in a.get("dilations", [1, 1])):
-        raise c.fail(n, f"dilations={list(a['dilations'])} are not supported")
-    v = c.as_nhwc(c.value(n.input[0], n), _base(n), n)
-    cin, h, wd = v.shape
-    o, i, kh, kw = w.shape
-    if i != cin:
-        raise c.fail(n, f"filters for {i} input channels applied to {cin} channels", ShapeError)
-    strides = _pair(c, n, a, "strides", (1, 1))
-    pads = _spatial_pads(c, n, a, (h, wd), (kh, kw), strides)
-    dtype = w.dtype if w.dtype.kind == "f" else numpy.dtype("float32")
-    bias = numpy.zeros(o, dtype=dtype)
-    if len(n.input) > 2 and n.input[2]:
-        bias = numpy.asarray(c.const(n.input[2], n, "B (the bias)"), dtype=dtype).ravel()
-    layer = Conv2d(kh, kw, cin, o, stride=strides, padding=pads,
-                   weight=numpy.ascontiguousarray(w.transpose(2, 3, 1, 0), dtype=dtype), bias=bias)
-    name = c.add(_base(n), layer, [v.node])
-    shape = layer.output_shape((h, wd, cin))
-    c.foldable_bias.add(name)
-    c.values[n.output[0]] = Value(name, (shape[2], shape[0], shape[1]), "nhwc")
-
-
-def _ceil_extra(size: int, k: int, s: int, p0: int, p1: int) -> int:
-    """Extra end padding that gives ONNX's ceil_mode output size (windows must start inside input or begin padding)."""
-    out = -(-(size + p0 + p1 - k) // s) + 1
-    if (out - 1) * s >= size + p0:
-        out -= 1
-    return max(0, (out - 1) * s + k - (size + p0 + p1))
-
-
-def _pool(c: Converter, n: Any, avg: bool) -> None:
-    a = _attrs(n)
-    kernel = _pair(c, n, a, "kernel_shape", ())
-    if any(int(d) != 1 for d in a.get("dilations", [1, 1])):
-        raise c.fail(n, f"dilations={list(a['dilations'])} are not supported")
-    v = c.as_nhwc(c.value(n.input[0], n), _base(n), n)
-    ch, h, w = v.shape
-    strides = _pair(c, n, a, "strides", (1, 1))
-    t, b, l, r = _spatial_pads(c, n, a, (h, w), kernel, strides)
-    if int(a.get("ceil_mode", 0)):
-        b += _ceil_extra(h, kernel[0], strides[0], t, b)
-        r += _ceil_extra(w, kernel[1], strides[1], l, r)
-    pads = (t, b, l, r)
-    if avg:
-        if any(pads) and not int(a.get("count_include_pad", 0)):
-            raise c.fail(n, f"padded average pooling (pads {list(pads)}, or ceil_mode) with count_include_pad=0 divides "
-                            f"border windows by fewer values; lrpflow's AvgPool divides by the window size. Export "
-                            f"with count_include_pad=1 or without padding")
-        layer: Any = AvgPool(*kernel, stride=strides, padding=pads)
-    else:
-        layer = MaxPool(*kernel, stride=strides, padding=pads)
-    name = c.add(_base(n), layer, [v.node])
-    oh, ow, _ = layer.output_shape((h, w, ch))
-    c.values[n.output[0]] = Value(name, (ch, oh, ow), "nhwc")
-
-
-HANDLERS["MaxPool"] = lambda c, n: _pool(c, n, avg=False)
-HANDLERS["AveragePool"] = lambda c, n: _pool(c, n, avg=True)
-
-
-@handles("GlobalAveragePool")
-def _gap(c: Converter, n: Any) -> None:
-    v = c.as_nhwc(c.value(n.input[0], n), _base(n), n)
-    name = c.add(_base(n), GlobalAvgPool(), [v.node])
-    c.values[n.output[0]] = c.flat(name, (v.shape[0], 1, 1), None)
-
-
-@handles("BatchNormalization")
-def _batchnorm(c: Converter, n: Any) -> None:
-    a = _attrs(n)
-    if int(a.get("training_mode", 0)):
-        raise c.fail(n, "training_mode=1 is not supported (lrpflow explains inference)")
-    v = c.value(n.input[0], n)
-    gamma, beta, mean, var = (numpy.asarray(c.const(n.input[k], n, what)).ravel()
-                              for k, what in ((1, "scale"), (2, "B"), (3, "mean"), (4, "var")))
-    ch = v.shape[0]
-    if any(p.size != ch for p in (gamma, beta, mean, var)):
-        raise c.fail(n, f"parameters do not have {ch} channels", ShapeError)
-    if len(v.shape) == 3:
-        v = c.as_nhwc(v, _base(n), n)
-        out = Value("", v.shape, "nhwc")
-    elif len(v.shape) == 1:
-        if v.kind == "flat" and v.perm is not None:
-            gamma, beta, mean, var = (p[v.perm] for p in (gamma, beta, mean, var))
-        out = Value("", v.shape, v.kind, v.perm)
-    else:
-        raise c.fail(n, f"inputs of sample shape {v.shape} are not supported (only (N, C) and (N, C, H, W))")
-    layer = BatchNorm(ch, gamma=gamma, beta=beta, mean=mean, var=var, eps=float(a.get("epsilon", 1e-5)))
-    out.node = c.add(_base(n), layer, [v.node])
-    c.values[n.output[0]] = out
-
-
-# -- merges and affine constants --------------------------------------------------
-
-
-def _harmonize(c: Converter, n: Any, vs: list[Value]) -> list[Value]:
-    first = vs[0]
-    if all(v.kind == first.kind and v.shape == first.shape and (
-            (v.perm is None and first.perm is None) or (v.perm is not None and first.perm is not None
-                                                         and numpy.array_equal(v.perm, first.perm))) for v in vs):
-        return vs
-    if all(len(v.shape) == 3 for v in vs):
-        return [c.as_nhwc(v, f"{_base(n)}.in{k}", n) for k, v in enumerate(vs)]
-    return [c.as_plain(v, f"{_base(n)}.in{k}") for k, v in enumerate(vs)]
-
-
-def _per_channel(c: Converter, n: Any, v: Value, const: numpy.ndarray) -> numpy.ndarray:
-    """A constant that broadcasts over a sample of ``v`` as one value per channel (or feature), in stored order."""
-    k = numpy.asarray(const, dtype=numpy.float64)
-    full = (1, *v.shape)
-    if k.ndim > len(full):
-        raise c.fail(n, f"constant of shape {k.shape} does not broadcast to samples of shape {v.shape}")
-    kk = k.reshape((1,) * (len(full) - k.ndim) + k.shape)
-    try:
-        numpy.broadcast_shapes(kk.shape, full)
-    except ValueError:
-        raise c.fail(n, f"constant of shape {k.shape} does not broadcast to samples of shape {v.shape}") from None
-    if kk.shape[0] != 1 or any(s != 1 for s in kk.shape[2:]):
-        raise c.fail(n, f"constant of shape {k.shape} varies over more than the channel axis; only per-channel "
-                        f"constants are supported")
-    ch = v.shape[0]
-    vec = numpy.broadcast_to(kk.reshape(-1), (ch,)).copy()
-    if v.kind == "flat" and v.perm is not None and len(v.shape) == 1:
-        vec = vec[v.perm]
-    return vec
-
-
-@handles("Add", "Sub", "Mul", "Div")
-def _arith(c: Converter, n: Any) -> None:
-    x, y = n.input[0], n.input[1]
-    op = n.op_type
-    if not c.is_const(x) and not c.is_const(y):
-        if op != "Add":
-            raise c.fail(n, f"{op} of two activations is not supported (not an affine map of its inputs)")
-        vs = _harmonize(c, n, [c.value(x, n), c.value(y, n)])
-        if vs[0].shape != vs[1].shape:
-            raise c.fail(n, f"broadcasting Add of shapes {vs[0].shape} and {vs[1].shape} is not supported")
-        name = c.add(_base(n), Add(), [vs[0].node, vs[1].node])
-        c.values[n.output[0]] = Value(name, vs[0].shape, vs[0].kind, vs[0].perm)
-        return
-    act_first = not c.is_const(x)
-    v = c.value(x if act_first else y, n)
-    k = c.consts[y if act_first else x]
-    vec = _per_channel(c, n, v, k)
-    if op == "Add":
-        scale, shift = 1.0, vec
-    elif op == "Sub":
-        scale, shift = (1.0, -vec) if act_first else (-1.0, vec)
-    elif op == "Mul":
-        scale, shift = vec, 0.0
-    else:
-        if not act_first:
-            raise c.fail(n, "constant / activation is not supported (not affine)")
-        scale, shift = 1.0 / vec, 0.0
-    ch = v.shape[0]
-    scale = numpy.broadcast_to(numpy.asarray(scale, dtype=numpy.float64), (ch,))
-    shift = numpy.broadcast_to(numpy.asarray(shift, dtype=numpy.float64), (ch,))
-    prod = c.layers.get(v.node)
-    if (v.node in c.foldable_bias and numpy.all(scale == 1.0) and c.uses.get(x if act_first else y, 0) == 1
-            and prod is not None and getattr(prod, "n", None) == ch):
-        b = prod.bias
-        prod.set_params(bias=(b.astype(numpy.float64) + shift).astype(b.dtype))
-        c.values[n.output[0]] = v
-        return
-    if len(v.shape) == 3:
-        v = c.as_nhwc(v, _base(n), n)
-    elif len(v.shape) != 1:
-        raise c.fail(n, f"inputs of sample shape {v.shape} are not supported")
-    dtype = numpy.float32 if numpy.asarray(k).dtype != numpy.float64 else numpy.float64
-    layer = BatchNorm(ch, gamma=scale.astype(dtype), beta=shift.astype(dtype), mean=numpy.zeros(ch, dtype),
-                      var=numpy.ones(ch, dtype), eps=0.0)
-    name = c.add(_base(n), layer, [v.node])
-    c.values[n.output[0]] = Value(name, v.shape, v.kind, v.perm)
-
-
-@handles("Concat")
-def _concat(c: Converter, n: Any) -> None:
-    vs = [c.value(i, n) for i in n.input]
-    rank = len(vs[0].shape) + 1
-    axis = int(_attrs(n).get("axis", 1))
-    axis = axis + rank if axis < 0 else axis
-    if axis == 0 or not 0 < axis < rank:
-        raise c.fail(n, f"concatenation along axis {axis} of rank-{rank} tensors is not supported")
-    if any(len(v.shape) != rank - 1 for v in vs):
-        raise c.fail(n, "inputs of different ranks", ShapeError)
-    out_shape = list(vs[0].shape)
-    out_shape[axis - 1] = sum(v.shape[axis - 1] for v in vs)
-    if axis == 1 and all(v.kind == "flat" for v in vs) and all(all(s == 1 for s in v.shape[1:]) for v in vs):
-        perms, off = [], 0
-        for v in vs:
-            size = v.shape[0]
-            perms.append((numpy.arange(size) if v.perm is None else v.perm) + off)
-            off += size
-        name = c.add(_base(n), Concat(axis=1), [v.node for v in vs])
-        c.values[n.output[0]] = c.flat(name, tuple(out_shape), numpy.concatenate(perms))
-        return
-    if rank == 4 and all(v.kind in ("nhwc", "flat") or len(v.shape) == 3 for v in vs):
-        vs = [c.as_nhwc(v, f"{_base(n)}.in{k}", n) for k, v in enumerate(vs)]
-        name = c.add(_base(n), Concat(axis={1: 3, 2: 1, 3: 2}[axis]), [v.node for v in vs])
-        c.values[n.output[0]] = Value(name, tuple(out_shape), "nhwc")
-        return
-    vs = [c.as_plain(v, f"{_base(n)}.in{k}") for k, v in enumerate(vs)]
-    name = c.add(_base(n), Concat(axis=axis), [v.node for v in vs])
-    c.values[n.output[0]] = Value(name, tuple(out_shape), "plain")
-
-
-# -- shape ---------------------------------------------------------------------
-
-
-def _flatten_value(c: Converter, n: Any, v: Value) -> None:
-    size = math.prod(v.shape)
-    if v.kind == "nhwc":
-        ch, h, w = v.shape
-        name = c.add(_base(n), Flatten(), [v.node])
-        perm = numpy.arange(size).reshape(ch, h, w).transpose(1, 2, 0).ravel()
-        c.values[n.output[0]] = c.flat(name, (size,), perm)
-    elif v.kind == "flat":
-        c.alias(n.output[0], c.flat(v.node, (size,), v.perm))
-    elif len(v.shape) == 1:
-        c.alias(n.output[0], v)
-    else:
-        c.values[n.output[0]] = Value(c.add(_base(n), Flatten(), [v.node]), (size,))
-
-
-@handles("Flatten")
-def _flatten(c: Converter, n: Any) -> None:
-    v = c.value(n.input[0], n)
-    axis = int(_attrs(n).get("axis", 1))
-    axis = axis + len(v.shape) + 1 if axis < 0 else axis
-    if axis != 1:
-        raise c.fail(n, f"Flatten(axis={axis}) is not supported (only axis=1: keep the batch)")
-    _flatten_value(c, n, v)
-
-
-@handles("Reshape")
-def _reshape(c: Converter, n: Any) -> None:
-    v = c.value(n.input[0], n)
-    target = [int(s) for s in numpy.asarray(c.const(n.input[1], n, "the target shape")).ravel()]
-    allowzero = int(_attrs(n).get("allowzero", 0))
-    if not target:
-        raise c.fail(n, "empty target shape")
-    size = math.prod(v.shape)
-    first, rest = target[0], target[1:]
-    rest = [v.shape[i] if s == 0 and not allowzero and i < len(v.shape) else s for i, s in enumerate(rest, 0)]
-    batch_ok = (first == 0 and not allowzero) or first == -1 or (c.batch is not None and first == c.batch)
-    if first == -1 and -1 in rest:
-        raise c.fail(n, f"target shape {target} leaves the batch axis undetermined")
-    if not batch_ok:
-        raise c.fail(n, f"target shape {target} changes the batch axis; lrpflow keeps the batch axis first")
-    if rest.count(-1) > 1 or any(s < -1 or s == 0 for s in rest):
-        raise c.fail(n, f"invalid target shape {target}", ModelFormatError)
-    known = math.prod(s for s in rest if s != -1)
-    if -1 in rest:
-        if known == 0 or size % known:
-            raise c.fail(n, f"cannot reshape {v.shape} to {target}", ShapeError)
-        rest = [size // known if s == -1 else s for s in rest]
-    elif known != size:
-        raise c.fail(n, f"cannot reshape samples of shape {v.shape} ({size} values) to {target}", ShapeError)
-    shape = tuple(rest)
-    if shape == v.shape:
-        c.alias(n.output[0], v)
-        return
-    if len(shape) == 1:
-        _flatten_value(c, n, v)
-        return
-    if len(shape) == 3 and shape[0] == 1 and v.kind in ("plain", "flat") and v.perm is None and len(v.shape) == 1:
-        name = c.add(_base(n), Reshape((shape[1], shape[2], 1)), [v.node])
-        c.values[n.output[0]] = Value(name, shape, "nhwc")
-        return
-    v = c.as_plain(v, _base(n))
-    c.values[n.output[0]] = Value(c.add(_base(n), Reshape(shape), [v.node]), shape, "plain")
-
-
-@handles("Transpose")
-def _transpose(c: Converter, n: Any) -> None:
-    v = c.value(n.input[0], n)
-    rank = len(v.shape) + 1
-    perm = [int(p) for p in _attrs(n).get("perm", range(rank - 1, -1, -1))]
-    if sorted(perm) != list(range(rank)) or perm[0] != 0:
-        raise c.fail(n, f"perm {perm} moves the batch axis; lrpflow keeps the batch axis first")
-    axes = tuple(p - 1 for p in perm[1:])
-    if axes == tuple(range(rank - 1)):
-        c.alias(n.output[0], v)
-        return
-    shape = tuple(v.shape[a] for a in axes)
-    if (v.kind == "nhwc" and axes == (1, 2, 0)) or (v.kind == "plain" and rank == 4 and axes == (2, 0, 1)):
-        # NCHW -> NHWC (or back): only the bookkeeping changes, lrpflow already stores the data that way
-        c.alias(n.output[0], Value(v.node, shape, "plain" if v.kind == "nhwc" else "nhwc"))
-        return
-    v = c.as_plain(v, _base(n))
-    name = c.add(_base(n), Transpose(axes), [v.node])
-    c.values[n.output[0]] = Value(name, shape, "plain")
-
-
-@handles("Pad")
-def _pad(c: Converter, n: Any) -> None:
-    a = _attrs(n)
-    mode = a.get("mode", b"constant")
-    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
-    if mode != "constant":
-        raise c.fail(n, f"mode={mode} is not supported (only constant padding)")
-    if "pads" in a:
-        pads = [int(p) for p in a["pads"]]
-        value = float(a.get("value", 0.0))
-    else:
-        pads = [int(p) for p in numpy.asarray(c.const(n.input[1], n, "pads")).ravel()]
-        value = 0.0
-        if len(n.input) > 2 and n.input[2]:
-            value = float(numpy.asarray(c.const(n.input[2], n, "constant_value")).ravel()[0])
-        if len(n.input) > 3 and n.input[3]:
-            axes = [int(x) for x in numpy.asarray(c.const(n.input[3], n, "axes")).ravel()]
-            full = [0] * 8
-            for k, ax in enumerate(axes):
-                ax = ax % 4
-                full[ax], full[ax + 4] = pads[k], pads[k + len(axes)]
-            pads = full
-    v = c.value(n.input[0], n)
-    if len(v.shape) != 3 or len(pads) != 8:
-        raise c.fail(n, f"only padding of (N, C, H, W) tensors is supported, got pads {pads} for sample shape {v.shape}")
-    if pads[0] or pads[1] or pads[4] or pads[5]:
-        raise c.fail(n, f"padding the batch or channel axis is not supported (pads {pads})")
-    if min(pads) < 0:
-        raise c.fail(n, f"negative pads (cropping) are not supported (pads {pads})")
-    v = c.as_nhwc(v, _base(n), n)
-    layer = Pad((pads[2], pads[6], pads[3], pads[7]), value)
-    name = c.add(_base(n), layer, [v.node])
-    ch, h, w = v.shape
-    c.values[n.output[0]] = Value(name, (ch, h + pads[2] + pads[6], w + pads[3] + pads[7]), "nhwc")
 
 
 # --------------------------------------------------------------------------- entry points
 
 
 def convert(proto: Any, path: str = "<onnx>", fold_batchnorm: bool = False,
-            input_shape: Sequence[int] | None = None) -> Model:
-    """An lrpflow model (layout NCHW) from an ``onnx.ModelProto``."""
-    model = Converter(proto, path, input_shape).run()
+            input_shape: Sequence[int] | None = None, product_rule: str = "gate") -> Model:
+    """An lrpflow model (layout NCHW) from an ``onnx.ModelProto``.
+
+    ``product_rule``: LRP of products of two activations (``Mul``): ``"gate"`` holds the
+    gating operand (from Sigmoid/HardSigmoid/Erf/Tanh) constant, ``"uniform"`` splits 50/50
+    (see :class:`lrpflow.layers.Multiply`).
+    """
+    model = Converter(proto, path, input_shape, product_rule).run()
     if fold_batchnorm:
         from lrpflow.io.canonize import fold_batchnorm as fold
 
@@ -893,7 +371,7 @@ def convert(proto: Any, path: str = "<onnx>", fold_batchnorm: bool = False,
 
 
 def read(path: str | os.PathLike[str], fold_batchnorm: bool = False, input_shape: Sequence[int] | None = None,
-         **_: Any) -> Model:
+         product_rule: str = "gate", **_: Any) -> Model:
     """Read an ``.onnx`` file; ``explain()`` on the result takes and returns NCHW."""
     import onnx
 
@@ -913,10 +391,13 @@ def read(path: str | os.PathLike[str], fold_batchnorm: bool = False, input_shape
         except Exception as err:
             raise ModelFormatError(f"{path}: cannot load the model's external data: {err}") from err
     try:
-        return convert(proto, path, fold_batchnorm=fold_batchnorm, input_shape=input_shape)
+        return convert(proto, path, fold_batchnorm=fold_batchnorm, input_shape=input_shape, product_rule=product_rule)
     except LrpflowError:
         raise
     except RecursionError as err:
         raise ModelFormatError(f"{path}: graph nested too deeply") from err
     except Exception as err:  # malformed attributes, tensors, ...
         raise ModelFormatError(f"{path}: malformed ONNX model: {type(err).__name__}: {err}") from err
+
+
+from lrpflow_onnx import ops as _ops, ops_cnn as _ops_cnn  # noqa: E402,F401 - register their handlers
