@@ -280,7 +280,9 @@ class Evaluate:
         names = list(e.get("metrics") or [])
         params = {k: v for k, v in dict(e.get("params") or {}).items() if k in names}  # only the requested metrics
         x = state.trace.input if state.model.layout == "NHWC" else state.model.from_nhwc(state.trace.input)
-        state.metrics = {k: to_numpy(v) for k, v in evaluate(names, state.model, x, state.explanation, **params).items()}
+        details = state.extras["metric_details"] = {}  # perturbation curves, for the save_curves step
+        state.metrics = {k: to_numpy(v) for k, v in evaluate(names, state.model, x, state.explanation, details=details,
+                                                             **params).items()}
         for k, v in state.metrics.items():
             tot = state.totals.setdefault(k, [0.0, 0])
             tot[0] += float(numpy.sum(v))
@@ -297,52 +299,43 @@ class Evaluate:
 
 
 class Render:
-    """Heatmaps of the first ``render.max_images`` samples in every colormap, and a grid."""
+    """Figures of the first ``render.max_images`` samples: see :func:`lrpflow.render.run_figures.render_run`."""
 
     def setup(self, state: State) -> None:
         self.x: list[Any] = []
         self.r: list[Any] = []
+        self.info: dict[str, list[Any]] = {"rows": [], "pred": [], "true": [], "sources": []}
 
     def process(self, state: State) -> None:
         r = dict(state.cfg.get("render") or {})
         want = int(r.get("max_images", 0)) - len(self.x)
         if not r.get("enabled", True) or want <= 0:
             return
-        exp = state.explanation
-        self.x.extend(to_numpy(state.batch.x[:want]))
+        exp, b = state.explanation, state.batch
+        self.x.extend(to_numpy(b.x[:want]))
         self.r.extend(to_numpy(exp.relevance[:want]))
+        k = len(to_numpy(exp.relevance[:want]))
+        labels = class_labels(b.labels)
+        self.info["rows"].extend(range(b.start, b.start + k))
+        self.info["pred"].extend(to_numpy(exp.logits[:k]).argmax(axis=1).tolist())
+        self.info["true"].extend([None] * k if labels is None else labels[:k].tolist())
+        self.info["sources"].extend(list(getattr(b, "source", None) or [None] * len(b.x))[:k])
 
     def finish(self, state: State) -> None:
-        from lrpflow import render
+        from lrpflow.render.run_figures import class_names, render_run
 
         r = dict(state.cfg.get("render") or {})
         if not r.get("enabled", True) or not self.x:
             return
-        out = state.output_dir / "heatmaps"
-        out.mkdir(parents=True, exist_ok=True)
-        cmaps = list(r.get("cmaps") or ["blue_white_red"])
         x, rel = numpy.stack(self.x), numpy.stack(self.r)
         if getattr(state.model, "layout", "NHWC") == "NCHW" and x.ndim == 4:  # render channels-last
-            x, rel = x.transpose(0, 2, 3, 1), rel.transpose(0, 2, 3, 1)
-        image_like = x.ndim == 4 or (x.ndim == 2 and math.isqrt(x.shape[1]) ** 2 == x.shape[1])
-        files = []
-        for i in range(len(x)):
-            for cmap in cmaps:
-                path = out / f"{state.rows[0] + i:06d}_{cmap}.png"
-                if r.get("overlay") and x.ndim == 4 and x.shape[-1] == 3:
-                    render.render_overlay(rel[i], x[i], cmap=cmap, path=str(path))
-                elif image_like:
-                    rgb = render.hm_to_rgb(rel[i], X=x[i] if r.get("outline", True) else None,
-                                           scaling=int(r.get("scaling", 3)), sigma=float(r.get("sigma", 2.0)), cmap=cmap)
-                    render.save_image([rgb], str(path), gap=0)
-                else:
-                    continue
-                files.append(str(path))
-        if r.get("grid", True) and image_like:
-            grid = state.output_dir / "heatmap_grid.png"
-            render.colormap_grid(rel, x, cmaps=cmaps, title=state.explanation.method, path=str(grid))
-            files.append(str(grid))
-        state.outputs["images"] = files
+            x = x.transpose(0, 2, 3, 1)
+            rel = rel.transpose(0, 2, 3, 1) if rel.ndim == 4 else rel.transpose(0, 1, 3, 4, 2)
+        sources = self.info["sources"] if any(self.info["sources"]) else None
+        state.outputs["images"] = render_run(
+            x, rel, state.output_dir, settings=r, rows=self.info["rows"], pred=self.info["pred"],
+            true=self.info["true"], names=class_names(_get(state.cfg, "data.classes")), sources=sources,
+            method=state.explanation.method)
 
 
 def class_labels(labels: Any) -> numpy.ndarray | None:
@@ -386,7 +379,7 @@ class Save:
 
     def process(self, state: State) -> None:
         if self.store is None:
-            self.store = self._open(state)
+            self.store = state.store = self._open(state)
         b = state.batch
         extras = {} if b.labels is None else {"label": class_labels(b.labels)}
         self.store.append(state.explanation, index=numpy.arange(b.start, b.start + len(b.x)), **extras,
@@ -458,7 +451,15 @@ def run(cfg: Any, output_dir: str | os.PathLike[str] | None = None) -> float | N
                "lrp": cfg.get("lrp"), "model": _get(cfg, "model.name"), "data": _get(cfg, "data.name")}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     log.info("done in %.1f s; objective %s", summary["seconds"], state.objective)
+    _report(out)
     return state.objective
+
+
+def _report(out: Path) -> None:
+    """The run's ``report.html`` (:func:`lrpflow.report.write_run_report`), and a summary line."""
+    from lrpflow.report import write_run_report
+
+    log.info("outputs in %s (report: %s)", out, write_run_report(out))
 
 
 def _model_sha(state: State) -> str:
@@ -486,7 +487,7 @@ def _resume_point(save: Save, state: State) -> int:
     if save.settings.get("overwrite"):
         partial.unlink()
         return state.rows[0]
-    save.store = ResultStore.open(save.path, "a", config=state.cfg, model_sha256=_model_sha(state),
+    save.store = state.store = ResultStore.open(save.path, "a", config=state.cfg, model_sha256=_model_sha(state),
                                   ignore_config_keys=("progress",))
     done = save.store.next_row
     log.info("resuming %s after %d complete rows", partial, done)
