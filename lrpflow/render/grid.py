@@ -68,7 +68,7 @@ def _wrap(label: str, cell_size: float, fontsize: float) -> str:
 
 
 def _colorbar(fig: Any, cmap: Any, box: tuple[float, float, float, float], fontsize: float) -> None:
-    """A horizontal colorbar of ``cmap`` over [-1, 1] (relevance / max|R|) in ``box`` (figure fractions)."""
+    """A horizontal colorbar of ``cmap`` over [-1, 1] (R / max|R|) in ``box`` (figure fractions)."""
     from lrpflow.render.colormaps import get_colormap
 
     t = numpy.linspace(-1.0, 1.0, 256)
@@ -77,7 +77,7 @@ def _colorbar(fig: Any, cmap: Any, box: tuple[float, float, float, float], fonts
     ax.imshow(numpy.clip(rgb, 0, 1), aspect="auto", extent=(-1, 1, 0, 1), interpolation="nearest")
     ax.set_yticks([])
     ax.set_xticks([-1, 0, 1])
-    ax.set_xticklabels(["−max|R|", "0", "+max|R|"], fontsize=max(6.0, fontsize - 2))
+    ax.set_xticklabels(["−1", "0", "+1"], fontsize=max(6.0, fontsize - 2))
     ax.tick_params(length=2, pad=1)
 
 
@@ -172,7 +172,7 @@ def grid_figure(
             _colorbar(fig, cmap, (x0 / width, (_MARGIN + 0.2) / height, 0.8 * cell_size / width, 0.12 / height),
                       fontsize)
         if row_labels is not None:
-            fig.text((left - _GAP) / width, (_MARGIN + 0.26) / height, "relevance", ha="right", va="center",
+            fig.text((left - _GAP) / width, (_MARGIN + 0.26) / height, "R / max|R|", ha="right", va="center",
                      fontsize=max(5.0, fontsize - 2))
     if col_labels is not None:
         y = (height - _MARGIN - (_TITLE_H if title else 0.0) - col_h / 2) / height

@@ -61,6 +61,7 @@ def write_sweep_report(sweep_dir: str | os.PathLike[str]) -> str:
     params = varying or params
     for j in jobs:
         j["params"] = {k: j["params"].get(k) for k in params}
+        j["params_text"] = ", ".join(f"{k}={v}" for k, v in j["params"].items()) or j["params_text"]
         j["metrics"] = {k: j["metrics"].get(k) for k in metrics}
     higher = metric_help(objective_name)[1] if objective_name else True
     scored = [j for j in jobs if _finite(j["objective"])]
