@@ -1,6 +1,6 @@
 """The HDF5 result store: one ``results.h5`` per job, written batch by batch, resumable.
 
-Layout of a store (DESIGN §7)::
+Layout of a store (docs/results.md)::
 
     /relevance              (N, *input_shape)  float32, chunked per batch, compressed
     /logits                 (N, C)             float64
@@ -506,7 +506,7 @@ def _check_schema(f: h5py.File, where: str) -> None:
 # the store
 # --------------------------------------------------------------------------------------------------
 class ResultStore:
-    """An HDF5 result store (DESIGN §7); make one with :meth:`create`, open one with :meth:`open`.
+    """An HDF5 result store (docs/results.md); make one with :meth:`create`, open one with :meth:`open`.
 
     A store is a context manager; leaving the ``with`` block closes it (it does not
     finish it: an unfinished store stays at ``<path>.partial``, ready to resume).
