@@ -148,8 +148,8 @@ def render_run(x: numpy.ndarray, rel: numpy.ndarray, out_dir: str | os.PathLike[
         triple = {
             "input": render.enlarge_image(grid_x[i], big),
             "heatmap": render.hm_to_rgb(rel[i], X=xi, scaling=big, sigma=sigma, cmap=cmap),
-            "overlay": render.overlay(_as_map(rel[i], x[i]), _as_image(x[i]), cmap=cmap, alpha=0.6, weighted=True,
-                                      scaling=big),
+            "overlay": render.overlay(_as_map(rel[i], x[i]), grid_x[i], cmap=cmap, alpha=0.6, weighted=True,
+                                      scaling=big, image_range=(0.0, 1.0)),
         }
         entry = {"row": int(rows[i]), "name": stem, "source": None if sources is None else str(sources[i]),
                  "pred": None if pred[i] is None else int(pred[i]), "true": None if true[i] is None else int(true[i]),
@@ -167,11 +167,12 @@ def render_run(x: numpy.ndarray, rel: numpy.ndarray, out_dir: str | os.PathLike[
         labels = [sample_caption(e["source"] and os.path.basename(e["source"]) or f"row {e['row']}", e["pred"],
                                  e["true"], names) for e in index]
         if r.get("overlay") and rgb_input:
-            cells = [[render.overlay(_as_map(rel[i], x[i]), _as_image(x[i]), cmap=c, alpha=0.6, weighted=True)
+            cells = [[render.overlay(_as_map(rel[i], x[i]), grid_x[i], cmap=c, alpha=0.6, weighted=True,
+                                     image_range=(0.0, 1.0))
                       for c in cmaps] for i in range(n)]
             cells = [[grid_x[i]] + row for i, row in enumerate(cells)]
             render.render_grid(cells, row_labels=labels, col_labels=["input"] + cmaps, title=method or None,
-                               path=str(grid), colorbar=cmaps[0])
+                               path=str(grid), colorbar=[None, *cmaps])
         else:
             render.colormap_grid(rel, x, cmaps=cmaps, title=method or None, row_labels=labels, outline=outline,
                                  path=str(grid), colorbar=True)
@@ -188,11 +189,3 @@ def _as_map(r: numpy.ndarray, x: numpy.ndarray) -> numpy.ndarray:
         return r.reshape(side, side)
     return r
 
-
-def _as_image(x: numpy.ndarray) -> numpy.ndarray:
-    if x.ndim == 1:
-        side = math.isqrt(x.size)
-        return x.reshape(side, side)
-    if x.ndim == 3 and x.shape[-1] == 1:
-        return x[..., 0]
-    return x

@@ -155,7 +155,7 @@ def write_run_report(run_dir: str | os.PathLike[str]) -> str:
         page = Path("samples") / f"{s['name']}.html"
         samples.append({**s, "page": page.as_posix()})
     for i, s in enumerate(samples):
-        html = render_template("sample.html.j2", sample=s, method=method, base="../",
+        html = render_template("sample.html.j2", sample=s, method=method, base="../", cmap=samples_index.get("cmap", ""),
                                prev=samples[i - 1]["name"] + ".html" if i > 0 else None,
                                next=samples[i + 1]["name"] + ".html" if i + 1 < len(samples) else None)
         (root / s["page"]).write_text(html, encoding="utf-8")
