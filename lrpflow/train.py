@@ -294,7 +294,8 @@ def train(model: Model, X: Any, Y: Any, Xval: Any = None, Yval: Any = None, batc
     progress : bool
         Draw a progress bar on stderr.
     log : logging.Logger, optional
-        Where status lines go (default: the logger ``"lrpflow.train"``, level INFO).
+        Where status lines go (default: the logger ``"lrpflow.train"``): one INFO line at the
+        end, each evaluation at DEBUG.
     eval_batchsize : int
         Batch size of the evaluations (bounds their memory).
 
@@ -428,7 +429,7 @@ def train(model: Model, X: Any, Y: Any, Xval: Any = None, Yval: Any = None, batc
             if it % status == 0:
                 loss, acc = score(model, X_eval, Y_eval, batchsize=eval_batchsize)
                 history.append((it, loss, acc))
-                say(logging.INFO, "iteration %d: accuracy %.2f%% on %s (l1-loss %.4g)", it, 100 * acc, where, loss)
+                say(logging.DEBUG, "iteration %d: accuracy %.2f%% on %s (l1-loss %.4g)", it, 100 * acc, where, loss)
                 if not math.isfinite(loss):
                     raise TrainingDivergedError(
                         f"training diverged at iteration {it}: the l1-loss on {where} is {loss} with "
@@ -439,10 +440,10 @@ def train(model: Model, X: Any, Y: Any, Xval: Any = None, Yval: Any = None, batc
                     stale = 0
                     if decay is not None:
                         factor = decay(acc)
-                        say(logging.INFO, "new best; learning rate set to %.4g (%.2f%% of lrate)", lrate * factor,
+                        say(logging.DEBUG, "new best; learning rate set to %.4g (%.2f%% of lrate)", lrate * factor,
                             100 * factor)
                     else:
-                        say(logging.INFO, "new best")
+                        say(logging.DEBUG, "new best")
                 else:
                     stale += 1
                     if 0 < convergence <= stale:
@@ -469,8 +470,8 @@ def train(model: Model, X: Any, Y: Any, Xval: Any = None, Yval: Any = None, batc
         log.info("training ran %d iterations (%s) without beating the starting parameters (l1-loss %.4g); "
                  "restored them", it, clock(seconds), initial_loss)
     elif best is not None:
-        log.info("training ran %d iterations (%s); restored the parameters of iteration %d: accuracy %.2f%%, "
-                 "l1-loss %.4g", it, clock(seconds), best_iteration, 100 * best_accuracy, best_loss)
+        log.info("training ran %d iterations (%s); restored the parameters of iteration %d: accuracy %.2f%% on %s, "
+                 "l1-loss %.4g", it, clock(seconds), best_iteration, 100 * best_accuracy, where, best_loss)
     else:
         log.info("training ran %d iterations (%s) without an evaluation (status=%d); kept the last parameters",
                  it, clock(seconds), status)
