@@ -52,7 +52,9 @@ def test_run_report_files(run_dir):
     for needle in ("pixel_flipping", "conservation", "AOPC", "higher is better", "heatmap_grid.png",
                    "report_files/ledger.png", "report_files/perturbation_curves.png", "model_sha256", "Config"):
         assert needle in html, needle
-    samples = json.loads((run_dir / "samples.json").read_text())["samples"]
+    index = json.loads((run_dir / "samples.json").read_text())
+    assert index["outline"] is True  # digits: sparse edges, outlines drawn (outline=auto)
+    samples = index["samples"]
     assert [s["row"] for s in samples] == [1597, 1598, 1599]
     for s in samples:
         page = run_dir / "samples" / f"{s['name']}.html"

@@ -26,8 +26,11 @@ def test_caption_names_pred_and_true():
     assert sample_caption("row 1", 2, -1) == "row 1\npred 2"  # unknown label: no "true" line
 
 
-def test_outline_auto_is_off_for_rgb():
-    assert wants_outline("auto", numpy.zeros((2, 8, 8, 1))) and wants_outline("auto", numpy.zeros((2, 64)))
+def test_outline_auto_is_off_for_rgb_and_dense_edges(rng):
+    digit = numpy.zeros((2, 8, 8, 1))
+    digit[:, 2:6, 3:5] = 1.0  # a stroke: few edges
+    assert wants_outline("auto", digit) and wants_outline("auto", digit.reshape(2, 64))
+    assert not wants_outline("auto", rng.uniform(0, 1, (2, 32, 32, 1)))  # noise: a dense mesh of edges
     assert not wants_outline("auto", numpy.zeros((2, 8, 8, 3)))
     assert wants_outline(True, numpy.zeros((2, 8, 8, 3))) and not wants_outline(False, numpy.zeros((2, 8, 8, 1)))
     with pytest.raises(ConfigError, match="outline"):

@@ -10,8 +10,9 @@
 
 Outlines (the input's Canny edges on the heatmap) help on digits and other line
 drawings and turn natural images into a dense mesh, so ``outline="auto"`` draws them
-only on single-channel inputs, with thresholds taken from the image's own gradient
-quantiles.
+only on single-channel inputs whose edges stay sparse: at most
+:data:`AUTO_OUTLINE_MAX_EDGES` of the enlarged pixels on average (8×8 digits: 11%, MNIST: 4%; noise or
+texture: 17–24%).
 """
 from __future__ import annotations
 
@@ -27,7 +28,10 @@ import numpy
 
 from lrpflow.errors import ConfigError, DataFormatError
 
-__all__ = ["render_run", "class_names", "sample_caption", "wants_outline"]
+__all__ = ["render_run", "class_names", "sample_caption", "wants_outline", "AUTO_OUTLINE_MAX_EDGES"]
+
+#: ``outline="auto"``: no outline when the inputs' Canny edges cover more than this share of the pixels
+AUTO_OUTLINE_MAX_EDGES = 0.15
 
 
 def class_names(spec: Any) -> list[str] | None:
@@ -79,12 +83,18 @@ def sample_caption(row: Any, pred: int | None, true: int | None, names: Sequence
     return "\n".join(textwrap.shorten(line, width=width + 6, placeholder="…") for line in lines)
 
 
-def wants_outline(setting: Any, x: numpy.ndarray) -> bool:
-    """``outline``: True/False, or ``"auto"`` (single-channel images only, never RGB)."""
+def wants_outline(setting: Any, x: numpy.ndarray, scaling: int = 3, sigma: float = 2.0) -> bool:
+    """``outline``: True/False, or ``"auto"``: never on RGB; on single-channel inputs only
+    where their mean Canny edge density is at most :data:`AUTO_OUTLINE_MAX_EDGES`."""
     if isinstance(setting, bool):
         return setting
     if setting is None or str(setting).lower() == "auto":
-        return not (x.ndim == 4 and x.shape[-1] >= 3)
+        if x.ndim == 4 and x.shape[-1] >= 3:
+            return False
+        from lrpflow.render.image import outline
+
+        density = numpy.mean([outline(xi, scaling, (), sigma).mean() for xi in x]) if len(x) else 0.0
+        return bool(density <= AUTO_OUTLINE_MAX_EDGES)
     raise ConfigError(f"render.outline must be true, false or auto, got {setting!r}")
 
 
@@ -124,7 +134,7 @@ def render_run(x: numpy.ndarray, rel: numpy.ndarray, out_dir: str | os.PathLike[
     pred = list(pred) or [None] * n
     cmaps = list(r.get("cmaps") or ["blue_white_red"])
     scaling, sigma = int(r.get("scaling", 3)), float(r.get("sigma", 2.0))
-    outline = wants_outline(r.get("outline", "auto"), x)
+    outline = wants_outline(r.get("outline", "auto"), x, scaling, sigma)
     rgb_input = x.ndim == 4 and x.shape[-1] == 3
     heat_dir, sample_dir = out / "heatmaps", out / "samples"
     heat_dir.mkdir(parents=True, exist_ok=True)
