@@ -8,12 +8,19 @@ from lrpflow.errors import LrpflowError
 
 
 def info(argv: list[str] | None = None) -> int:
-    """``lrpflow-info``: every registered layer, rule, composite, reader, writer, renderer and colormap."""
+    """``lrpflow-info [NAME]``: every registered name, or one of them in detail.
+
+    Without NAME: every registered layer, rule, composite, reader, writer, renderer,
+    colormap, metric and step with the plugin that provided it. With NAME (a name or an
+    alias): what it is, its parameters with their defaults and its docstring.
+    """
     from lrpflow import __version__
     from lrpflow.plugins import build_registries, make_plugin_manager
 
-    parser = argparse.ArgumentParser(prog="lrpflow-info", description=info.__doc__)
-    parser.add_argument("--kind", help="list one registry only (e.g. rules)")
+    parser = argparse.ArgumentParser(prog="lrpflow-info", description="Registered plugins of lrpflow; "
+                                     "`lrpflow-info NAME` shows one rule, composite, reader, metric, ... in detail.")
+    parser.add_argument("name", nargs="?", help="a registered name or alias (e.g. epsilon, pixel_flipping)")
+    parser.add_argument("--kind", help="one registry only (e.g. rules)")
     args = parser.parse_args(argv)
     try:
         pm = make_plugin_manager()
@@ -21,6 +28,8 @@ def info(argv: list[str] | None = None) -> int:
     except LrpflowError as err:
         print(f"lrpflow-info: {err}", file=sys.stderr)
         return 2
+    if args.name:
+        return _describe(regs, args.name, args.kind)
     print(f"lrpflow {__version__}; plugins: {', '.join(name for name, _ in pm.list_name_plugin())}")
     for registry in regs:
         if args.kind and registry.kind != args.kind:
@@ -42,6 +51,71 @@ def info(argv: list[str] | None = None) -> int:
             print(f"  {e.name:<24} {e.plugin}{tail}")
     return 0
 
+
+# --- lrpflow-info NAME ------------------------------------------------------------------
+
+#: leading arguments a kind's implementations take from lrpflow itself, not from the user
+_FIXED_ARGS = {"metrics": ("model", "x", "explanation"), "renderers": ("relevance", "R", "r"),
+               "colormaps": ("t",), "model_writers": ("model", "path"), "model_readers": ("path",),
+               "data_readers": ("path",), "data_writers": ("data", "x", "path")}
+
+
+def _describe(regs, name: str, kind: str | None) -> int:  # noqa: ANN001 - Registries
+    """Print every registry entry called ``name``; 2 when there is none."""
+    found = [(r.kind, r.entry(name)) for r in regs if (not kind or r.kind == kind) and name in r]
+    if not found:
+        from lrpflow.plugins import normalize
+
+        known = sorted({e.name for r in regs for e in r})
+        import difflib
+
+        close = difflib.get_close_matches(normalize(name), known, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        print(f"lrpflow-info: no registered name {name!r}{hint}; `lrpflow-info` lists them all", file=sys.stderr)
+        return 2
+    for i, (k, entry) in enumerate(found):
+        if i:
+            print()
+        print(describe_entry(k, entry))
+    return 0
+
+
+def describe_entry(kind: str, entry) -> str:  # noqa: ANN001 - plugins.Entry
+    """Text of ``lrpflow-info NAME``: kind, plugin, aliases, parameters with defaults, docstring."""
+    import inspect
+
+    impl = getattr(entry.impl, "parameters_of", entry.impl)  # a wrapper naming the function it forwards to
+    singular = kind[:-1] if kind.endswith("s") else kind
+    lines = [f"{entry.name} ({singular}, plugin {entry.plugin})"]
+    if entry.aliases:
+        lines.append("  aliases: " + ", ".join(entry.aliases))
+    for key in ("suffixes", "patterns"):
+        if entry.meta.get(key):
+            lines.append(f"  {key}: " + ", ".join(entry.meta[key]))
+    target = getattr(impl, "__module__", None), getattr(impl, "__qualname__", type(impl).__name__)
+    lines.append(f"  implementation: {target[0]}.{target[1]}" if target[0] else f"  implementation: {target[1]}")
+    try:
+        sig = inspect.signature(impl)
+    except (TypeError, ValueError):
+        sig = None
+    if sig is not None:
+        fixed = set(_FIXED_ARGS.get(kind, ()))
+        params = [p for p in sig.parameters.values()
+                  if p.name not in fixed and p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if impl is not entry.impl and kind == "metrics":  # pixel_flipping(model, x, relevance, target, ...)
+            params = [p for p in params if p.name != "relevance"]
+        lines.append("  parameters:" if params else "  parameters: none")
+        for p in params:
+            default = "required" if p.default is p.empty else f"default {p.default!r}"
+            note = "" if p.annotation is p.empty else f"  ({p.annotation if isinstance(p.annotation, str) else inspect.formatannotation(p.annotation)})"
+            lines.append(f"    {p.name}: {default}{note}")
+    doc = inspect.getdoc(impl) or inspect.getdoc(entry.impl) or "(no docstring)"
+    lines.append("")
+    lines.extend("  " + line if line else "" for line in doc.splitlines())
+    return "\n".join(lines)
+
+
+# --- lrpflow (the Hydra app) --------------------------------------------------------------
 
 #: exit status of a run stopped by bad config, files or data (an LrpflowError)
 EXIT_USAGE = 2
@@ -97,7 +171,14 @@ def main() -> None:
     (``HYDRA_FULL_ERROR=1`` shows it on the terminal too).
     """
     import hydra
+    from omegaconf import OmegaConf
 
+    from lrpflow import __version__
+
+    if "--version" in sys.argv[1:] or "-V" in sys.argv[1:]:  # lrpflow's version, not Hydra's
+        print(f"lrpflow {__version__} (Hydra {hydra.__version__})")
+        raise SystemExit(0)
+    OmegaConf.register_new_resolver("lrpflow_version", lambda: __version__, replace=True)
     wrapped = hydra.main(version_base="1.3", config_path="pkg://lrpflow.conf", config_name="config")(_hydra_main)
     try:
         wrapped()

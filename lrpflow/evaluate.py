@@ -32,7 +32,7 @@ from lrpflow.graph import Model
 from lrpflow.hookspecs import hookimpl
 
 __all__ = [
-    "FlipResult", "RandomizationResult", "Metric", "ORDERS", "BASELINES", "METRICS",
+    "FlipResult", "MetricValues", "PIXEL_FLIPPING_DEFAULTS", "auto_patch_side", "RandomizationResult", "Metric", "ORDERS", "BASELINES", "METRICS",
     "pixel_flipping", "conservation", "ledger_absorbed", "randomization_sanity", "randomize_layer",
     "spearman", "rank", "sparseness", "gini", "complexity", "topk_intersection", "evaluate",
 ]
@@ -139,7 +139,29 @@ class FlipResult:
                           self.patch, to_numpy(self.target))
 
 
+#: Default pixel-flipping settings after Samek et al. 2017: most relevant first, 20 steps up
+#: to 20% of the regions, regions of side ``auto_patch_side`` (9 px on a 224 px image), baseline 0.
+PIXEL_FLIPPING_DEFAULTS: Mapping[str, Any] = MappingProxyType(
+    {"order": "most_relevant_first", "steps": 20, "fraction": 0.2, "patch": "auto", "baseline": "zero"})
+
+
+def auto_patch_side(spatial: tuple[int, ...]) -> int:
+    """Region side for ``patch="auto"``: ``max(1, round(min(H, W) · 9 / 224))``, 1 on vectors.
+
+    Samek et al. (2017) perturb 9×9 regions of 224×224 images; the same share of the image
+    side keeps a region's share of the image when the input is smaller or larger
+    (28 or 32 px: single pixels; 64 px: 3×3; 448 px: 18×18).
+    """
+    if len(spatial) < 2:
+        return 1
+    return max(1, int(math.floor(min(spatial) * 9 / 224 + 0.5)))
+
+
 def _patch_shape(patch: Any, spatial: tuple[int, ...]) -> tuple[int, ...]:
+    if isinstance(patch, str):
+        if patch.strip().lower() != "auto":
+            raise ConfigError(f"patch must be 'auto', a positive int or one int per spatial axis, got {patch!r}")
+        return (auto_patch_side(spatial),) * len(spatial)
     if isinstance(patch, (tuple, list)):
         if len(patch) != len(spatial):
             raise ConfigError(f"patch {tuple(patch)!r} has {len(patch)} sides but the samples have "
@@ -279,9 +301,15 @@ def _pick(xp: ModuleType, logits: Any, t: Any) -> Any:
 
 
 def pixel_flipping(model: Model, x: Any, relevance: Any, target: Any = "pred", *, steps: int | None = 20,
-                   fraction: float = 1.0, patch: int | Sequence[int] = 1, order: str = "most_relevant_first",
+                   fraction: float = 0.2, patch: int | Sequence[int] | str = "auto", order: str = "most_relevant_first",
                    baseline: Any = "zero", seed: int = 0, batch_size: int = 256) -> FlipResult:
     """Perturbation curve and AOPC: remove the most relevant regions step by step.
+
+    The defaults follow Samek et al. (2017): most relevant regions first, 20 steps that
+    remove up to 20% of the regions, regions whose side is 9/224 of the image side
+    (``patch="auto"``: 9×9 on 224×224, single pixels on MNIST), baseline 0. Removing only
+    a fraction keeps the curves of good and bad orders apart: at 100% every order ends at
+    the same fully perturbed input and AOPC averages the difference away.
 
     Parameters
     ----------
@@ -295,10 +323,11 @@ def pixel_flipping(model: Model, x: Any, relevance: Any, target: Any = "pred", *
     steps : int or None
         Number of perturbation steps L; None: one region per step.
     fraction : float
-        Fraction of the regions removed after the last step, in (0, 1].
-    patch : int or (int, int)
+        Fraction of the regions removed after the last step, in (0, 1] (default 0.2).
+    patch : 'auto', int or (int, int)
         Side(s) of the square regions on images (H×W×C: regions span every channel); on
         vectors, ``patch`` consecutive features form a region. Edge regions may be smaller.
+        ``"auto"``: :func:`auto_patch_side` of the image (1 on vectors).
     order : str
         ``"most_relevant_first"`` (MoRF), ``"least_relevant_first"`` (LeRF) or ``"random"``.
     baseline : 'zero', 'mean', 'uniform_noise', float or array
@@ -782,16 +811,50 @@ def _target_param(explanation: Any, params: dict[str, Any]) -> Any:
     return "pred" if t is None else t
 
 
+class MetricValues(numpy.ndarray):
+    """Per-sample metric values (N,) that also carry per-sample details, e.g. a curve.
+
+    An ordinary array for every use; ``details`` maps a name to an array ``(N, ...)``
+    (``"curve"``) or a per-run array (``"fractions"``). :func:`evaluate` hands the details
+    to its ``details=`` mapping.
+    """
+
+    details: dict[str, Any]
+
+    def __new__(cls, values: Any, details: Mapping[str, Any]) -> MetricValues:
+        obj = numpy.asarray(to_numpy(values)).view(cls)
+        obj.details = dict(details)
+        return obj
+
+    def __array_finalize__(self, obj: Any) -> None:
+        self.details = getattr(obj, "details", {})
+
+
+def _flip_values(result: FlipResult, which: str) -> Any:
+    host = result.to_numpy()
+    return MetricValues(getattr(host, which), {"curve": host.curve, "fractions": host.fractions})
+
+
 def _metric_aopc(model: Model, x: Any, explanation: Any, **params: Any) -> Any:
-    """MoRF AOPC of :func:`pixel_flipping` (parameters as there)."""
+    """MoRF AOPC of :func:`pixel_flipping`: mean drop of the target logit while the most
+    relevant regions are removed (logit units; higher is better; a random map is the floor).
+
+    Defaults after Samek et al. 2017: 20 steps up to 20% of the regions, region side
+    ``auto`` (9/224 of the image side), baseline 0. The full curve is kept
+    (``metrics/pixel_flipping_curve`` in results.h5).
+    """
     tgt = _target_param(explanation, params)
-    return pixel_flipping(model, x, _relevance_of(explanation), tgt, **params).aopc
+    return _flip_values(pixel_flipping(model, x, _relevance_of(explanation), tgt, **params), "aopc")
 
 
 def _metric_auc(model: Model, x: Any, explanation: Any, **params: Any) -> Any:
     """Normalised area under the :func:`pixel_flipping` curve (lower is better for MoRF)."""
     tgt = _target_param(explanation, params)
-    return pixel_flipping(model, x, _relevance_of(explanation), tgt, **params).auc
+    return _flip_values(pixel_flipping(model, x, _relevance_of(explanation), tgt, **params), "auc")
+
+
+_metric_aopc.parameters_of = pixel_flipping  # type: ignore[attr-defined]  # lrpflow-info shows these parameters
+_metric_auc.parameters_of = pixel_flipping  # type: ignore[attr-defined]
 
 
 def _metric_conservation(model: Model, x: Any, explanation: Any, **params: Any) -> Any:
@@ -875,7 +938,8 @@ def lrpflow_register_metrics(registry):  # noqa: ANN001 - typed in the hookspec
 
 
 def evaluate(metric_names: str | Sequence[str] | Mapping[str, Mapping[str, Any] | None], model: Model, x: Any,
-             explanation: Any, *, registry: Any = None, **params: Any) -> dict[str, Any]:
+             explanation: Any, *, registry: Any = None, details: dict[str, Any] | None = None,
+             **params: Any) -> dict[str, Any]:
     """Run registered metrics on one explained batch: ``{name: per-sample values (N,)}``.
 
     Parameters
@@ -886,6 +950,9 @@ def evaluate(metric_names: str | Sequence[str] | Mapping[str, Mapping[str, Any] 
         The model, its input batch (declared layout) and ``explain(model, x, ...)``.
     registry : Registry, optional
         Default: the metrics registry of the default plugin manager (built-ins and plugins).
+    details : dict, optional
+        Receives ``{name: {"curve": (N, L+1), "fractions": (L+1,)}}`` for metrics that
+        return :class:`MetricValues` (pixel flipping's perturbation curves).
     **params : mapping
         Per-metric parameters keyed by metric name, e.g.
         ``pixel_flipping={"steps": 10, "patch": 2}``.
@@ -929,5 +996,9 @@ def evaluate(metric_names: str | Sequence[str] | Mapping[str, Mapping[str, Any] 
         values = registry.get(name)(model, x, explanation, **own)
         if getattr(values, "shape", None) != (n,):
             raise ShapeError(f"metric {name!r} returned shape {getattr(values, 'shape', None)}; expected per-sample values ({n},)")
+        if isinstance(values, MetricValues):
+            if details is not None and values.details:
+                details[name] = values.details
+            values = numpy.asarray(values)
         results[name] = values
     return results

@@ -204,6 +204,54 @@ _FINAL = "\0relevance"  #: the finiteness flag of the final map (a name no node 
 
 
 _TOPK = re.compile(r"^\s*topk\s*:\s*(\d+)\s*$", re.IGNORECASE)
+_EACH_TOPK = re.compile(r"^\s*each\s*:\s*topk\s*:\s*(\d+)\s*$", re.IGNORECASE)
+
+
+def is_multi_target(target: Any, targets: Any = None) -> bool:
+    """Whether a call asks for one map per target (``targets=[...]`` or ``"each:topk:K"``)."""
+    return targets is not None or (isinstance(target, str) and _EACH_TOPK.match(target) is not None)
+
+
+def split_targets(logits: Any, target: Any, targets: Sequence[Any] | None) -> list[Any]:
+    """The single-target specs of a multi-target call, in order.
+
+    ``targets=[t1, t2, ...]``: each item is any single target (``"pred"``, a class, per-sample
+    classes (N,), ...). ``"each:topk:K"``: the k-th best class of every sample, k = 1..K
+    (per-sample class indices from the logits).
+    """
+    if targets is not None:
+        if isinstance(targets, str) or not isinstance(targets, Sequence) or len(targets) == 0:
+            raise ConfigError(f"targets must be a non-empty list of targets, got {targets!r}")
+        for t in targets:
+            if isinstance(t, str) and (_TOPK.match(t) or _EACH_TOPK.match(t)):
+                raise ConfigError(f"targets: {t!r} is not a single target; give 'each:topk:K' as target= instead")
+        return list(targets)
+    k = int(_EACH_TOPK.match(target).group(1))  # type: ignore[union-attr]
+    c = logits.shape[-1]
+    if not 1 <= k <= c:
+        raise ConfigError(f"target {target!r}: K must be between 1 and the number of classes {c}")
+    xp = get_namespace(logits)
+    idx = xp.argsort(-logits, axis=1, kind="stable")[:, :k]
+    return [xp.ascontiguousarray(idx[:, j]) for j in range(k)]
+
+
+def stack_targets(parts: Sequence[Explanation]) -> Explanation:
+    """One explanation of K targets from K single-target explanations of the same rows.
+
+    ``relevance`` (N, K, ...), ``target`` (N, K), ``r_init`` (N, K, C), ``conservation``
+    and the ledger (N, K), kept intermediates (N, K, ...); ``logits`` stay (N, C).
+    """
+    xp = get_namespace(parts[0].relevance)
+
+    def st(arrays: Sequence[Any]) -> Any:
+        return xp.stack(list(arrays), axis=1)
+
+    first = parts[0]
+    ledger = {k: LedgerEntry(st([p.ledger[k].entering for p in parts]), st([p.ledger[k].leaving for p in parts]))
+              for k in first.ledger}
+    kept = {k: st([p.intermediate[k] for p in parts]) for k in first.intermediate}
+    return Explanation(st([p.relevance for p in parts]), first.logits, st([p.target for p in parts]),
+                       st([p.r_init for p in parts]), st([p.conservation for p in parts]), ledger, kept, first.method)
 
 
 def initial_relevance(logits: Any, target: Any, init: str, labels: Any = None) -> tuple[Any, Any]:
@@ -239,7 +287,7 @@ def initial_relevance(logits: Any, target: Any, init: str, labels: Any = None) -
         for j in range(1, k):
             mask = mask + one_hot(idx[:, j])
     elif isinstance(target, str):
-        raise ConfigError(f"unknown target {target!r}; expected 'pred', 'true', 'topk:K', a class index or an array")
+        raise ConfigError(f"unknown target {target!r}; expected 'pred', 'true', 'topk:K', 'each:topk:K', a class index or an array")
     elif isinstance(target, (int, numpy.integer)) and not isinstance(target, bool):
         if not 0 <= int(target) < c:
             raise ConfigError(f"target class {target} out of range: the model has {c} outputs")
@@ -424,16 +472,27 @@ class Explainer:
     # -- explanation -------------------------------------------------------------
     def explain(self, x: Any = None, target: Any = "pred", *, trace: Trace | None = None, labels: Any = None,
                 init: str | None = None, composite: Any = None, rule: Any = None, keep: Sequence[str] | None = None,
-                **params: Any) -> Explanation:
+                targets: Sequence[Any] | None = None, **params: Any) -> Explanation:
         """Explain ``x`` (or a trace from :meth:`forward`) for ``target``.
 
         ``target``: ``"pred"`` (argmax), ``"true"`` (needs ``labels``), a class index, per-sample
         class indices (N,), ``"topk:K"`` (sum of the K best), or an explicit R_init array (N, C).
+        Several maps at once: ``targets=[t1, ..., tK]`` or ``target="each:topk:K"`` (the K
+        best classes, one map each) give ``relevance`` of shape (N, K, ...) and ``target``
+        (N, K), all from one forward pass (see :func:`stack_targets`).
         ``composite``/``rule`` (+ params) override the explainer's own for this call.
         Large batches are explained in row chunks (see ``chunk_size`` and ``workers``).
         An empty batch (N = 0) gives an empty explanation: every array has 0 rows (relevance
         shaped ``(0, ...)`` like ``x``, in the explainer's dtype), without a forward pass.
         """
+        if is_multi_target(target, targets):
+            if trace is None:
+                if x is None:
+                    raise ConfigError("explain() needs an input x or a trace")
+                trace = x if isinstance(x, Trace) else self.forward(x)  # the one forward pass for every target
+            specs = split_targets(trace.logits, target, targets)
+            return stack_targets([self.explain(trace=trace, target=t, labels=labels, init=init, composite=composite,
+                                               rule=rule, keep=keep, **params) for t in specs])
         if trace is None:
             if x is None:
                 raise ConfigError("explain() needs an input x or a trace")
@@ -558,14 +617,16 @@ class Explainer:
 def explain(model: Model, x: Any, rule: Any = None, composite: Any = None, *, target: Any = "pred",
             labels: Any = None, init: str | None = None, backend: str | None = None, dtype: Any = "float32",
             keep: Sequence[str] = (), chunk_size: int | None = None, workers: int | None = None,
-            **params: Any) -> Explanation:
+            targets: Sequence[Any] | None = None, **params: Any) -> Explanation:
     """Explain ``x`` with one rule (``rule="epsilon", epsilon=0.01``) or a composite (``composite="epsilon_plus"``).
 
-    See :class:`Explainer` for the parameters and :meth:`Explainer.explain` for targets.
+    See :class:`Explainer` for the parameters and :meth:`Explainer.explain` for targets
+    (``targets=[...]`` or ``target="each:topk:K"``: one map per target, (N, K, ...)).
     """
     exp = Explainer(model, composite=composite, rule=rule, backend=backend, dtype=dtype, init=init, keep=keep,
                     chunk_size=chunk_size, workers=workers, **params)
-    return exp.explain(x, target=target, labels=labels)
+    return exp.explain(x, target=target, labels=labels, targets=targets)
 
 
-__all__ = ["Explainer", "Explanation", "LedgerEntry", "explain", "propagate", "initial_relevance"]
+__all__ = ["Explainer", "Explanation", "LedgerEntry", "explain", "propagate", "initial_relevance", "stack_targets",
+           "split_targets"]

@@ -24,48 +24,24 @@ log = logging.getLogger("lrpflow.pipeline")
 
 
 def render_images(out: Path, r: Mapping[str, Any], rel: numpy.ndarray, x: numpy.ndarray, rows: Any,
-                  method: str) -> list[str]:
-    """Write ``heatmaps/<row>_<cmap>.png`` for every row and colormap, and ``heatmap_grid.png``.
+                  method: str, *, pred: Any = (), true: Any = None, sources: Any = None,
+                  classes: Any = None) -> list[str]:
+    """The run's figures of the given rows (:func:`lrpflow.render.run_figures.render_run`): heatmaps
+    ``heatmaps/<row>_<cmap>.png`` named by the dataset row (or file) they show, the per-sample triples and the
+    labelled ``heatmap_grid.png``. ``rel`` and ``x`` are channels-last (or flat vectors). Returns the files."""
+    from lrpflow.render.run_figures import class_names, render_run
+    from lrpflow.store.faults import checkpoint
 
-    ``rel`` and ``x`` are channels-last (or flat vectors); ``rows`` are the dataset rows
-    they show. Returns the files written.
-    """
     if not len(rel):
         return []
     try:
-        return _render_images(out, r, rel, x, rows, method)
+        files = render_run(x, rel, out, settings=r, rows=[int(v) for v in rows], pred=list(pred), true=true,
+                           names=class_names(classes), sources=sources, method=method)
     except OSError as err:
         raise LrpflowError(f"cannot write the heatmaps into {out}: {err.strerror or err}"
                            f"{' (' + err.filename + ')' if getattr(err, 'filename', None) else ''}") from err
-
-
-def _render_images(out: Path, r: Mapping[str, Any], rel: numpy.ndarray, x: numpy.ndarray, rows: Any,
-                   method: str) -> list[str]:
-    from lrpflow import render
-    from lrpflow.store.faults import checkpoint
-
-    folder = out / "heatmaps"
-    folder.mkdir(parents=True, exist_ok=True)
-    cmaps = list(r.get("cmaps") or ["blue_white_red"])
-    image_like = x.ndim == 4 or (x.ndim == 2 and math.isqrt(x.shape[1]) ** 2 == x.shape[1])
-    files = []
-    for i, row in enumerate(rows):
-        for cmap in cmaps:
-            path = folder / f"{int(row):06d}_{cmap}.png"
-            if r.get("overlay") and x.ndim == 4 and x.shape[-1] == 3:
-                render.render_overlay(rel[i], x[i], cmap=cmap, path=str(path))
-            elif image_like:
-                rgb = render.hm_to_rgb(rel[i], X=x[i] if r.get("outline", True) else None,
-                                       scaling=int(r.get("scaling", 3)), sigma=float(r.get("sigma", 2.0)), cmap=cmap)
-                render.save_image([rgb], str(path), gap=0)
-            else:
-                continue
-            files.append(str(path))
-            checkpoint("render", str(path))
-    if r.get("grid", True) and image_like:
-        grid = out / "heatmap_grid.png"
-        render.colormap_grid(rel, x, cmaps=cmaps, title=method, path=str(grid))
-        files.append(str(grid))
+    for path in files:
+        checkpoint("render", path)
     return files
 
 
@@ -119,7 +95,8 @@ def finalize_outputs(run_dir: str | os.PathLike[str], store_path: str | os.PathL
             method = str(store.attrs.get("method", ""))
             model_layout = str(store.attrs.get("model_layout", "NHWC"))
             n = min(want_images, len(store))
-            shown = store.read(["relevance", "index"], slice(0, n)) if n else None
+            fields = ["relevance", "index", "logits"] + [k for k in ("label", "source") if k in store.fields]
+            shown = store.read(fields, slice(0, n)) if n else None
         checkpoint("evaluate")
         images = _render_from_store(out, r, shown, cfg, state, model_layout, method) if shown else []
     else:
@@ -133,7 +110,8 @@ def finalize_outputs(run_dir: str | os.PathLike[str], store_path: str | os.PathL
             layout = str(getattr(state.model, "layout", "NHWC"))
             if layout == "NCHW" and x.ndim == 4:
                 x, rel = x.transpose(0, 2, 3, 1), rel.transpose(0, 2, 3, 1)
-            images = render_images(out, r, rel, x, [k[0] for k in kept], str(state.extras.get("method", "")))
+            images = render_images(out, r, rel, x, [k[0] for k in kept], str(state.extras.get("method", "")),
+                                   classes=_get(cfg, "data.classes"))
     if images:
         outputs["images"] = images
     objective = None
@@ -148,6 +126,10 @@ def finalize_outputs(run_dir: str | os.PathLike[str], store_path: str | os.PathL
                "data": _get(cfg, "data.name")}
     _write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str))
     log.info("done%s; objective %s", f" in {summary['seconds']:.1f} s" if started is not None else "", objective)
+    if cfg.get("report", True):
+        from lrpflow.report import write_run_report
+
+        log.info("outputs in %s (report: %s)", out, write_run_report(out))
     return summary
 
 
@@ -180,4 +162,9 @@ def _render_from_store(out: Path, r: Mapping[str, Any], shown: Mapping[str, nump
         x = x.transpose(0, 2, 3, 1)
     if rel.ndim == 4 and model_layout == "NCHW":
         rel = rel.transpose(0, 2, 3, 1)
-    return render_images(out, r, rel, x, index, method)
+    labels = shown.get("label")
+    sources = shown.get("source")
+    return render_images(out, r, rel, x, index, method, pred=numpy.asarray(shown["logits"]).argmax(axis=1),
+                         true=None if labels is None else [int(v) for v in numpy.asarray(labels)],
+                         sources=None if sources is None else [str(v) for v in sources],
+                         classes=_get(cfg, "data.classes"))

@@ -285,7 +285,9 @@ class Evaluate:
         names = list(e.get("metrics") or [])
         params = {k: v for k, v in dict(e.get("params") or {}).items() if k in names}  # only the requested metrics
         x = state.trace.input if state.model.layout == "NHWC" else state.model.from_nhwc(state.trace.input)
-        state.metrics = {k: to_numpy(v) for k, v in evaluate(names, state.model, x, state.explanation, **params).items()}
+        details = state.extras["metric_details"] = {}  # perturbation curves, for the save_curves step
+        state.metrics = {k: to_numpy(v) for k, v in evaluate(names, state.model, x, state.explanation, details=details,
+                                                             **params).items()}
         for k, v in state.metrics.items():
             tot = state.totals.setdefault(k, [0.0, 0])
             tot[0] += float(numpy.sum(v))
@@ -356,7 +358,7 @@ class Save:
 
     def process(self, state: State) -> None:
         if self.store is None:
-            self.store = self._open(state)
+            self.store = state.store = self._open(state)
         b = state.batch
         extras: dict[str, Any] = {} if b.labels is None else {"label": class_labels(b.labels)}
         files = source_files(state.source)
@@ -551,7 +553,7 @@ def _resume_point(save: Save, state: State) -> tuple[int, bool]:
     if overwrite:
         partial.unlink()
         return state.rows[0], False
-    save.store = ResultStore.open(save.path, "a", config=state.cfg, model_sha256=_model_sha(state),
+    save.store = state.store = ResultStore.open(save.path, "a", config=state.cfg, model_sha256=_model_sha(state),
                                   ignore_config_keys=RESUME_IGNORES)
     done = save.store.next_row
     log.info("resuming %s after %d complete rows", partial, done)

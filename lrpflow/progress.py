@@ -1,4 +1,8 @@
-"""A one-line progress bar on stderr with the time left (no dependency), for training and pipelines."""
+"""Progress bars for training and pipelines: tqdm, drawn only on a terminal.
+
+A log file or a pipe never receives a bar (no ``\\r`` in files): :class:`ProgressBar` is
+enabled only where its stream is a TTY, or where ``force=True``.
+"""
 from __future__ import annotations
 
 import math
@@ -19,57 +23,63 @@ def clock(seconds: float) -> str:
     return f"{d}d {hms}" if d else hms
 
 
-class ProgressBar:
-    """``label [####....] done/total <info> left m:ss``, redrawn in place with ``\\r``.
+def is_terminal(stream: TextIO) -> bool:
+    """Whether ``stream`` is an interactive terminal."""
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
-    ``draw(done, info)`` redraws now; ``update(n, info)`` advances by ``n`` and redraws at
-    most every ``interval`` seconds (and at the end); ``clear()`` erases the line before a
-    log message; ``close()`` ends it.
+
+class ProgressBar:
+    """``label  40%|████      | done/total [elapsed<left, info]``, a tqdm bar.
+
+    ``draw(done, info)`` sets the position now; ``update(n, info)`` advances by ``n``;
+    ``clear()`` erases the line before a log message; ``close()`` ends it. Disabled unless
+    ``enabled`` and the stream is a terminal (``force=True`` draws on any stream).
     """
 
     def __init__(self, total: int, enabled: bool = True, label: str = "", stream: TextIO | None = None,
-                 interval: float = 0.2, width: int = 20) -> None:
-        self.total, self.enabled, self.label = max(0, int(total)), bool(enabled), label
-        self.interval, self.width = interval, width
+                 interval: float = 0.2, width: int = 20, force: bool = False) -> None:
+        from tqdm import tqdm
+
+        self.total, self.label, self.interval = max(0, int(total)), label, interval
         self.stream = stream if stream is not None else sys.stderr
+        self.enabled = bool(enabled) and (force or is_terminal(self.stream))
         self.start = time.perf_counter()
         self.done = 0
         self._last = -math.inf
-        self._shown = 0  # length of the line on screen
+        self._bar = tqdm(total=self.total, desc=label or None, file=self.stream, disable=not self.enabled,
+                         mininterval=interval, leave=False, dynamic_ncols=True)
 
     def due(self) -> bool:
+        """Whether a redraw is due (at most every ``interval`` seconds)."""
         return self.enabled and time.perf_counter() - self._last >= self.interval
 
     def draw(self, done: int, info: str = "") -> None:
         if not self.enabled:
             return
-        self.done = done
-        now = time.perf_counter()
-        self._last = now
-        elapsed = now - self.start
-        left = elapsed / done * (self.total - done) if done else math.inf
-        fill = int(self.width * done / self.total) if self.total else self.width
-        head = f"{self.label} " if self.label else ""
-        line = f"{head}[{'#' * fill}{'.' * (self.width - fill)}] {done}/{self.total} {info + ' ' if info else ''}left {clock(left)}"
-        self.stream.write("\r" + line + " " * max(self._shown - len(line), 0))
-        self.stream.flush()
-        self._shown = len(line)
+        self._last = time.perf_counter()
+        self._bar.update(int(done) - self.done)
+        self.done = int(done)
+        if info:
+            self._bar.set_postfix_str(info, refresh=False)
+        self._bar.refresh()
 
     def update(self, n: int, info: str = "") -> None:
+        if not self.enabled:
+            self.done += n
+            return
+        if info:
+            self._bar.set_postfix_str(info, refresh=False)
+        self._bar.update(n)
         self.done += n
-        if self.due() or self.done >= self.total:
-            self.draw(self.done, info)
 
     def clear(self) -> None:
         """Erase the line (before a log message goes to the same terminal)."""
-        if self.enabled and self._shown:
-            self.stream.write("\r" + " " * self._shown + "\r")
-            self.stream.flush()
-            self._shown = 0
+        if self.enabled:
+            self._bar.clear()
             self._last = -math.inf  # redraw at the next chance
 
     def close(self) -> None:
-        if self.enabled and self._shown:
-            self.stream.write("\n")
-            self.stream.flush()
-            self._shown = 0
+        self._bar.close()

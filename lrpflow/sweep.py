@@ -78,7 +78,10 @@ def summarize_sweep(sweep_dir: str | os.PathLike[str], max_images: int = 4) -> d
     grid = _grid(rows, root, max_images)
     if grid:
         out["grid"] = grid
-    log.info("sweep summary of %d jobs in %s", len(rows), root)
+    from lrpflow.report import write_sweep_report
+
+    out["report"] = write_sweep_report(root)
+    log.info("sweep summary of %d jobs in %s (report: %s)", len(rows), root, out["report"])
     return out
 
 
@@ -93,7 +96,7 @@ def _grid(rows: list[dict[str, Any]], root: Path, max_images: int) -> str | None
         if not store or not os.path.exists(store):
             continue
         data = load(store, fields=["relevance"], rows=slice(0, max_images))
-        label = "\n".join(o for o in row["overrides"].split() if o not in common) or f"job {row['job']}"
+        label = render.column_title([o for o in row["overrides"].split() if o not in common]) or f"job {row['job']}"
         relevances[label] = data["relevance"]
     if not relevances:
         return None
@@ -104,5 +107,5 @@ def _grid(rows: list[dict[str, Any]], root: Path, max_images: int) -> str | None
     if not (len(shape) == 3 or (len(shape) == 1 and int(numpy.sqrt(shape[0])) ** 2 == shape[0])):
         return None
     path = str(root / "sweep_grid.png")
-    render.heatmap_grid({k: v[:n] for k, v in relevances.items()}, None, title="sweep", path=path)
+    render.heatmap_grid({k: v[:n] for k, v in relevances.items()}, None, title="sweep", path=path, colorbar=True)
     return path

@@ -19,7 +19,7 @@ from typing import Any
 import numpy
 
 from lrpflow.backend import get_namespace, to_numpy
-from lrpflow.errors import ConfigError, DataFormatError, ShapeError
+from lrpflow.errors import ConfigError, DataFormatError, LrpflowError, ShapeError
 from lrpflow.graph import Model, Node, Sequential, Trace
 from lrpflow.layers.base import Layer
 from lrpflow.progress import ProgressBar, clock
@@ -34,13 +34,18 @@ DECAYS: Mapping[str, Callable[[float], float] | None] = {
 }
 
 
+class TrainingDivergedError(LrpflowError, FloatingPointError):
+    """Training produced a non-finite loss (NaN/Inf): the learning rate is too large for the model."""
+
+
 @dataclass(frozen=True)
 class TrainResult:
     """What :func:`train` did.
 
     ``best_*`` describe the evaluation whose parameters the model holds after training;
     they are None when no evaluation happened (``iters < status``): the model then keeps
-    its last parameters.
+    its last parameters. ``best_iteration == 0`` means no evaluation beat the starting
+    parameters, which were restored (``initial_*`` is their score).
     """
 
     best_iteration: int | None  #: iteration (1-based) of the best evaluation
@@ -49,6 +54,8 @@ class TrainResult:
     iterations_run: int  #: SGD steps taken (< iters when convergence stopped early)
     history: list[tuple[int, float, float]] = field(default_factory=list)  #: (iteration, loss, accuracy) per evaluation
     seconds: float = 0.0  #: wall-clock time of the whole call
+    initial_loss: float | None = None  #: l1-loss of the starting parameters (None without evaluations)
+    initial_accuracy: float | None = None  #: accuracy of the starting parameters
 
 
 # -- the backward pass ----------------------------------------------------------
@@ -287,7 +294,8 @@ def train(model: Model, X: Any, Y: Any, Xval: Any = None, Yval: Any = None, batc
     progress : bool
         Draw a progress bar on stderr.
     log : logging.Logger, optional
-        Where status lines go (default: the logger ``"lrpflow.train"``, level INFO).
+        Where status lines go (default: the logger ``"lrpflow.train"``): one INFO line at the
+        end, each evaluation at DEBUG.
     eval_batchsize : int
         Batch size of the evaluations (bounds their memory).
 
@@ -314,7 +322,10 @@ def train(model: Model, X: Any, Y: Any, Xval: Any = None, Yval: Any = None, batc
     the toolbox's l1-loss ``Σ|ŷ − Y| / N`` and accuracy. A strictly lower loss than all
     before is a new best: its parameters are copied, the decay is applied and the
     convergence counter reset. At the end (or on an exception) the best parameters are
-    restored. Training works on copies of the parameters in X's namespace and dtype; the
+    restored, unless the starting parameters (scored once before the first step) were
+    better: those are restored then (``best_iteration == 0``). A non-finite batch or
+    evaluation loss stops training with :class:`TrainingDivergedError`, which suggests a
+    smaller learning rate; the best parameters so far are restored first. Training works on copies of the parameters in X's namespace and dtype; the
     restored parameters are stored back in each parameter's original namespace and dtype,
     so arrays the caller passed to the layers are never modified in place.
     """
@@ -378,6 +389,12 @@ def train(model: Model, X: Any, Y: Any, Xval: Any = None, Yval: Any = None, batc
     best_iteration = best_loss = best_accuracy = None
     stale = 0
     it = 0
+    initial: dict[int, dict[str, Any]] | None = None
+    initial_loss = initial_accuracy = None
+    if status <= iters:  # the starting point: never restore parameters worse than these
+        initial_loss, initial_accuracy = score(model, X_eval, Y_eval, batchsize=eval_batchsize)
+        if math.isfinite(initial_loss):
+            initial = {lid: {k: v.copy() for k, v in ps.items()} for lid, ps in work.items()}
 
     def say(level: int, msg: str, *args: Any) -> None:
         bar.clear()
@@ -393,6 +410,10 @@ def train(model: Model, X: Any, Y: Any, Xval: Any = None, Yval: Any = None, batc
                 batch = transform(batch)
             y, trace = model.run(batch)
             delta = y - Y[index]
+            if not bool(xp.isfinite(delta).all()):
+                raise TrainingDivergedError(
+                    f"training diverged at iteration {it}: the batch loss is not finite (NaN/Inf) with "
+                    f"lrate={lrate:g}; try lrate={lrate / 10:g}")
             step = lrate * factor / batchsize
             summed: dict[tuple[int, str], Any] = {}
             for (node_name, k), g in backward(model, trace, delta, softmax_passthrough=True).items():
@@ -408,19 +429,21 @@ def train(model: Model, X: Any, Y: Any, Xval: Any = None, Yval: Any = None, batc
             if it % status == 0:
                 loss, acc = score(model, X_eval, Y_eval, batchsize=eval_batchsize)
                 history.append((it, loss, acc))
-                say(logging.INFO, "iteration %d: accuracy %.2f%% on %s (l1-loss %.4g)", it, 100 * acc, where, loss)
+                say(logging.DEBUG, "iteration %d: accuracy %.2f%% on %s (l1-loss %.4g)", it, 100 * acc, where, loss)
                 if not math.isfinite(loss):
-                    say(logging.WARNING, "the l1-loss is %s: training diverged; try a smaller lrate", loss)
+                    raise TrainingDivergedError(
+                        f"training diverged at iteration {it}: the l1-loss on {where} is {loss} with "
+                        f"lrate={lrate:g}; try lrate={lrate / 10:g}")
                 if best_loss is None or loss < best_loss:
                     best = {lid: {k: v.copy() for k, v in ps.items()} for lid, ps in work.items()}
                     best_iteration, best_loss, best_accuracy = it, loss, acc
                     stale = 0
                     if decay is not None:
                         factor = decay(acc)
-                        say(logging.INFO, "new best; learning rate set to %.4g (%.2f%% of lrate)", lrate * factor,
+                        say(logging.DEBUG, "new best; learning rate set to %.4g (%.2f%% of lrate)", lrate * factor,
                             100 * factor)
                     else:
-                        say(logging.INFO, "new best")
+                        say(logging.DEBUG, "new best")
                 else:
                     stale += 1
                     if 0 < convergence <= stale:
@@ -430,7 +453,10 @@ def train(model: Model, X: Any, Y: Any, Xval: Any = None, Yval: Any = None, batc
             elif bar.due():
                 bar.draw(it, f"loss {float(xp.abs(delta).sum()) / batchsize:.4g} lrate {lrate * factor:.3g}")
     finally:
-        # install the best (or, without any evaluation, the last) parameters in their original storage
+        # install the best (or, without any evaluation, the last) parameters in their original storage;
+        # the starting parameters when no evaluation beat them
+        if initial is not None and (best is None or not best_loss <= initial_loss):
+            best, best_iteration, best_loss, best_accuracy = initial, 0, initial_loss, initial_accuracy
         final = best if best is not None else work
         for lid, layer in layers.items():
             layer.set_params(**{k: _copy_to(v, *original[lid][k]) for k, v in final[lid].items()})
@@ -440,10 +466,13 @@ def train(model: Model, X: Any, Y: Any, Xval: Any = None, Yval: Any = None, batc
         bar.close()
 
     seconds = time.perf_counter() - t_start
-    if best is not None:
-        log.info("training ran %d iterations (%s); restored the parameters of iteration %d: accuracy %.2f%%, "
-                 "l1-loss %.4g", it, clock(seconds), best_iteration, 100 * best_accuracy, best_loss)
+    if best_iteration == 0:
+        log.info("training ran %d iterations (%s) without beating the starting parameters (l1-loss %.4g); "
+                 "restored them", it, clock(seconds), initial_loss)
+    elif best is not None:
+        log.info("training ran %d iterations (%s); restored the parameters of iteration %d: accuracy %.2f%% on %s, "
+                 "l1-loss %.4g", it, clock(seconds), best_iteration, 100 * best_accuracy, where, best_loss)
     else:
         log.info("training ran %d iterations (%s) without an evaluation (status=%d); kept the last parameters",
                  it, clock(seconds), status)
-    return TrainResult(best_iteration, best_loss, best_accuracy, it, history, seconds)
+    return TrainResult(best_iteration, best_loss, best_accuracy, it, history, seconds, initial_loss, initial_accuracy)

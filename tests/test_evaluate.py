@@ -40,7 +40,7 @@ def np_(a):
 def test_pixel_flipping_linear_by_hand(xp):
     # sample 0: contributions (0.5, -2, 6, 1), f = 5.6; most relevant first removes 2, 3, 0, 1
     # sample 1: contributions (2, -1, -1, 0), f = -0.3; order 0, 3, 1, 2 (the tie keeps index order)
-    out = ev.pixel_flipping(linear_model(), xp.asarray(X), xp.asarray(contributions()), xp.asarray(T), steps=None)
+    out = ev.pixel_flipping(linear_model(), xp.asarray(X), xp.asarray(contributions()), xp.asarray(T), steps=None, fraction=1.0)
     curve = np_(out.curve)
     numpy.testing.assert_allclose(curve[0], [5.6, -0.4, -1.4, -1.9, 0.1], atol=1e-12)
     numpy.testing.assert_allclose(curve[1], [-0.3, -2.3, -2.3, -1.3, -0.3], atol=1e-12)
@@ -56,50 +56,50 @@ def test_pixel_flipping_linear_by_hand(xp):
     assert type(out.curve) is type(xp.asarray(X))  # stays on the data's backend
 
     lerf = ev.pixel_flipping(linear_model(), xp.asarray(X), xp.asarray(contributions()), xp.asarray(T),
-                             steps=None, order="least_relevant_first")
+                             steps=None, fraction=1.0, order="least_relevant_first")
     numpy.testing.assert_allclose(np_(lerf.curve)[0], [5.6, 7.6, 7.1, 6.1, 0.1], atol=1e-12)
     assert np_(lerf.aopc)[0] < np_(out.aopc)[0]
 
 
 def test_pixel_flipping_steps_fraction_patch_baseline():
     model, r = linear_model(), contributions()
-    two = ev.pixel_flipping(model, X, r, T, steps=2)  # 4 regions in 2 steps: 0, 2, 4 removed
+    two = ev.pixel_flipping(model, X, r, T, steps=2, fraction=1.0)  # 4 regions in 2 steps: 0, 2, 4 removed
     numpy.testing.assert_allclose(two.curve[0], [5.6, -1.4, 0.1], atol=1e-12)
     numpy.testing.assert_allclose(two.fractions, [0, 0.5, 1.0])
     half = ev.pixel_flipping(model, X, r, T, steps=None, fraction=0.5)
     numpy.testing.assert_allclose(half.curve[0], [5.6, -0.4, -1.4], atol=1e-12)
     numpy.testing.assert_allclose(half.fractions, [0, 0.25, 0.5])
     # patches of 2 consecutive features: regions {0,1} (R = −1.5) and {2,3} (R = 7)
-    patched = ev.pixel_flipping(model, X, r, T, steps=None, patch=2)
+    patched = ev.pixel_flipping(model, X, r, T, steps=None, fraction=1.0, patch=2)
     assert patched.regions == 2
     numpy.testing.assert_allclose(patched.curve[0], [5.6, -1.4, 0.1], atol=1e-12)
     # a constant baseline c changes f by (c − x_i)·w_i per removed feature
-    const = ev.pixel_flipping(model, X, r, T, steps=None, baseline=1.0)
+    const = ev.pixel_flipping(model, X, r, T, steps=None, fraction=1.0, baseline=1.0)
     numpy.testing.assert_allclose(const.curve[0], [5.6, 1.6, 0.85, 0.85, 1.85], atol=1e-12)
     # "mean": every feature of sample 0 becomes 2.5 in the end
-    mean = ev.pixel_flipping(model, X, r, T, steps=None, baseline="mean")
+    mean = ev.pixel_flipping(model, X, r, T, steps=None, fraction=1.0, baseline="mean")
     numpy.testing.assert_allclose(mean.curve[0, -1], 0.1 + 2.5 * W[:, 0].sum(), atol=1e-12)
     # an array baseline of one sample's shape
-    arr = ev.pixel_flipping(model, X, r, T, steps=None, baseline=numpy.ones(4))
+    arr = ev.pixel_flipping(model, X, r, T, steps=None, fraction=1.0, baseline=numpy.ones(4))
     numpy.testing.assert_allclose(arr.curve[0], const.curve[0], atol=1e-12)
     # steps beyond the regions repeat a removal count; the curve stays exact
-    many = ev.pixel_flipping(model, X, r, T, steps=8)
+    many = ev.pixel_flipping(model, X, r, T, steps=8, fraction=1.0)
     numpy.testing.assert_array_equal(many.removed, [0, 1, 1, 2, 2, 3, 3, 4, 4])  # round half up of k·4/8
     numpy.testing.assert_allclose(many.curve[0, [0, 1, 3, 5, 7]], [5.6, -0.4, -1.4, -1.9, 0.1], atol=1e-12)
 
 
 def test_pixel_flipping_random_order_and_noise():
     model, r = linear_model(), contributions()
-    a = ev.pixel_flipping(model, X, r, T, steps=None, order="random", seed=3)
-    b = ev.pixel_flipping(model, X, r, T, steps=None, order="random", seed=3)
+    a = ev.pixel_flipping(model, X, r, T, steps=None, fraction=1.0, order="random", seed=3)
+    b = ev.pixel_flipping(model, X, r, T, steps=None, fraction=1.0, order="random", seed=3)
     numpy.testing.assert_array_equal(a.curve, b.curve)
     numpy.testing.assert_allclose(a.curve[:, 0], [5.6, -0.3])  # nothing removed
     numpy.testing.assert_allclose(a.curve[:, -1], B, atol=1e-12)  # everything removed: f(0) = b
-    orders = {tuple(ev.pixel_flipping(model, X, r, T, steps=None, order="random", seed=s).curve[0]) for s in range(6)}
+    orders = {tuple(ev.pixel_flipping(model, X, r, T, steps=None, fraction=1.0, order="random", seed=s).curve[0]) for s in range(6)}
     assert len(orders) > 1
-    noise = ev.pixel_flipping(model, X, r, T, steps=None, baseline="uniform_noise", seed=1)
-    again = ev.pixel_flipping(model, X, r, T, steps=None, baseline="uniform_noise", seed=1)
-    other = ev.pixel_flipping(model, X, r, T, steps=None, baseline="uniform_noise", seed=2)
+    noise = ev.pixel_flipping(model, X, r, T, steps=None, fraction=1.0, baseline="uniform_noise", seed=1)
+    again = ev.pixel_flipping(model, X, r, T, steps=None, fraction=1.0, baseline="uniform_noise", seed=1)
+    other = ev.pixel_flipping(model, X, r, T, steps=None, fraction=1.0, baseline="uniform_noise", seed=2)
     numpy.testing.assert_array_equal(noise.curve, again.curve)
     assert not numpy.allclose(noise.curve[:, -1], other.curve[:, -1])
     # the noise lies in [min x_n, max x_n]: f at full removal is bounded by the weights' signs
@@ -138,11 +138,11 @@ def test_pixel_flipping_images_match_slow_loop(rng):
     x = rng.normal(0, 1, (3, 10, 10, 2))
     r = lrpflow.explain(model, x, rule="epsilon", epsilon=0.01, dtype="float64").relevance
     target = numpy.array([[0, 2], [1, 3], [3, 0]])  # (N, K): the sum of two logits
-    out = ev.pixel_flipping(model, x, r, target, steps=6, patch=3, baseline="mean", batch_size=5)
+    out = ev.pixel_flipping(model, x, r, target, steps=6, fraction=1.0, patch=3, baseline="mean", batch_size=5)
     assert out.regions == 16  # 4 × 4 patches of 3 (the last row/column 1 wide)
     ref = slow_flipping(model, x, r, target, 6, 3, lambda img: numpy.broadcast_to(img.mean((0, 1)), img.shape))
     numpy.testing.assert_allclose(out.curve, ref, rtol=1e-10, atol=1e-10)
-    big = ev.pixel_flipping(model, x, r, target, steps=6, patch=3, baseline="mean", batch_size=1000)
+    big = ev.pixel_flipping(model, x, r, target, steps=6, fraction=1.0, patch=3, baseline="mean", batch_size=1000)
     numpy.testing.assert_allclose(big.curve, out.curve, rtol=1e-12, atol=1e-12)  # batch size is memory only
 
 

@@ -1,6 +1,7 @@
 """lrpflow.train: exact gradients, SGD as the toolbox's Sequential.train, evaluation, validation."""
 from __future__ import annotations
 
+import io
 import logging
 import math
 
@@ -8,12 +9,13 @@ import numpy
 import pytest
 
 import lrpflow
-from lrpflow.errors import ConfigError, DataFormatError, ShapeError
+from lrpflow.errors import ConfigError, DataFormatError, LrpflowError, ShapeError
 from lrpflow.graph import Model, Node
 from lrpflow.layers import (
     Add, Concat, Conv2d, Flatten, Linear, MaxPool, ReLU, SoftMax, SumPool, Tanh,
 )
-from lrpflow.train import TrainResult, gradients, score, train
+from lrpflow.progress import ProgressBar
+from lrpflow.train import TrainingDivergedError, TrainResult, gradients, score, train
 
 
 # -- models and data -------------------------------------------------------------------
@@ -287,14 +289,45 @@ def test_transform_and_rng(rng):
     assert runs[0].history == runs[1].history
 
 
-def test_progress_bar_on_stderr(rng, capsys):
+def test_progress_bar_only_on_a_terminal(rng, capsys):
     x, _, y = linear_data(rng)
     train(lrpflow.Sequential([Linear(3, 2, rng=1)]), x, y, batchsize=4, iters=20, lrate=0.1, status=10)
     err = capsys.readouterr().err
-    assert "\r" in err and "20/20" in err and "loss" in err and "lrate" in err and "left" in err
-    train(lrpflow.Sequential([Linear(3, 2, rng=1)]), x, y, batchsize=4, iters=20, lrate=0.1, status=10,
-          progress=False)
-    assert capsys.readouterr().err == ""
+    assert "\r" not in err and "20/20" not in err  # stderr is captured here, not a terminal: no bar
+    stream = io.StringIO()
+    bar = ProgressBar(20, label="training", stream=stream, force=True)
+    for _ in range(19):
+        bar.update(1)
+    bar.draw(20, "loss 0.5 lrate 0.1")  # draw() redraws now
+    drawn = stream.getvalue()
+    bar.close()
+    assert "\r" in drawn and "20/20" in drawn and "loss 0.5 lrate 0.1" in drawn and "training" in drawn
+    assert not ProgressBar(5, stream=io.StringIO()).enabled and not ProgressBar(5, False, force=True).enabled
+
+
+def test_divergence_stops_with_a_suggested_learning_rate(rng):
+    x, _, y = linear_data(rng)
+    model = lrpflow.Sequential([Linear(3, 2, rng=1)])
+    w0 = model.modules[0].weight.copy()
+    with pytest.raises(TrainingDivergedError, match=r"lrate=1e\+30; try lrate=1e\+29") as err:
+        train(model, x * 1e3, y, batchsize=4, iters=1000, lrate=1e30, status=1, progress=False)
+    assert isinstance(err.value, LrpflowError) and "iteration" in str(err.value)
+    assert int(str(err.value).split("iteration ")[1].split(":")[0]) < 50  # stopped early, not after 1000 steps
+    numpy.testing.assert_array_equal(model.modules[0].weight, w0)  # the starting parameters are back
+
+
+def test_never_restores_parameters_worse_than_the_start(rng):
+    x, _, y = linear_data(rng)
+    good = lrpflow.Sequential([Linear(3, 2, rng=1)])
+    train(good, x, y, batchsize=len(x), iters=300, lrate=0.1, status=300, progress=False)
+    w_good = good.modules[0].weight.copy()
+    start_loss, _ = score(good, x, y)
+    # training on flipped labels, scored on the true ones: every evaluation is worse than the start
+    result = train(good, x, y[:, ::-1], x, y, batchsize=len(x), iters=3, lrate=0.5, status=1, progress=False)
+    assert all(h[1] > start_loss for h in result.history)  # every evaluation was worse than the start
+    assert result.best_iteration == 0 and result.best_loss == pytest.approx(start_loss, rel=1e-12)
+    assert result.initial_loss == pytest.approx(start_loss, rel=1e-12)
+    numpy.testing.assert_array_equal(good.modules[0].weight, w_good)
 
 
 def test_score_in_batches_equals_whole(rng):

@@ -26,7 +26,8 @@ from lrpflow.render.colormaps import (
 from lrpflow.render.curves import (
     curve_area, metric_figure, perturbation_figure, plot_metric_curve, plot_perturbation_curves,
 )
-from lrpflow.render.grid import COMPARISON_CMAPS, colormap_grid, grid_figure, heatmap_grid, render_grid
+from lrpflow.render.toolbox_colormaps import toolbox_colormap
+from lrpflow.render.grid import COMPARISON_CMAPS, colormap_grid, column_title, grid_figure, heatmap_grid, render_grid
 from lrpflow.render.image import (
     channels_last, digit_to_rgb, enlarge_image, hm_to_rgb, image_to_unit, outline, overlay, render_digit, render_heatmap,
     render_overlay, save_image, to_uint8, vec2im, write_png,
@@ -43,7 +44,7 @@ __all__ = [
     "normalize_relevance", "gray_red", "gray_red2", "black_green", "black_firered", "blue_black_yellow",
     "blue_white_red", "BUILTIN_COLORMAPS", "DEFAULT_CMAP",
     # grids and curves
-    "grid_figure", "render_grid", "heatmap_grid", "colormap_grid", "COMPARISON_CMAPS",
+    "grid_figure", "render_grid", "heatmap_grid", "colormap_grid", "column_title", "COMPARISON_CMAPS",
     "perturbation_figure", "plot_perturbation_curves", "metric_figure", "plot_metric_curve", "curve_area",
     "BUILTIN_RENDERERS",
 ]
@@ -66,6 +67,7 @@ def lrpflow_register_colormaps(registry):  # noqa: ANN001 - typed in the hookspe
         registry.add(name, cmap, aliases=aliases)
     # a family: resolver(name) -> colormap or None; get_colormap asks it for names it does not know
     registry.add("matplotlib", matplotlib_colormap, aliases=("mpl",), resolver=True)
+    registry.add("toolbox", toolbox_colormap, resolver=True)  # "toolbox:gray-red2": the toolbox's pictures
 
 
 @hookimpl

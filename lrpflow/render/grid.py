@@ -19,7 +19,7 @@ from lrpflow.render.image import (
     PathLike, channels_last, digit_to_rgb, enlarge_image, hm_to_rgb, image_to_unit, to_uint8, write_png,
 )
 
-__all__ = ["grid_figure", "render_grid", "heatmap_grid", "colormap_grid", "COMPARISON_CMAPS"]
+__all__ = ["grid_figure", "render_grid", "heatmap_grid", "colormap_grid", "column_title", "COMPARISON_CMAPS"]
 
 #: Colormaps :func:`colormap_grid` compares by default: the toolbox's five, the default, jet.
 COMPARISON_CMAPS: tuple[str, ...] = (
@@ -32,11 +32,61 @@ _MARGIN = 0.08
 _LABEL_W = 0.9
 _COL_H = 0.3
 _TITLE_H = 0.42
+_BAR_H = 0.42  # a colorbar strip under the grid, with its tick labels
+
+
+def column_title(overrides: Sequence[str] | str, width: int = 16) -> str:
+    """A readable column title from ``key=value`` overrides: numbers rounded, long lines wrapped.
+
+    ``["lrp.epsilon=0.0031622776601683794", "lrp=epsilon"]`` → ``"epsilon=0.00316\nlrp=epsilon"``
+    (only the last part of a dotted key is kept).
+    """
+    import textwrap
+
+    parts = overrides.split() if isinstance(overrides, str) else list(overrides)
+    lines = []
+    for part in parts:
+        key, sep, value = str(part).partition("=")
+        if sep:
+            key = key.split(".")[-1] if "." in key else key
+            try:
+                number = float(value)
+            except ValueError:
+                pass
+            else:
+                if not value.strip().lstrip("-").isdigit():
+                    value = f"{number:.3g}"
+            part = f"{key}={value}"
+        lines.extend(textwrap.wrap(part, width=width, break_on_hyphens=False) or [part])
+    return "\n".join(lines)
+
+
+def _wrap(label: str, cell_size: float, fontsize: float) -> str:
+    """Wrap a label to the cell width (about 0.6·fontsize points per character)."""
+    import textwrap
+
+    chars = max(6, int(cell_size * 72 / (0.6 * fontsize)))
+    return "\n".join(textwrap.fill(line, chars, break_on_hyphens=False) for line in str(label).split("\n"))
+
+
+def _colorbar(fig: Any, cmap: Any, box: tuple[float, float, float, float], fontsize: float) -> None:
+    """A horizontal colorbar of ``cmap`` over [-1, 1] (R / max|R|) in ``box`` (figure fractions)."""
+    from lrpflow.render.colormaps import get_colormap
+
+    t = numpy.linspace(-1.0, 1.0, 256)
+    rgb = numpy.asarray(get_colormap(cmap)(t[None, :]), dtype=numpy.float64)
+    ax = fig.add_axes(box)
+    ax.imshow(numpy.clip(rgb, 0, 1), aspect="auto", extent=(-1, 1, 0, 1), interpolation="nearest")
+    ax.set_yticks([])
+    ax.set_xticks([-1, 0, 1])
+    ax.set_xticklabels(["−1", "0", "+1"], fontsize=max(6.0, fontsize - 2))
+    ax.tick_params(length=2, pad=1)
 
 
 def grid_figure(
     images: Sequence[Sequence[Any]], *, row_labels: Sequence[str] | None = None,
     col_labels: Sequence[str] | None = None, title: str | None = None, cell_size: float = 1.4, dpi: float = 100,
+    colorbars: Sequence[Any] | None = None,
 ) -> Any:
     """A figure showing ``images[row][col]`` in a grid with row and column labels and a title.
 
@@ -54,6 +104,9 @@ def grid_figure(
         are drawn without interpolation).
     dpi : float
         Pixels per inch.
+    colorbars : sequence, optional
+        One colormap (or None) per column: a colorbar of the relevance scale
+        (−max|R| … +max|R|, each heatmap normalised on its own) under that column.
 
     Returns
     -------
@@ -73,12 +126,24 @@ def grid_figure(
     for labels, n, what in ((row_labels, n_rows, "row_labels"), (col_labels, n_cols, "col_labels")):
         if labels is not None and len(labels) != n:
             raise ConfigError(f"grid: {what} has {len(labels)} entries for {n} {what[:3]}s")
-    left = _MARGIN + (_LABEL_W if row_labels is not None else 0.0)
-    top = _MARGIN + (_COL_H if col_labels is not None else 0.0) + (_TITLE_H if title else 0.0)
-    width = left + n_cols * cell_size + (n_cols - 1) * _GAP + _MARGIN
-    height = top + n_rows * cell_size + (n_rows - 1) * _GAP + _MARGIN
-    fig = new_figure(width, height, dpi)
+    if colorbars is not None and len(colorbars) != n_cols:
+        raise ConfigError(f"grid: colorbars has {len(colorbars)} entries for {n_cols} columns")
     fontsize = max(6.0, min(11.0, 6.0 * cell_size))
+    label_w = _LABEL_W
+    if row_labels is not None:  # wide enough for the longest line of a row label
+        longest = max((len(line) for lab in row_labels for line in str(lab).split("\n")), default=0)
+        label_w = max(_LABEL_W, longest * 0.6 * fontsize / 72 + 0.1)
+    col_h = _COL_H
+    if col_labels is not None:
+        col_labels = [_wrap(c, cell_size, fontsize) for c in col_labels]
+        lines = max(str(c).count("\n") + 1 for c in col_labels)
+        col_h = max(_COL_H, lines * 1.25 * fontsize / 72 + 0.08)
+    bar_h = _BAR_H if colorbars is not None and any(c is not None for c in colorbars) else 0.0
+    left = _MARGIN + (label_w if row_labels is not None else 0.0)
+    top = _MARGIN + (col_h if col_labels is not None else 0.0) + (_TITLE_H if title else 0.0)
+    width = left + n_cols * cell_size + (n_cols - 1) * _GAP + _MARGIN
+    height = top + n_rows * cell_size + (n_rows - 1) * _GAP + _MARGIN + bar_h
+    fig = new_figure(width, height, dpi)
     for i, row in enumerate(rows):
         y0 = height - top - (i + 1) * cell_size - i * _GAP  # bottom edge of the row, in inches
         for j, img in enumerate(row):
@@ -101,8 +166,18 @@ def grid_figure(
         if row_labels is not None:
             fig.text((left - _GAP) / width, (y0 + cell_size / 2) / height, str(row_labels[i]),
                      ha="right", va="center", fontsize=fontsize)
+    if bar_h:
+        for j, cmap in enumerate(colorbars):
+            if cmap is None:
+                continue
+            x0 = left + j * (cell_size + _GAP) + 0.1 * cell_size
+            _colorbar(fig, cmap, (x0 / width, (_MARGIN + 0.2) / height, 0.8 * cell_size / width, 0.12 / height),
+                      fontsize)
+        if row_labels is not None:
+            fig.text((left - _GAP) / width, (_MARGIN + 0.26) / height, "R / max|R|", ha="right", va="center",
+                     fontsize=max(5.0, fontsize - 2))
     if col_labels is not None:
-        y = (height - _MARGIN - (_TITLE_H if title else 0.0) - _COL_H / 2) / height
+        y = (height - _MARGIN - (_TITLE_H if title else 0.0) - col_h / 2) / height
         for j, label in enumerate(col_labels):
             x = (left + j * (cell_size + _GAP) + cell_size / 2) / width
             fig.text(x, y, str(label), ha="center", va="center", fontsize=fontsize)
@@ -115,11 +190,19 @@ def grid_figure(
 def render_grid(
     images: Sequence[Sequence[Any]], *, row_labels: Sequence[str] | None = None,
     col_labels: Sequence[str] | None = None, title: str | None = None, cell_size: float = 1.4,
-    dpi: float = 100, path: PathLike | None = None,
+    dpi: float = 100, path: PathLike | None = None, colorbar: Any = None,
 ) -> numpy.ndarray:
-    """:func:`grid_figure` as a uint8 RGB image, written as PNG to ``path`` if given."""
-    fig = grid_figure(images, row_labels=row_labels, col_labels=col_labels, title=title,
-                      cell_size=cell_size, dpi=dpi)
+    """:func:`grid_figure` as a uint8 RGB image, written as PNG to ``path`` if given.
+
+    ``colorbar``: a colormap drawn as the relevance scale under every column but the first
+    (the inputs), or a sequence of one colormap (or None) per column.
+    """
+    rows = [list(r) for r in images]
+    if colorbar is not None and (isinstance(colorbar, str) or callable(colorbar)):
+        n_cols = max((len(r) for r in rows), default=0)
+        colorbar = [None] + [colorbar] * (n_cols - 1)
+    fig = grid_figure(rows, row_labels=row_labels, col_labels=col_labels, title=title,
+                      cell_size=cell_size, dpi=dpi, colorbars=colorbar)
     rgb = figure_to_rgb(fig)
     return write_png(rgb, path) if path is not None else rgb
 
@@ -164,7 +247,7 @@ def heatmap_grid(
     shape: Sequence[int] = (), sigma: float = 2, normalize: bool = True, outline: bool = True,
     input_label: str = "input", image_range: tuple[float, float] | None = None,
     row_labels: Sequence[str] | None = None, title: str | None = None, cell_size: float = 1.4,
-    dpi: float = 100, path: PathLike | None = None, layout: str | None = None,
+    dpi: float = 100, path: PathLike | None = None, layout: str | None = None, colorbar: bool = False,
 ) -> numpy.ndarray:
     """Samples × rules (or parameter values): one heatmap per cell, one PNG.
 
@@ -206,7 +289,7 @@ def heatmap_grid(
     return _samples_grid(
         n, lambda i, xi: [hm_to_rgb(col[i], xi, scaling, shape, sigma, cmap, normalize) for col in columns.values()],
         list(columns), x, scaling, shape, outline, input_label, image_range, row_labels, title, cell_size, dpi, path,
-        layout)
+        layout, [cmap] * len(columns) if colorbar else None)
 
 
 def colormap_grid(
@@ -214,7 +297,7 @@ def colormap_grid(
     shape: Sequence[int] = (), sigma: float = 2, normalize: bool = True, outline: bool = True,
     input_label: str = "input", image_range: tuple[float, float] | None = None,
     row_labels: Sequence[str] | None = None, title: str | None = None, cell_size: float = 1.4,
-    dpi: float = 100, path: PathLike | None = None, layout: str | None = None,
+    dpi: float = 100, path: PathLike | None = None, layout: str | None = None, colorbar: bool = False,
 ) -> numpy.ndarray:
     """Samples × colormaps: the same heatmaps in every colormap (the toolbox demo's figure).
 
@@ -237,18 +320,22 @@ def colormap_grid(
     names = [c if isinstance(c, str) else getattr(c, "name", getattr(c, "__name__", repr(c))) for c in cmaps]
     return _samples_grid(
         n, lambda i, xi: [hm_to_rgb(rs[i], xi, scaling, shape, sigma, c, normalize) for c in cmaps],
-        names, x, scaling, shape, outline, input_label, image_range, row_labels, title, cell_size, dpi, path, layout)
+        names, x, scaling, shape, outline, input_label, image_range, row_labels, title, cell_size, dpi, path, layout,
+        list(cmaps) if colorbar else None)
 
 
 def _samples_grid(n: int, cells: Callable[[int, Any], list[numpy.ndarray]], col_names: list[str], x: Any,
                   scaling: int, shape: Sequence[int], outline: bool, input_label: str,
                   image_range: tuple[float, float] | None, row_labels: Sequence[str] | None, title: str | None,
-                  cell_size: float, dpi: float, path: PathLike | None, layout: str | None = None) -> numpy.ndarray:
+                  cell_size: float, dpi: float, path: PathLike | None, layout: str | None = None,
+                  colorbars: Sequence[Any] | None = None) -> numpy.ndarray:
     """One row per sample: its input image (if ``x``), then ``cells(i, x_i)`` (``x_i`` None without outline)."""
     inputs = _input_images(x, n, scaling, shape, image_range, layout) if x is not None else None
     xs = _samples(x, "grid input x", layout) if x is not None and outline else [None] * n
     rows = [([inputs[i]] if inputs is not None else []) + cells(i, xs[i]) for i in range(n)]
     col_labels = ([input_label] if inputs is not None else []) + col_names
     row_labels = list(row_labels) if row_labels is not None else [f"sample {i}" for i in range(n)]
+    if colorbars is not None:
+        colorbars = ([None] if inputs is not None else []) + list(colorbars)
     return render_grid(rows, row_labels=row_labels, col_labels=col_labels, title=title, cell_size=cell_size,
-                       dpi=dpi, path=path)
+                       dpi=dpi, path=path, colorbar=colorbars)

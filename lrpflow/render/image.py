@@ -330,6 +330,8 @@ def hm_to_rgb(
         Gaussian width of the Canny edge detector.
     cmap : str or callable
         Colormap: a registered name (``"gray_red"`` or the toolbox's ``"gray-red"``, ...),
+        ``"toolbox:gray-red2"`` (and the other four) for the toolbox's own pictures pixel
+        for pixel (raw R, see :mod:`lrpflow.render.toolbox_colormaps`),
         any matplotlib colormap name (``"jet"``, the toolbox's default), a matplotlib
         ``Colormap`` or a callable on [-1, 1]. Default: :data:`DEFAULT_CMAP`, a
         symmetric diverging blue-white-red map.
@@ -363,9 +365,14 @@ def hm_to_rgb(
     """
     colormap = get_colormap(cmap)
     r = _as_map(R, shape, "hm_to_rgb", layout=layout)
-    r = normalize_relevance(r) if normalize else numpy.array(r, dtype=numpy.float64)
-    _check_finite(r, "relevance")
-    rgb = numpy.asarray(colormap(numpy.clip(r, -1.0, 1.0)), dtype=numpy.float64)
+    if getattr(colormap, "raw_relevance", False):  # the toolbox's own maps ("toolbox:gray-red2"): raw R, as it did
+        r = numpy.array(r, dtype=numpy.float64)
+        _check_finite(r, "relevance")
+        rgb = numpy.asarray(colormap(r), dtype=numpy.float64)
+    else:
+        r = normalize_relevance(r) if normalize else numpy.array(r, dtype=numpy.float64)
+        _check_finite(r, "relevance")
+        rgb = numpy.asarray(colormap(numpy.clip(r, -1.0, 1.0)), dtype=numpy.float64)
     if rgb.shape != r.shape + (3,):
         raise DataFormatError(f"colormap {cmap!r} returned shape {rgb.shape}; expected {r.shape + (3,)}")
     rgb = enlarge_image(rgb, scaling)
@@ -458,7 +465,7 @@ def write_png(image: Any, path: PathLike) -> numpy.ndarray:
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     skimage.io.imsave(str(path), image, check_contrast=False)
-    log.info("wrote %s (%d x %d)", path, image.shape[1], image.shape[0])
+    log.debug("wrote %s (%d x %d)", path, image.shape[1], image.shape[0])
     return image
 
 

@@ -1,6 +1,6 @@
 """The HDF5 result store: one ``results.h5`` per job, written batch by batch, resumable.
 
-Layout of a store (DESIGN §7)::
+Layout of a store (docs/results.md)::
 
     /relevance              (N, *input_shape)  float32, chunked per batch, compressed
     /logits                 (N, C)             float64

@@ -24,7 +24,7 @@ logger = logging.getLogger("lrpflow.store")
 
 
 class StoreReader:
-    """The read side of a result store (DESIGN §7): fields, attributes, layout, batches.
+    """The read side of a result store (docs/results.md): fields, attributes, layout, batches.
 
     :class:`~lrpflow.store.ResultStore` adds writing and resuming. Open one with
     :meth:`open`; a reader is a context manager (leaving the block closes the file).

@@ -38,7 +38,7 @@ logger = logging.getLogger("lrpflow.store")
 
 
 class ResultStore(StoreReader):
-    """An HDF5 result store (DESIGN §7); make one with :meth:`create`, open one with :meth:`open`.
+    """An HDF5 result store (docs/results.md); make one with :meth:`create`, open one with :meth:`open`.
 
     A store is a context manager; leaving the ``with`` block closes it (it does not
     finish it: an unfinished store stays at ``<path>.partial``, ready to resume).
