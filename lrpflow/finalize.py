@@ -99,6 +99,10 @@ def finalize_outputs(run_dir: str | os.PathLike[str], store_path: str | os.PathL
             shown = store.read(fields, slice(0, n)) if n else None
         checkpoint("evaluate")
         images = _render_from_store(out, r, shown, cfg, state, model_layout, method) if shown else []
+        if "render" in names and r.get("enabled", True):
+            from lrpflow.curve_store import plot_store_curves
+
+            images += plot_store_curves(store_path, out, label=method or "explanation")
     else:
         totals = state.totals if state is not None else {}
         means = {k: (s / c if c else float("nan")) for k, (s, c) in totals.items()}

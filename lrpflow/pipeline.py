@@ -285,7 +285,7 @@ class Evaluate:
         names = list(e.get("metrics") or [])
         params = {k: v for k, v in dict(e.get("params") or {}).items() if k in names}  # only the requested metrics
         x = state.trace.input if state.model.layout == "NHWC" else state.model.from_nhwc(state.trace.input)
-        details = state.extras["metric_details"] = {}  # perturbation curves, for the save_curves step
+        details = state.extras["metric_details"] = {}  # perturbation curves, stored per row by the save step
         state.metrics = {k: to_numpy(v) for k, v in evaluate(names, state.model, x, state.explanation, details=details,
                                                              **params).items()}
         for k, v in state.metrics.items():
@@ -343,9 +343,14 @@ class Save:
     def _open(self, state: State) -> Any:
         from lrpflow.store import ResultStore
 
+        from lrpflow.curve_store import CURVE
+
         exp = state.explanation
-        attrs = {"rows": list(state.rows), "method": exp.method,
-                 "model_layout": str(getattr(state.model, "layout", "NHWC"))}
+        attrs: dict[str, Any] = {"rows": list(state.rows), "method": exp.method,
+                                 "model_layout": str(getattr(state.model, "layout", "NHWC"))}
+        details = {m: d for m, d in (state.extras.get("metric_details") or {}).items() if CURVE in d}
+        if details:
+            attrs["curve_fractions"] = {m: [float(v) for v in numpy.asarray(d["fractions"])] for m, d in details.items()}
         return ResultStore.create(
             self.path, input_shape=exp.relevance.shape[1:], n_classes=exp.logits.shape[1], ledger_nodes=list(exp.ledger),
             intermediate={k: tuple(v.shape[1:]) for k, v in exp.intermediate.items()}, metrics=list(state.metrics),
@@ -354,7 +359,8 @@ class Save:
             expected_rows=state.rows[1] - state.rows[0], target_width=1 if exp.target.ndim == 1 else exp.target.shape[1],
             chunk_rows=self.settings.get("chunk_rows") or int(_get(state.cfg, "data.batch_size", 64)),
             compression=self.settings.get("compression", "gzip"), resume=False,
-            overwrite=bool(self.settings.get("overwrite", False)), source=source_files(state.source) is not None)
+            overwrite=bool(self.settings.get("overwrite", False)), source=source_files(state.source) is not None,
+            curves={m: int(numpy.asarray(d[CURVE]).shape[1]) for m, d in details.items()})
 
     def process(self, state: State) -> None:
         if self.store is None:
@@ -364,8 +370,11 @@ class Save:
         files = source_files(state.source)
         if files is not None and self.store.layout.has_source:
             extras["source"] = [str(files[i]) for i in range(b.start, b.start + len(b.x))]
+        metrics = dict(state.metrics)
+        for m, _ in self.store.layout.curves:
+            metrics[f"{m}_curve"] = numpy.asarray(state.extras["metric_details"][m]["curve"], dtype=numpy.float64)
         self.store.append(state.explanation, index=numpy.arange(b.start, b.start + len(b.x)), **extras,
-                          metrics=state.metrics)
+                          metrics=metrics)
 
     def finish(self, state: State) -> None:
         if self.store is not None:

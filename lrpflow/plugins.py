@@ -30,7 +30,6 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "lrpflow.render",
     "lrpflow.evaluate",
     "lrpflow.pipeline",
-    "lrpflow.curve_store",
 )
 
 #: Registry kinds, in the order ``lrpflow-info`` lists them (hook = lrpflow_register_<kind>).

@@ -41,8 +41,8 @@ def test_info_name_shows_parameters_defaults_and_docstring():
     assert "(composite" in comp and "low:" in comp and "high:" in comp
     reader = _py(INFO, "--kind", "model_readers", "toolbox_txt").stdout
     assert reader.startswith("toolbox_txt (model_reader") and "suffixes: .txt" in reader
-    step = _py(INFO, "save_curves").stdout
-    assert "(step, plugin lrpflow.curve_store)" in step
+    step = _py(INFO, "save").stdout
+    assert step.startswith("save (step, plugin lrpflow.pipeline)")
     missing = _py(INFO, "epsilonn")
     assert missing.returncode == 2 and "did you mean epsilon" in missing.stderr and not missing.stdout
 

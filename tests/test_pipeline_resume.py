@@ -275,10 +275,10 @@ def test_full_disk_is_a_clear_error_and_the_rerun_resumes(tmp_path, base_cfg, un
 
 
 def test_a_real_full_disk_exits_cleanly(tmp_path, base_cfg, uninterrupted):
-    """On a 1 MiB tmpfs (needs root to mount; skipped elsewhere): a StoreError, no segfault, resumable."""
+    """On a small tmpfs (needs root to mount; skipped elsewhere): a StoreError, no segfault, resumable."""
     mnt = tmp_path / "small"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=320k", "tmpfs", str(mnt)], capture_output=True).returncode:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=480k", "tmpfs", str(mnt)], capture_output=True).returncode:
         pytest.skip("cannot mount a small tmpfs here (not root?)")
     try:
         out = mnt / "run"

@@ -48,15 +48,15 @@ def read_store(path: Path) -> dict[str, Any]:
         if "metrics" in f:
             for key in f["metrics"]:
                 ds = f["metrics"][key]
-                if key.endswith("_curve"):
-                    out["curves"][key[: -len("_curve")]] = (
-                        ds[()], numpy.asarray(ds.attrs.get("fractions", numpy.arange(ds.shape[1]))))
-                elif ds.ndim == 1:
+                if ds.ndim == 1:
                     out["metrics"][key] = ds[()]
         if "ledger" in f and "entering" in f["ledger"]:
             g = f["ledger"]
             nodes = [str(_attr(n)) for n in g.attrs.get("nodes", [])]
             out["ledger"] = {"nodes": nodes, "entering": g["entering"][()], "leaving": g["leaving"][()]}
+    from lrpflow.curve_store import read_curves
+
+    out["curves"] = read_curves(path)
     return out
 
 

@@ -341,6 +341,8 @@ class StoreLayout:
     target_width: int = 1
     relevance_dtype: str = "float32"
     has_source: bool = False  #: a ``source`` dataset: the file each row was read from
+    #: per-sample curves of metrics, ``metrics/<name>_curve`` (N, length) (pixel flipping's perturbation curve)
+    curves: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         shape = tuple(int(s) for s in self.input_shape)
@@ -370,6 +372,10 @@ class StoreLayout:
             raise ConfigError(f"relevance_dtype must be a float dtype, got {dt.name!r}")
         object.__setattr__(self, "relevance_dtype", dt.name)
         object.__setattr__(self, "has_source", bool(self.has_source))
+        curves = tuple((str(k), int(v)) for k, v in self.curves)
+        if len({k for k, _ in curves}) != len(curves) or any(v < 1 for _, v in curves):
+            raise ConfigError(f"curves must name each metric once with a positive length, got {list(curves)}")
+        object.__setattr__(self, "curves", curves)
         for name in self.metrics + tuple(k for k, _ in inter):
             _h5name(name)
 
@@ -386,6 +392,8 @@ class StoreLayout:
         }
         for m in self.metrics:
             out[f"metrics/{m}"] = (f"metrics/{_h5name(m)}", (), f8, False)
+        for m, length in self.curves:
+            out[f"metrics/{m}_curve"] = (f"metrics/{_h5name(m)}_curve", (length,), f8, False)
         if self.ledger_nodes:
             for side in ("entering", "leaving"):
                 out[f"ledger/{side}"] = (f"ledger/{side}", (len(self.ledger_nodes),), f8, False)
@@ -410,9 +418,11 @@ class StoreLayout:
             if "intermediate" in f:
                 for node in read_attr(f["intermediate"], "nodes", []):
                     inter.append((node, tuple(f["intermediate"][_h5name(node)].shape[1:])))
+            curves = tuple((m, int(f["metrics"][f"{_h5name(m)}_curve"].shape[1]))
+                           for m in read_attr(f["metrics"], "curves", [])) if "metrics" in f else ()
             shape = read_attr(f, "input_shape")
             return cls(tuple(shape), int(read_attr(f, "n_classes")), nodes, tuple(inter), metrics,
-                       int(read_attr(f, "target_width")), str(read_attr(f, "relevance_dtype")), "source" in f)
+                       int(read_attr(f, "target_width")), str(read_attr(f, "relevance_dtype")), "source" in f, curves)
         except Exception as err:  # noqa: BLE001 - h5py raises KeyError, OSError, RuntimeError... on damage
             raise StoreError(f"{where or f.filename}: not a valid {SCHEMA} store (layout: {err})") from err
 
@@ -454,6 +464,8 @@ def _create_datasets(f: h5py.File, layout: StoreLayout, props: Mapping[str, Mapp
                      rows: int = 0) -> None:
     """The groups (with their name lists) and the datasets (``rows`` long, growable) of a layout."""
     f.create_group("metrics").attrs.create("names", _names_attr(layout.metrics))
+    if layout.curves:
+        f["metrics"].attrs.create("curves", _names_attr([k for k, _ in layout.curves]))
     f.create_group("ledger").attrs.create("nodes", _names_attr(layout.ledger_nodes))
     f.create_group("intermediate").attrs.create("nodes", _names_attr([k for k, _ in layout.intermediate]))
     for field, (h5path, shape, dt, _) in layout.datasets().items():

@@ -62,7 +62,7 @@ class ResultStore(StoreReader):
                expected_rows: int | None = None, target_width: int = 1, chunk_rows: int | None = None,
                compression: str | None = "gzip", compression_opts: Any = None, relevance_dtype: Any = "float32",
                resume: bool = True, overwrite: bool = False, ignore_config_keys: Sequence[str] = (),
-               source: bool = False) -> ResultStore:
+               source: bool = False, curves: Mapping[str, int] | None = None) -> ResultStore:
         """Start a store at ``path`` (written at ``path + ".partial"`` until :meth:`finish`), or resume one.
 
         Parameters
@@ -115,6 +115,9 @@ class ResultStore(StoreReader):
         source : bool
             Store a ``source`` dataset: the file each row was read from (text; every batch
             then gives ``source=``).
+        curves : mapping of str to int, optional
+            Metrics with a per-sample curve of that length, stored as ``metrics/<name>_curve``
+            (every batch then gives ``metrics={"<name>_curve": (n, length)}``).
 
         Returns
         -------
@@ -146,7 +149,7 @@ class ResultStore(StoreReader):
             raise ConfigError(f"expected_rows must be non-negative, got {expected_rows!r}")
         layout = StoreLayout(tuple(input_shape), n_classes, tuple(ledger_nodes),
                              tuple((k, tuple(v)) for k, v in (intermediate or {}).items()), tuple(metrics),
-                             target_width, relevance_dtype, source)
+                             target_width, relevance_dtype, source, tuple((curves or {}).items()))
 
         if os.path.exists(partial):
             if resume:
