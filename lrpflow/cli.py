@@ -164,7 +164,7 @@ def _hydra_main(cfg) -> float | None:  # noqa: ANN001 - a DictConfig
 
 
 def main() -> None:
-    """``lrpflow``: the Hydra app over ``lrpflow/conf`` (``lrpflow --help`` lists the config groups).
+    """``lrpflow``: the Hydra app over ``conf/`` (the package ``lrpflow.conf``) (``lrpflow --help`` lists the config groups).
 
     A run stopped by bad config, files or data (an :class:`LrpflowError`) prints one short
     message and exits with status 2; the job's ``lrpflow.log`` keeps the full traceback

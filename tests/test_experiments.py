@@ -15,10 +15,11 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 import lrpflow
+import lrpflow.conf
 from lrpflow.pipeline import run
 from lrpflow.store import load
 
-CONF = pathlib.Path(lrpflow.__file__).parent / "conf"
+CONF = pathlib.Path(lrpflow.conf.__file__).parent  # the top-level conf/ tree, shipped as lrpflow.conf
 GROUPS = ["paths", "backend", "model", "data", "lrp", "render", "store", "evaluate", "experiment"]
 
 

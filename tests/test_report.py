@@ -18,7 +18,6 @@ import numpy
 import pytest
 
 from lrpflow.curve_store import read_curves
-
 from lrpflow.report import write_run_report, write_sweep_report
 
 SCREENSHOTS = Path(os.environ.get("LRPFLOW_SCREENSHOTS", "")) if os.environ.get("LRPFLOW_SCREENSHOTS") else None
