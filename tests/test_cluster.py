@@ -1,0 +1,118 @@
+"""Sharded runs on real clusters: SLURM (submitit) and Ray, joined into the single-job store.
+
+Tests marked ``cluster`` need the services: SLURM is started by ``.ci/services.sh start``
+(``.ci/run`` does it); Ray clusters are started and stopped by the fixture here. Locally
+they skip when the services are not up; under ``CI=true`` they fail instead.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy
+import pytest
+
+from lrpflow.store import load
+
+#: the default experiment, shrunk: a quickly trained MLP, 200 held-out digits, 4 batches a shard
+BASE = ["progress=false", "model.train.iters=400", "model.train.status=200", "data.start=1597", "data.stop=1797",
+        "data.batch_size=16", "render=none", "evaluate.metrics=[pixel_flipping,conservation]"]
+SHARDS = ["data.num_shards=4", "data.shard=0,1,2,3"]
+
+
+def on_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def unavailable(reason: str) -> None:
+    """Skip locally, fail on CI (where .ci/run starts the services)."""
+    if on_ci():
+        pytest.fail(f"{reason} (CI=true: .ci/run must start the cluster services)")
+    pytest.skip(reason)
+
+
+def lrpflow_cli(cwd: Path, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ if env is None else env)
+    env.setdefault("LRPFLOW_CACHE", str(cwd / "cache"))
+    env["HDF5_USE_FILE_LOCKING"] = "FALSE"
+    return subprocess.run([sys.executable, "-c", "from lrpflow.cli import main; main()", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def lrpflow_join(cwd: Path, out: Path, shards: list[Path]) -> None:
+    proc = subprocess.run([sys.executable, "-c", "import sys; from lrpflow.cli import join; sys.exit(join())",
+                           str(out), *map(str, shards)], cwd=cwd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def single_job_store(tmp_path: Path) -> dict[str, numpy.ndarray]:
+    """The unsharded run (it also trains and caches the model the shard jobs then share)."""
+    proc = lrpflow_cli(tmp_path, *BASE, f"hydra.run.dir={tmp_path / 'single'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return load(tmp_path / "single" / "results.h5")
+
+
+def assert_joined_equals_single(tmp_path: Path, sweep: Path, whole: dict[str, numpy.ndarray]) -> None:
+    shards = [sweep / str(i) / "results.h5" for i in range(4)]
+    for i, s in enumerate(shards):
+        assert s.exists(), f"shard {i} wrote no store ({sorted(p.name for p in (sweep / str(i)).iterdir())})"
+        assert len(load(s, "index")["index"]) == 50
+    lrpflow_join(tmp_path, tmp_path / "joined.h5", shards)
+    joined = load(tmp_path / "joined.h5")
+    assert sorted(joined) == sorted(whole)
+    for key in whole:
+        numpy.testing.assert_array_equal(joined[key], whole[key], err_msg=key)  # bitwise, every field
+    numpy.testing.assert_array_equal(joined["index"], numpy.arange(1597, 1797))
+
+
+# --- SLURM ------------------------------------------------------------------------------------
+
+
+def slurm_up() -> str | None:
+    """None if a SLURM node is idle or mixed here, else why not."""
+    if shutil.which("srun") is None or shutil.which("sinfo") is None:
+        return "SLURM is not installed (no srun/sinfo on PATH)"
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        return "sinfo timed out"
+    states = out.stdout.split()
+    if out.returncode != 0 or not any(s.rstrip("*~#") in ("idle", "mixed") for s in states):
+        return f"no idle SLURM node (sinfo: {out.stdout.strip() or out.stderr.strip()})"
+    return None
+
+
+@pytest.fixture
+def slurm() -> None:
+    reason = slurm_up()
+    if reason:
+        unavailable(reason)
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_slurm_four_shards_join_into_the_single_job_store(tmp_path, slurm):
+    whole = single_job_store(tmp_path)
+    sweep = tmp_path / "sweep"
+    proc = lrpflow_cli(tmp_path, "-m", *BASE, *SHARDS, "hydra/launcher=slurm", f"hydra.sweep.dir={sweep}",
+                       "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    # the jobs ran under SLURM: submitit's folder holds one log per SLURM job
+    logs = list((sweep / ".submitit").rglob("*_log.out"))
+    assert len(logs) == 4, logs
+    assert_joined_equals_single(tmp_path, sweep, whole)
+
+
+def test_slurm_launcher_without_srun_says_so_in_one_line(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    bindir = Path(sys.executable).parent  # the venv's scripts; no srun among them
+    assert not (bindir / "srun").exists()
+    env = dict(os.environ, PATH=str(bindir))
+    proc = lrpflow_cli(tmp_path, "-m", *BASE, *SHARDS, "hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                       env=env, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "lrpflow: SLURM not found: srun is not on PATH; use hydra/launcher=joblib or ray"
+    assert not (tmp_path / "sweep" / "0").exists()  # nothing was launched
