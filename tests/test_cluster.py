@@ -116,3 +116,72 @@ def test_slurm_launcher_without_srun_says_so_in_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == "lrpflow: SLURM not found: srun is not on PATH; use hydra/launcher=joblib or ray"
     assert not (tmp_path / "sweep" / "0").exists()  # nothing was launched
+
+
+# --- Ray --------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray cluster, ``ray start --head --node-ip-address 127.0.0.1 --port PORT --num-cpus 2``; stopped after."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        unavailable("ray is not installed (pip install lrpflow[ray])")
+    exe = Path(sys.executable).parent / "ray"
+    exe = str(exe) if exe.exists() else shutil.which("ray")
+    if exe is None:
+        unavailable("the ray command is not on PATH")
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    proc = subprocess.Popen([exe, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                             "--num-cpus", "2", "--include-dashboard=false", "--disable-usage-stats"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        for line in proc.stdout:  # ready once Ray says so
+            lines.append(line)
+            if "Ray runtime started" in line:
+                break
+        else:
+            unavailable("ray start failed:\n" + "".join(lines[-30:]))
+        yield address
+    finally:
+        proc.terminate()  # `ray start --block` stops the processes it started
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_ray_four_shards_one_worker_killed_join_into_the_single_job_store(tmp_path, ray_cluster):
+    whole = single_job_store(tmp_path)
+    sweep = tmp_path / "sweep"
+    # job 1's worker is SIGKILLed after storing 2 of its 4 batches; Ray runs the task again and
+    # the shard resumes from its results.h5.partial
+    env = dict(os.environ, LRPFLOW_RAY_KILL_AFTER_BATCHES="1:2")
+    proc = lrpflow_cli(tmp_path, "-m", *BASE, *SHARDS, "hydra/launcher=ray", f"hydra.launcher.ray.init.address={ray_cluster}",
+                       f"hydra.sweep.dir={sweep}", env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert (sweep / "1" / ".lrpflow_ray_killed").read_text() == "killed after 2 batches\n"
+    out = proc.stdout + proc.stderr + (sweep / "1" / "lrpflow.log").read_text()
+    assert "after 32 complete rows" in out, out[-3000:]  # resumed after 2 batches of 16
+    for i in (0, 2, 3):
+        assert not (sweep / str(i) / ".lrpflow_ray_killed").exists()
+    assert_joined_equals_single(tmp_path, sweep, whole)
+    import csv
+
+    rows = list(csv.DictReader(open(sweep / "sweep_summary.csv")))  # the sweep summary, as the local launcher writes it
+    assert sorted(r["job"] for r in rows) == ["0", "1", "2", "3"]
+    assert all(f"data.shard={r['job']}" in r["overrides"] for r in rows)
