@@ -6,6 +6,7 @@ they skip when the services are not up; under ``CI=true`` they fail instead.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -185,3 +186,38 @@ def test_ray_four_shards_one_worker_killed_join_into_the_single_job_store(tmp_pa
     rows = list(csv.DictReader(open(sweep / "sweep_summary.csv")))  # the sweep summary, as the local launcher writes it
     assert sorted(r["job"] for r in rows) == ["0", "1", "2", "3"]
     assert all(f"data.shard={r['job']}" in r["overrides"] for r in rows)
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_ray_sweep_over_rules_writes_the_sweep_summary(tmp_path, ray_cluster):
+    import csv
+
+    sweep = tmp_path / "sweep"
+    proc = lrpflow_cli(tmp_path, "-m", *BASE, "data.stop=1661", "lrp=epsilon,alpha_beta,epsilon_plus", "hydra/launcher=ray",
+                       f"hydra.launcher.ray.init.address={ray_cluster}", f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    rows = list(csv.DictReader(open(sweep / "sweep_summary.csv")))
+    assert sorted(r["overrides"].split("lrp=")[1].split()[0] for r in rows) == ["alpha_beta", "epsilon", "epsilon_plus"]
+    for r in rows:
+        assert float(r["objective"]) == pytest.approx(float(r["metric.pixel_flipping"]))
+        assert len(load(sweep / r["job"] / "results.h5", "index")["index"]) == 64
+    assert (sweep / "sweep_summary.h5").exists() and (sweep / "sweep_grid.png").exists()
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_optuna_sweeper_with_the_ray_launcher(tmp_path, ray_cluster):
+    import yaml
+
+    sweep = tmp_path / "sweep"
+    proc = lrpflow_cli(tmp_path, "-m", *BASE, "data.stop=1661", "hydra/sweeper=tune_epsilon", "hydra.sweeper.n_trials=4",
+                       "hydra.sweeper.n_jobs=2", "hydra/launcher=ray", f"hydra.launcher.ray.init.address={ray_cluster}",
+                       f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    jobs = sorted(p.name for p in sweep.iterdir() if (p / "summary.json").exists())
+    assert jobs == ["0", "1", "2", "3"]  # two batches of two parallel trials
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    objectives = [json.loads((sweep / j / "summary.json").read_text())["objective"] for j in jobs]
+    assert best["best_value"] == pytest.approx(max(objectives))  # direction: maximize
+    assert 1e-4 <= best["best_params"]["lrp.epsilon"] <= 1.0
