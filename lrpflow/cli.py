@@ -56,8 +56,11 @@ def main() -> None:
     """``lrpflow``: the Hydra app over ``lrpflow/conf`` (``lrpflow --help`` lists the config groups)."""
     import hydra
 
+    from lrpflow.launchers import expand_auto_shards
+
     wrapped = hydra.main(version_base="1.3", config_path="pkg://lrpflow.conf", config_name="config")(_hydra_main)
     try:
+        sys.argv[1:] = expand_auto_shards(sys.argv[1:])  # data.num_shards=auto: the cluster's CPU count
         wrapped()
     except LrpflowError as err:  # hydra re-raises after logging; keep the message short for users
         print(f"lrpflow: {err}", file=sys.stderr)

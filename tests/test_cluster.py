@@ -221,3 +221,38 @@ def test_optuna_sweeper_with_the_ray_launcher(tmp_path, ray_cluster):
     objectives = [json.loads((sweep / j / "summary.json").read_text())["objective"] for j in jobs]
     assert best["best_value"] == pytest.approx(max(objectives))  # direction: maximize
     assert 1e-4 <= best["best_params"]["lrp.epsilon"] <= 1.0
+
+
+# --- data.num_shards=auto ---------------------------------------------------------------------
+
+
+def test_auto_shards_sweep_one_shard_per_cpu_of_this_machine():
+    from lrpflow.errors import ConfigError
+    from lrpflow.launchers import expand_auto_shards
+
+    k = os.cpu_count()
+    args = ["-m", "lrp=epsilon", "data.num_shards=auto"]
+    assert expand_auto_shards(args) == ["-m", "lrp=epsilon", f"data.num_shards={k}",
+                                        "data.shard=" + ",".join(map(str, range(k)))]
+    # an explicit shard is kept; a fixed count is left alone
+    assert expand_auto_shards(["--multirun", "data.num_shards=auto", "data.shard=0"]) == \
+        ["--multirun", f"data.num_shards={k}", "data.shard=0"]
+    assert expand_auto_shards(["-m", "data.num_shards=3"]) == ["-m", "data.num_shards=3"]
+    with pytest.raises(ConfigError, match="needs a multirun"):
+        expand_auto_shards(["data.num_shards=auto"])
+
+
+@pytest.mark.cluster
+def test_auto_shards_count_the_cpus_of_the_slurm_cluster(slurm):
+    from lrpflow.launchers import cluster_cpus
+
+    total = subprocess.run(["sinfo", "-h", "-N", "-o", "%c"], capture_output=True, text=True).stdout.split()
+    assert cluster_cpus(["-m", "hydra/launcher=slurm"]) == sum(map(int, total)) >= 1
+
+
+@pytest.mark.cluster
+def test_auto_shards_count_the_cpus_of_the_ray_cluster(ray_cluster):
+    from lrpflow.launchers import expand_auto_shards
+
+    args = ["-m", "hydra/launcher=ray", f"hydra.launcher.ray.init.address={ray_cluster}", "data.num_shards=auto"]
+    assert expand_auto_shards(args)[-2:] == ["data.num_shards=2", "data.shard=0,1"]  # the head has --num-cpus 2
