@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -297,52 +298,77 @@ class Evaluate:
 
 
 class Render:
-    """Heatmaps of the first ``render.max_images`` samples in every colormap, and a grid."""
+    """Heatmaps of the first ``render.max_images`` samples in every colormap, and a grid.
+
+    Only those samples are kept; once they are in, a background thread writes the images
+    while the remaining batches are explained (``finish`` waits for it).
+    """
 
     def setup(self, state: State) -> None:
         self.x: list[Any] = []
         self.r: list[Any] = []
+        self.writer: threading.Thread | None = None
+        self.result: dict[str, Any] = {}
 
     def process(self, state: State) -> None:
         r = dict(state.cfg.get("render") or {})
         want = int(r.get("max_images", 0)) - len(self.x)
-        if not r.get("enabled", True) or want <= 0:
+        if not r.get("enabled", True) or want <= 0 or self.writer is not None:
             return
         exp = state.explanation
         self.x.extend(to_numpy(state.batch.x[:want]))
         self.r.extend(to_numpy(exp.relevance[:want]))
+        if len(self.x) >= int(r.get("max_images", 0)):
+            self._start(state)
 
     def finish(self, state: State) -> None:
-        from lrpflow import render
-
         r = dict(state.cfg.get("render") or {})
         if not r.get("enabled", True) or not self.x:
             return
-        out = state.output_dir / "heatmaps"
-        out.mkdir(parents=True, exist_ok=True)
-        cmaps = list(r.get("cmaps") or ["blue_white_red"])
-        x, rel = numpy.stack(self.x), numpy.stack(self.r)
-        if getattr(state.model, "layout", "NHWC") == "NCHW" and x.ndim == 4:  # render channels-last
-            x, rel = x.transpose(0, 2, 3, 1), rel.transpose(0, 2, 3, 1)
-        image_like = x.ndim == 4 or (x.ndim == 2 and math.isqrt(x.shape[1]) ** 2 == x.shape[1])
-        files = []
-        for i in range(len(x)):
-            for cmap in cmaps:
-                path = out / f"{state.rows[0] + i:06d}_{cmap}.png"
-                if r.get("overlay") and x.ndim == 4 and x.shape[-1] == 3:
-                    render.render_overlay(rel[i], x[i], cmap=cmap, path=str(path))
-                elif image_like:
-                    rgb = render.hm_to_rgb(rel[i], X=x[i] if r.get("outline", True) else None,
-                                           scaling=int(r.get("scaling", 3)), sigma=float(r.get("sigma", 2.0)), cmap=cmap)
-                    render.save_image([rgb], str(path), gap=0)
-                else:
-                    continue
-                files.append(str(path))
-        if r.get("grid", True) and image_like:
-            grid = state.output_dir / "heatmap_grid.png"
-            render.colormap_grid(rel, x, cmaps=cmaps, title=state.explanation.method, path=str(grid))
-            files.append(str(grid))
-        state.outputs["images"] = files
+        if self.writer is None:
+            self._start(state)
+        self.writer.join()
+        if "error" in self.result:
+            raise self.result["error"]
+        state.outputs["images"] = self.result["files"]
+
+    def _start(self, state: State) -> None:
+        args = (dict(state.cfg.get("render") or {}), state.output_dir, numpy.stack(self.x), numpy.stack(self.r),
+                getattr(state.model, "layout", "NHWC"), state.rows[0], state.explanation.method)
+        self.writer = threading.Thread(target=self._write, args=args, name="lrpflow-render", daemon=True)
+        self.writer.start()
+
+    def _write(self, r: dict[str, Any], output_dir: Path, x: Any, rel: Any, layout: str, first_row: int,
+               method: str) -> None:
+        from lrpflow import render
+
+        try:
+            out = output_dir / "heatmaps"
+            out.mkdir(parents=True, exist_ok=True)
+            cmaps = list(r.get("cmaps") or ["blue_white_red"])
+            if layout == "NCHW" and x.ndim == 4:  # render channels-last
+                x, rel = x.transpose(0, 2, 3, 1), rel.transpose(0, 2, 3, 1)
+            image_like = x.ndim == 4 or (x.ndim == 2 and math.isqrt(x.shape[1]) ** 2 == x.shape[1])
+            files = []
+            for i in range(len(x)):
+                for cmap in cmaps:
+                    path = out / f"{first_row + i:06d}_{cmap}.png"
+                    if r.get("overlay") and x.ndim == 4 and x.shape[-1] == 3:
+                        render.render_overlay(rel[i], x[i], cmap=cmap, path=str(path))
+                    elif image_like:
+                        rgb = render.hm_to_rgb(rel[i], X=x[i] if r.get("outline", True) else None,
+                                               scaling=int(r.get("scaling", 3)), sigma=float(r.get("sigma", 2.0)), cmap=cmap)
+                        render.save_image([rgb], str(path), gap=0)
+                    else:
+                        continue
+                    files.append(str(path))
+            if r.get("grid", True) and image_like:
+                grid = output_dir / "heatmap_grid.png"
+                render.colormap_grid(rel, x, cmaps=cmaps, title=method, path=str(grid))
+                files.append(str(grid))
+            self.result["files"] = files
+        except BaseException as err:  # re-raised by finish() in the pipeline's thread
+            self.result["error"] = err
 
 
 def class_labels(labels: Any) -> numpy.ndarray | None:
