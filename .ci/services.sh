@@ -80,12 +80,16 @@ start_munge() {
     echo "munged did not start" >&2; return 1
 }
 
+running() {  # running FILE: is the daemon whose pid the file holds alive?
+    [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
+}
+
 start() {
     local t0=$SECONDS
     write_conf
     start_munge
-    slurmctld
-    slurmd
+    running "$STATE/slurmctld.pid" || slurmctld
+    running "$STATE/slurmd.pid" || slurmd
     local node; node=$(hostname -s)
     for _ in $(seq 120); do
         state=$(sinfo -h -n "$node" -o %T 2>/dev/null || true)
