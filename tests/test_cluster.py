@@ -119,6 +119,18 @@ def test_slurm_launcher_without_srun_says_so_in_one_line(tmp_path):
     assert not (tmp_path / "sweep" / "0").exists()  # nothing was launched
 
 
+def test_ray_launcher_without_ray_says_so_in_one_line(tmp_path):
+    fake = tmp_path / "noray" / "ray"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('no ray here')\n")  # shadows an installed ray
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "noray"), os.environ.get("PYTHONPATH", "")]))
+    proc = lrpflow_cli(tmp_path, "-m", *BASE, *SHARDS, "hydra/launcher=ray", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                       env=env, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("lrpflow: Ray not found: the ray launcher needs `pip install lrpflow[ray]`; "
+                                   "use hydra/launcher=joblib or slurm")
+
+
 # --- Ray --------------------------------------------------------------------------------------
 
 
