@@ -4,6 +4,8 @@ Everything else about the distribution is in pyproject.toml; this file only maps
 the package (DESIGN §1: ``conf/`` lives beside ``lrpflow/``), which pyproject's automatic package
 discovery cannot combine with a second source folder.
 """
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, find_packages, setup
 
-setup(packages=find_packages(include=["lrpflow*"]) + ["lrpflow.conf"], package_dir={"lrpflow.conf": "conf"})
+# hydra_plugins: lrpflow's Ray launcher, in Hydra's plugin namespace package
+setup(packages=find_packages(include=["lrpflow*"]) + ["lrpflow.conf"] + find_namespace_packages(include=["hydra_plugins*"]),
+      package_dir={"lrpflow.conf": "conf"})

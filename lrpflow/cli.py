@@ -174,6 +174,7 @@ def main() -> None:
     from omegaconf import OmegaConf
 
     from lrpflow import __version__
+    from lrpflow.launchers import expand_auto_shards
 
     if "--version" in sys.argv[1:] or "-V" in sys.argv[1:]:  # lrpflow's version, not Hydra's
         print(f"lrpflow {__version__} (Hydra {hydra.__version__})")
@@ -181,6 +182,7 @@ def main() -> None:
     OmegaConf.register_new_resolver("lrpflow_version", lambda: __version__, replace=True)
     wrapped = hydra.main(version_base="1.3", config_path="pkg://lrpflow.conf", config_name="config")(_hydra_main)
     try:
+        sys.argv[1:] = expand_auto_shards(sys.argv[1:])  # data.num_shards=auto: the cluster's CPU count
         wrapped()
     except LrpflowError as err:  # raised outside the task function (e.g. by a plugin while composing)
         import os

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import numpy
 
 from lrpflow.backend import get_namespace, to_numpy
+from lrpflow.chunks import cpu_workers, map_chunks
 from lrpflow.errors import ConfigError, ShapeError
 from lrpflow.graph import Model
 from lrpflow.hookspecs import hookimpl
@@ -412,7 +413,8 @@ def pixel_flipping(model: Model, x: Any, relevance: Any, target: Any = "pred", *
     pairs = n * width
     values = xp.empty((pairs,), dtype=x.dtype)
     mask_shape = (-1, *spatial, 1) if channels else (-1, *spatial)
-    for start in range(0, pairs, batch_size):
+
+    def perturbed_pass(start: int) -> None:  # one batch of perturbed inputs; batches write disjoint rows
         p = xp.arange(start, min(pairs, start + batch_size))
         i, s = p // width, p % width
         gone = position[i] < removed_xp[s][:, None]  # (B, regions)
@@ -421,6 +423,9 @@ def pixel_flipping(model: Model, x: Any, relevance: Any, target: Any = "pred", *
         xb = xp.where(mask, b, x[i])
         logits = model.run(xb, upto=model.logits_node)[0]
         values[start:start + p.shape[0]] = _pick(xp, logits, t[i])
+
+    # the threaded path of explanations (lrpflow.chunks): on numpy, batches run side by side
+    map_chunks(perturbed_pass, range(0, pairs, batch_size), cpu_workers() if xp is numpy else 1)
     curve = values.reshape(n, width)
 
     fractions = xp.asarray(removed / m, dtype=x.dtype)

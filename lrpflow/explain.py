@@ -95,6 +95,46 @@ def nonneg_nodes(model: Model) -> dict[str, bool]:
     return out
 
 
+class _JoinedValues(dict):
+    """A trace's values, each node's whole-batch array concatenated from the chunks on first read."""
+
+    def __init__(self, parts: Sequence[tuple[slice, Trace]], first: Mapping[str, Any]) -> None:
+        super().__init__(first)
+        self._parts = parts
+
+    def __missing__(self, name: str) -> Any:
+        arrays = [t.values[name] for _, t in self._parts]
+        value = self[name] = get_namespace(arrays[0]).concatenate(arrays, axis=0)
+        return value
+
+    def __contains__(self, name: object) -> bool:
+        return dict.__contains__(self, name) or name in self._parts[0][1].values
+
+    def join_all(self) -> None:
+        for name in self._parts[0][1].values:
+            self[name]  # noqa: B018 - reading joins
+
+
+class ChunkedTrace(Trace):
+    """A forward trace run in row chunks (:meth:`Explainer.forward` on a large batch).
+
+    ``parts`` holds ``(rows, trace)`` per chunk; :meth:`Explainer.explain` explains those
+    chunks directly. Reading a node's whole-batch activation (``trace[name]``) concatenates
+    it once; the input is the batch itself.
+    """
+
+    def __init__(self, model: Model, x: Any, parts: Sequence[tuple[slice, Trace]]) -> None:
+        self.parts = list(parts)
+        super().__init__(model, _JoinedValues(self.parts, {model.input_name: x}), self.parts[0][1].output)
+
+    def rows(self, sl: slice) -> Trace:
+        for part_rows, part in self.parts:
+            if (part_rows.start, part_rows.stop) == (sl.start, sl.stop) and sl.step in (None, 1):
+                return part
+        self.values.join_all()
+        return super().rows(sl)
+
+
 def _per_sample_sum(a: Any) -> Any:
     return a.reshape(a.shape[0], -1).sum(axis=1)
 
@@ -464,10 +504,20 @@ class Explainer:
         return x
 
     def forward(self, x: Any) -> Trace:
-        """One forward pass to the logits (a SoftMax output layer is dropped); reuse it for many explanations."""
+        """One forward pass to the logits (a SoftMax output layer is dropped); reuse it for many explanations.
+
+        A batch that :meth:`explain` would split into row chunks is run chunk by chunk on the
+        same worker threads (a :class:`ChunkedTrace`), so ``explain(trace=forward(x))`` costs
+        what ``explain(x)`` costs.
+        """
         x = self.prepare(x)
-        _, trace = self.model.run(x, upto=self.model.logits_node)
-        return trace
+        workers = self._workers(x)
+        slices = self._chunks(x, self.default_method[1], workers)
+        if len(slices) == 1:
+            _, trace = self.model.run(x, upto=self.model.logits_node)
+            return trace
+        parts = map_chunks(lambda sl: self.model.run(x[sl], upto=self.model.logits_node)[1], slices, workers)
+        return ChunkedTrace(self.model, x, list(zip(slices, parts)))
 
     # -- explanation -------------------------------------------------------------
     def explain(self, x: Any = None, target: Any = "pred", *, trace: Trace | None = None, labels: Any = None,
@@ -509,6 +559,8 @@ class Explainer:
             return self._empty(batch, target, labels, init, method, keep)
         workers = self._workers(batch)
         slices = self._chunks(batch, method[1], workers)
+        if isinstance(trace, ChunkedTrace) and len(slices) > 1:
+            slices = [sl for sl, _ in trace.parts]  # explain the chunks the forward pass ran
         if len(slices) == 1:
             out, finite = self._explain_rows(x, trace, target, labels, init, method, keep)
         else:
@@ -628,5 +680,5 @@ def explain(model: Model, x: Any, rule: Any = None, composite: Any = None, *, ta
     return exp.explain(x, target=target, labels=labels, targets=targets)
 
 
-__all__ = ["Explainer", "Explanation", "LedgerEntry", "explain", "propagate", "initial_relevance", "stack_targets",
-           "split_targets"]
+__all__ = ["ChunkedTrace", "Explainer", "Explanation", "LedgerEntry", "explain", "propagate", "initial_relevance",
+           "stack_targets", "split_targets"]

@@ -1,0 +1,1 @@
+"""lrpflow's Hydra launcher for Ray clusters (``hydra/launcher=ray``); see :mod:`.ray_launcher`."""
