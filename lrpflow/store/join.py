@@ -18,7 +18,7 @@ import numpy
 from lrpflow.errors import ConfigError, LrpflowError, StoreError
 from lrpflow.store.files import write_error
 from lrpflow.store.layout import (
-    _FLOAT_FILL, _LIBVER, PARTIAL_SUFFIX, StoreLayout, _names_attr, _now, _partial, check_schema, config_diff,
+    _FLOAT_FILL, _LIBVER, PARTIAL_SUFFIX, StoreLayout, _names_attr, _now, _partial, check_schema, config_diff, create_groups,
     damaged, fixed, read_attrs, set_attrs,
 )
 
@@ -149,10 +149,7 @@ def join(paths: Sequence[str | os.PathLike[str]], out_path: str | os.PathLike[st
             f.attrs["shards"] = _names_attr(names)
             f.attrs["shard_rows"] = numpy.asarray(rows, dtype=numpy.int64)
             f.attrs["joined"] = fixed(_now())
-            f.create_group("metrics").attrs.create("names", _names_attr(first_layout.metrics))
-            f.create_group("ledger").attrs.create("nodes", _names_attr(first_layout.ledger_nodes))
-            f.create_group("intermediate").attrs.create("nodes",
-                                                        _names_attr([k for k, _ in first_layout.intermediate]))
+            create_groups(f, first_layout)
             for field, (h5path, shape, dt, _) in first_layout.datasets().items():
                 vl = h5py.VirtualLayout(shape=(total, *shape), dtype=dt, maxshape=(total, *shape))
                 offset = 0

@@ -460,14 +460,19 @@ def _dataset_props(d: h5py.Dataset) -> dict[str, Any]:
     return props
 
 
-def _create_datasets(f: h5py.File, layout: StoreLayout, props: Mapping[str, Mapping[str, Any]],
-                     rows: int = 0) -> None:
-    """The groups (with their name lists) and the datasets (``rows`` long, growable) of a layout."""
+def create_groups(f: h5py.File, layout: StoreLayout) -> None:
+    """The ``metrics``, ``ledger`` and ``intermediate`` groups with the name lists that declare their datasets."""
     f.create_group("metrics").attrs.create("names", _names_attr(layout.metrics))
     if layout.curves:
         f["metrics"].attrs.create("curves", _names_attr([k for k, _ in layout.curves]))
     f.create_group("ledger").attrs.create("nodes", _names_attr(layout.ledger_nodes))
     f.create_group("intermediate").attrs.create("nodes", _names_attr([k for k, _ in layout.intermediate]))
+
+
+def _create_datasets(f: h5py.File, layout: StoreLayout, props: Mapping[str, Mapping[str, Any]],
+                     rows: int = 0) -> None:
+    """The groups (with their name lists) and the datasets (``rows`` long, growable) of a layout."""
+    create_groups(f, layout)
     for field, (h5path, shape, dt, _) in layout.datasets().items():
         d = f.create_dataset(h5path, shape=(rows, *shape), maxshape=(None, *shape), dtype=dt, **props[field])
         if field.startswith(("metrics/", "intermediate/")):
