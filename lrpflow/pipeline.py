@@ -421,6 +421,7 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         Naming the config field and the names lrpflow knows.
     """
     from lrpflow.errors import UnknownNameError
+    from lrpflow.explain import is_multi_target
     from lrpflow.plugins import registries
 
     regs = registries()
@@ -437,6 +438,11 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         raise ConfigError("the config's pipeline is empty")
     for i, name in enumerate(names):
         check(regs.steps, name, f"pipeline[{i}]")
+    target = _get(cfg, "explain.target", "pred")
+    if "lrp" in names and is_multi_target(target):
+        raise ConfigError(f"explain.target={target!r} asks for one map per target, (N, K, ...), which the pipeline's "
+                          "result store does not hold; use explain.target=topk:K (one map of the K classes together) "
+                          "or the Python API: lrpflow.explain(model, x, target='each:topk:K')")
     lrp = dict(cfg.get("lrp") or {})
     if "lrp" in names or "forward" in names:
         if lrp.get("rule") is None and lrp.get("composite") is None:

@@ -321,6 +321,17 @@ def test_fit_to_model_keeps_given_options():
     assert fit_to_model({"mean": 3}, None) == {"mean": 3}  # no fixed input shape: nothing to take
 
 
+def test_one_map_per_target_is_refused_up_front_with_the_way_out(tmp_path):
+    """``explain.target=each:topk:K`` gives (N, K, ...) maps the store does not hold: refused before any
+    work (no store), naming the option, ``topk:K`` and the Python API; ``topk:K`` itself runs."""
+    from lrpflow.errors import ConfigError
+
+    cfg = small(tmp_path, "explain.target=each:topk:2")
+    with pytest.raises(ConfigError, match=r"explain.target='each:topk:2'.*topk:K.*lrpflow.explain\(model, x, target="):
+        run(cfg)
+    assert not (tmp_path / "out" / "results.h5").exists()
+
+
 def test_mnist_train_experiment_saves_a_toolbox_text_model(tmp_path, shared):
     images, labels = shared / "data" / "MNIST" / "test_images.mat", shared / "data" / "MNIST" / "test_labels.npy"
     cfg = make_cfg(tmp_path, ["experiment=mnist_train", f"paths.shared={shared}", f"paths.mnist_train_images={images}",
