@@ -505,3 +505,21 @@ def test_backends_agree_with_keras(name, backend):
     close(to_numpy(out.logits), ref["logits_pre_softmax"])
     eps = lrpflow.explain(model, ref["x"], composite="lrp.epsilon", dtype="float64", backend=backend)
     assert numpy.isfinite(to_numpy(eps.relevance)).all()
+
+
+def test_innvestigate_analyzers_give_the_new_layers_the_z_rule():
+    """Multiply, UpSampling2D and LayerNormalization get the Z rule in iNNvestigate composites (iNNvestigate
+    has none for them); the analyzer's own rule would zero relevance at a LayerNorm (flat: z = LN(1) = 0)."""
+    from lrpflow import innvestigate as inn
+    from lrpflow.innvestigate import InnvestigateComposite
+    from lrpflow.rules.lrp import Z, Flat
+
+    ref = numpy.load(fixture("gating.npz"))
+    model = lrpflow.load_model(fixture("gating.keras"))
+    rules = InnvestigateComposite(Flat()).assign(model)
+    for node in ("up", "up_bi", "ln", "mul", "se_mul", "ln_all"):
+        assert isinstance(rules[node], Z), node
+    assert isinstance(rules["c_gelu"], Flat) and isinstance(rules["out"], Flat)
+    for name in ("lrp.flat", "lrp.w_square"):
+        r = inn.create_analyzer(name, model).analyze(ref["x"])
+        assert numpy.isfinite(r).all() and (numpy.abs(r).reshape(4, -1).sum(1) > 1e-3).all(), name
