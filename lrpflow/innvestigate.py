@@ -16,6 +16,9 @@ the engine's default handling of the other layers). What a composite pins, per i
 * Add, Average/Subtract merges, average/sum/global-average pooling: the Z rule on the sum
   (``R_k = x_k · R / Σ x``, signed, iNNvestigate's ``AddReverseLayer``/``AveragePoolingReverseLayer``);
   for ``deep_taylor*`` the gradient (each Add branch receives a full copy of R, GAP spreads R uniformly);
+  layers iNNvestigate has no rule for — Multiply (gate held constant, see the readers'
+  ``product_rule``), UpSampling/Resize, LayerNormalization (σ held constant), mean reductions —
+  get the Z rule on their linear map too (the analyzer's own rule, e.g. flat, would zero a LayerNorm);
 * MaxPool: winner-take-all (ties are shared equally; TF routes them to the first maximum);
 * activations pass relevance through (``deep_taylor*``: the ReLU gradient ``R·[x > 0]``);
   shape layers move it.
@@ -130,6 +133,9 @@ def make_input_layer_rule(spec: Any) -> Rule | None:
 
 
 _SUMS = ("add", "average", "subtract", "avg_pool", "sum_pool", "global_avg_pool")
+#: layers iNNvestigate has no rule for, given the Z rule on their linear map (lrpflow's layer-scope
+#: convention): products of activations (gate held constant), resizing, LayerNorm (σ constant), means
+_PROPORTIONAL = _SUMS + ("product", "resize", "layer_norm", "mean")
 
 
 class InnvestigateComposite(Composite):
@@ -158,7 +164,7 @@ class InnvestigateComposite(Composite):
                 out[node.name] = grad
             elif node.layer.role == "maxpool":
                 out[node.name] = grad  # winner-take-all
-            elif node.layer.role == "linear" and any(k in kinds for k in _SUMS):
+            elif node.layer.role == "linear" and any(k in kinds for k in _PROPORTIONAL):
                 out[node.name] = z
             else:  # activations (pass), shape layers (moved), other affine maps (BatchNorm): the rule
                 out[node.name] = self.dense_rule

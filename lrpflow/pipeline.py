@@ -230,14 +230,23 @@ def train_from_config(m: Mapping[str, Any], progress: bool = True) -> Any:
 
 
 class LoadData:
-    """Open the dataset lazily and pick this job's rows (``data.start/stop``, ``data.shard/num_shards``)."""
+    """Open the dataset lazily and pick this job's rows (``data.start/stop``, ``data.shard/num_shards``).
+
+    Image folders fit the model: without ``size``/``base_size``/``crop``/``channels`` options they
+    get the model's input size and channels (:func:`lrpflow.io.images.fit_to_model`).
+    """
 
     def setup(self, state: State) -> None:
+        from lrpflow.io.images import fit_to_model, is_image_data
+
         d = dict(state.cfg.get("data") or {})
         layout = d.get("layout") or "NHWC"
         if layout not in ("NHWC", "NCHW"):
             raise ConfigError(f"data.layout must be NHWC or NCHW, got {layout!r}")
         state.extras["data_layout"] = layout
+        if state.model is not None and is_image_data(d):  # size and channels from the model, recorded in the config
+            d["options"] = fit_to_model(d.get("options"), getattr(state.model, "input_shape", None))
+            state.cfg["data"] = {**dict(state.cfg.get("data") or {}), "options": d["options"]}
         state.source = open_source(d)
         state.rows = shard_rows(len(state.source), d)
         state.start_row = state.rows[0]
@@ -412,6 +421,7 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         Naming the config field and the names lrpflow knows.
     """
     from lrpflow.errors import UnknownNameError
+    from lrpflow.explain import is_multi_target
     from lrpflow.plugins import registries
 
     regs = registries()
@@ -428,6 +438,11 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         raise ConfigError("the config's pipeline is empty")
     for i, name in enumerate(names):
         check(regs.steps, name, f"pipeline[{i}]")
+    target = _get(cfg, "explain.target", "pred")
+    if "lrp" in names and is_multi_target(target):
+        raise ConfigError(f"explain.target={target!r} asks for one map per target, (N, K, ...), which the pipeline's "
+                          "result store does not hold; use explain.target=topk:K (one map of the K classes together) "
+                          "or the Python API: lrpflow.explain(model, x, target='each:topk:K')")
     lrp = dict(cfg.get("lrp") or {})
     if "lrp" in names or "forward" in names:
         if lrp.get("rule") is None and lrp.get("composite") is None:

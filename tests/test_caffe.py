@@ -257,7 +257,7 @@ def test_lrn_forward_and_gradient():
 
 
 def test_grouped_convolution_relevance_stays_in_its_groups(tmp_path):
-    """A grouped conv (one block-diagonal weight) explains like two separate convs on the channel halves."""
+    """A grouped conv (``Conv2d(groups=2)``) explains like two separate convs on the channel halves, flat too."""
     txt = """
 input: "data"
 input_dim: 1 input_dim: 4 input_dim: 6 input_dim: 6
@@ -271,6 +271,8 @@ layer { name: "fc" type: "InnerProduct" bottom: "g" top: "fc" inner_product_para
     proto, weights = caffe_nets.write_net(tmp_path, "g", txt, w)
     model = lrpflow.load_model(proto, weights=weights)
     assert model.caffe.layers[1].group == 2
+    g = model.node("g").layer
+    assert g.groups == 2 and g.weight.shape == (3, 3, 2, 6)
     x = rng.normal(size=(2, 4, 6, 6))
     L = lrpflow.layers
     from lrpflow.graph import Model, Node
@@ -302,14 +304,20 @@ layer { name: "fc" type: "InnerProduct" bottom: "g" top: "fc" inner_product_para
         a = lrpflow.explain(model, x, dtype="float64", **kw).relevance
         b = lrpflow.explain(direct, x, dtype="float64", **kw).relevance
         numpy.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
-    flat_caffe = {"default": "epsilon", "overrides": [{"name": "g", "rule": "caffe_flat_grouped", "groups": 2}]}
+    flat_caffe = {"default": "epsilon", "overrides": [{"name": "g", "rule": "flat"}]}
     flat_direct = {"default": "epsilon", "overrides": [{"name": "c*", "rule": "flat"}]}
     a = lrpflow.explain(model, x, composite=flat_caffe, dtype="float64").relevance
     b = lrpflow.explain(direct, x, composite=flat_direct, dtype="float64").relevance
-    numpy.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
-    plain_flat = lrpflow.explain(model, x, composite={"default": "epsilon", "overrides": [{"name": "g", "rule": "flat"}]},
-                                 dtype="float64").relevance
-    assert numpy.abs(plain_flat - b).max() > 1e-3  # the ungrouped flat rule would mix the groups
+    numpy.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)  # flat stays within each group
+    # the same conv as one ungrouped block-diagonal weight: equal forward, but flat mixes the groups there
+    full = numpy.zeros((3, 3, 4, 6))
+    full[:, :, :2, :3], full[:, :, 2:, 3:] = g.weight[:, :, :, :3], g.weight[:, :, :, 3:]
+    dense_nodes = [Node("g", L.Conv2d(3, 3, 4, 6, weight=full, bias=g.bias)), Node("r", L.ReLU(), ("g",)),
+                   Node("f", L.Flatten(), ("r",)), Node("fc", L.Linear(96, 3, weight=fcw, bias=w["fc"][1]), ("f",))]
+    block = Model(dense_nodes, input_shape=(6, 6, 4), layout="NCHW")
+    mixed = lrpflow.explain(block, x, composite=flat_caffe, dtype="float64")
+    numpy.testing.assert_allclose(mixed.logits, lrpflow.explain(model, x, rule="z", dtype="float64").logits, rtol=1e-9)
+    assert numpy.abs(mixed.relevance - b).max() > 1e-3
 
 
 def test_scaled_add_and_norm_rule_split_by_contribution():

@@ -380,7 +380,8 @@ def test_demo_on_the_zoo_dag_with_flat_on_grouped_convolutions(workspace):
     assert d.start == "fc2"  # −1: the input of the lowest Softmax
     over = d.method["composite"]["overrides"]
     assert {"name": "conv1+bn1", "rule": "flat"} in over  # conv1 (index 1) with its folded BatchNorm
-    assert {"name": "conv2a", "rule": "caffe_flat_grouped", "groups": 2} in over  # index 8, group 2
+    assert {"name": "conv2a", "rule": "flat"} in over  # index 8, group 2: the core flat stays within groups
+    assert d.explain_model.node("conv2a").layer.groups == 2
     assert not any(o.get("name") == "conv2b" for o in over)  # index 10 > 8
     d.run(batch_size=4)
     exp = lrpflow.Explainer(d.explain_model, composite=d.method["composite"], dtype="float64")

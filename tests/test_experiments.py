@@ -278,6 +278,60 @@ def test_images_experiment_through_an_onnx_model(tmp_path, target, width):
     assert len(list((tmp_path / "out" / "heatmaps").glob("*.png"))) == 2 * 5
 
 
+def test_images_experiment_takes_size_and_channels_from_the_model(tmp_path):
+    """``experiment=images model.path=net.onnx data.path=folder/`` with no size: PNGs of another size
+    (20×24) are resized to the model's 16×16; the resolved options and every row's file are stored,
+    and the figures are named after the files."""
+    pytest.importorskip("lrpflow_onnx")
+    onnx = pytest.importorskip("onnx")
+    import test_io_onnx
+
+    proto, _ = test_io_onnx.resnet()  # NCHW input (3, 16, 16), 4 classes
+    onnx.save(proto, str(tmp_path / "net.onnx"))
+    rng = numpy.random.default_rng(1)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    names = ["cat.png", "dog.png", "fox.png"]
+    for name in names:
+        lrpflow.io.save_data(rng.integers(0, 256, (20, 24, 3), dtype=numpy.uint8), folder / name)
+    cfg = make_cfg(tmp_path, ["experiment=images", f"model.path={tmp_path / 'net.onnx'}", f"data.path={folder}",
+                              "data.options.mean=[120,110,100]", "data.options.std=[60,50,40]", "render.max_images=3"])
+    run(cfg)
+    out = tmp_path / "out"
+    data = load(out / "results.h5")
+    assert data["relevance"].shape == (3, 3, 16, 16)
+    assert [os.path.basename(str(s)) for s in data["source"]] == names
+    stored = lrpflow.load_results(out / "results.h5").config["data"]["options"]
+    assert stored["size"] == [16, 16] and stored["channels"] == 3 and stored["std"] == [60, 50, 40]
+    model = lrpflow.load_model(tmp_path / "net.onnx")
+    x = (lrpflow.io.load_data(folder, size=(16, 16)) - numpy.float32([120, 110, 100])) / numpy.float32([60, 50, 40])
+    ref = lrpflow.explain(model, x.transpose(0, 3, 1, 2), composite="epsilon_plus_flat", epsilon=1e-6)
+    numpy.testing.assert_allclose(data["relevance"], ref.relevance, rtol=1e-4, atol=1e-6)
+    pngs = sorted(p.name for p in (out / "heatmaps").glob("*.png"))
+    assert pngs and all(any(f"_{n[:-4]}_" in p for n in names) for p in pngs)
+    assert {n[:-4] for n in names} <= {p.split("_")[1] for p in pngs}
+
+
+def test_fit_to_model_keeps_given_options():
+    from lrpflow.io.images import fit_to_model
+
+    assert fit_to_model({}, (16, 12, 3)) == {"size": [16, 12], "channels": 3}
+    assert fit_to_model({"size": [8, 8], "channels": 1}, (16, 12, 3)) == {"size": [8, 8], "channels": 1}
+    assert fit_to_model({"base_size": [20, 20]}, (16, 16, 1)) == {"base_size": [20, 20], "crop": [16, 16], "channels": 1}
+    assert fit_to_model({"mean": 3}, None) == {"mean": 3}  # no fixed input shape: nothing to take
+
+
+def test_one_map_per_target_is_refused_up_front_with_the_way_out(tmp_path):
+    """``explain.target=each:topk:K`` gives (N, K, ...) maps the store does not hold: refused before any
+    work (no store), naming the option, ``topk:K`` and the Python API; ``topk:K`` itself runs."""
+    from lrpflow.errors import ConfigError
+
+    cfg = small(tmp_path, "explain.target=each:topk:2")
+    with pytest.raises(ConfigError, match=r"explain.target='each:topk:2'.*topk:K.*lrpflow.explain\(model, x, target="):
+        run(cfg)
+    assert not (tmp_path / "out" / "results.h5").exists()
+
+
 def test_mnist_train_experiment_saves_a_toolbox_text_model(tmp_path, shared):
     images, labels = shared / "data" / "MNIST" / "test_images.mat", shared / "data" / "MNIST" / "test_labels.npy"
     cfg = make_cfg(tmp_path, ["experiment=mnist_train", f"paths.shared={shared}", f"paths.mnist_train_images={images}",

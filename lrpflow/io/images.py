@@ -3,11 +3,16 @@ Pillow through imageio, resizing via scikit-image).
 
 Preprocessing follows the toolbox's Caffe demonstrator: resize (``size=(H, W)``, or
 ``base_size`` then a centre ``crop``), crop/pad to ``crop=(H, W)`` (centred; padding with
-``fill_value``), optional RGB→BGR ``channel_swap`` and ``mean`` subtraction (a scalar, one
+``fill_value``), optional RGB→BGR ``channel_swap``, ``mean`` subtraction (a scalar, one
 value per channel, or an image-sized array or ``.npy`` file that is centre-cropped to
-the input size, like the demonstrator's ``cropped_imagenet_mean``). Pixels keep their
-0..255 range unless the generic ``scale=``/``shift=`` options of ``open_data`` say otherwise.
+the input size, like the demonstrator's ``cropped_imagenet_mean``) and division by ``std``
+(same forms): ``x = (swap(crop(resize(img))) − mean) / std``. Pixels keep their 0..255 range
+(so torchvision's normalisation is ``mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375]``)
+unless the generic ``scale=``/``shift=`` options of ``open_data`` say otherwise.
 Samples are (H, W, C) float32, C = 1 for grayscale (``channels=1``) or 3.
+
+:func:`fit_to_model` completes the options from a model's input (size and channels), which is
+how ``lrpflow experiment=images`` needs no ``size=``.
 """
 from __future__ import annotations
 
@@ -73,7 +78,7 @@ class ImageSource(DataSource):
 
     def __init__(self, files: Sequence[str], path: str, size: Any = None, base_size: Any = None, crop: Any = None,
                  mean: Any = None, channels: int | None = None, channel_swap: bool = False,
-                 fill_value: float = 0.0) -> None:
+                 fill_value: float = 0.0, std: Any = None) -> None:
         super().__init__(path)
         self.files = list(files)
         self.size = _pair(size, "size")
@@ -88,10 +93,13 @@ class ImageSource(DataSource):
         if self.channels not in (1, 3):
             raise DataFormatError(f"{path}: channels must be 1 or 3, got {self.channels}")
         self._mean = self._prepare_mean(mean, first.shape)
+        self._std = self._prepare_mean(std, first.shape, "std")
+        if self._std is not None and not (numpy.isfinite(self._std).all() and (self._std > 0).all()):
+            raise DataFormatError(f"{path}: std must be positive and finite, got {std!r}")
         self._raw_shape = (len(self.files), *first.shape)
         self._raw_dtype = numpy.dtype("float32")
 
-    def _prepare_mean(self, mean: Any, shape: tuple[int, ...]) -> numpy.ndarray | None:
+    def _prepare_mean(self, mean: Any, shape: tuple[int, ...], what: str = "mean") -> numpy.ndarray | None:
         if mean is None:
             return None
         if isinstance(mean, (str, os.PathLike)):
@@ -106,9 +114,9 @@ class ImageSource(DataSource):
         if m.ndim == 3:
             m = _center(m, shape[:2], 0.0)
             if m.shape[:2] != shape[:2]:
-                raise DataFormatError(f"{self.path}: mean of shape {m.shape} does not fit images of shape {shape}")
+                raise DataFormatError(f"{self.path}: {what} of shape {m.shape} does not fit images of shape {shape}")
         if m.ndim not in (0, 1, 3) or (m.ndim >= 1 and m.shape[-1] not in (1, shape[2])):
-            raise DataFormatError(f"{self.path}: mean must be a scalar, one value per channel ({shape[2]}) or an "
+            raise DataFormatError(f"{self.path}: {what} must be a scalar, one value per channel ({shape[2]}) or an "
                                   f"(H, W, C) image, got shape {m.shape}")
         return m
 
@@ -144,6 +152,8 @@ class ImageSource(DataSource):
             x = x[:, :, ::-1]
         if getattr(self, "_mean", None) is not None:
             x = x - self._mean
+        if getattr(self, "_std", None) is not None:
+            x = x / self._std
         return numpy.ascontiguousarray(x, dtype=numpy.float32)
 
     def _rows(self, start: int, stop: int) -> numpy.ndarray:
@@ -158,15 +168,47 @@ class ImageSource(DataSource):
 
 
 def read_images(path: str, size: Any = None, base_size: Any = None, crop: Any = None, mean: Any = None,
-                channels: int | None = None, channel_swap: bool = False, fill_value: float = 0.0) -> DataSource:
+                channels: int | None = None, channel_swap: bool = False, fill_value: float = 0.0,
+                std: Any = None) -> DataSource:
     """Images from a file, a folder or a glob pattern as (N, H, W, C) float32; see the module doc for options."""
     try:
         return ImageSource(list_images(os.fspath(path)), os.fspath(path), size=size, base_size=base_size, crop=crop,
-                           mean=mean, channels=channels, channel_swap=channel_swap, fill_value=fill_value)
+                           mean=mean, channels=channels, channel_swap=channel_swap, fill_value=fill_value, std=std)
     except LrpflowError:
         raise
     except (TypeError, ValueError) as err:
         raise DataFormatError(f"{path}: invalid image options: {err}") from err
+
+
+def is_image_data(dcfg: Any) -> bool:
+    """Whether a data config reads images (``format: images``, or no format and an image folder/file)."""
+    fmt = dcfg.get("format")
+    if fmt is not None:
+        return str(fmt).lower() in ("images", "image")
+    path = str(dcfg.get("path") or "")
+    return os.path.isdir(path) or path.lower().endswith(SUFFIXES)
+
+
+def fit_to_model(options: Any, input_shape: Any) -> dict[str, Any]:
+    """Image reader ``options`` completed from a model's (internal, H×W×C) ``input_shape``.
+
+    With none of ``size``, ``base_size``, ``crop`` given, images are resized to the model's
+    (H, W); with ``base_size`` but no ``crop``, the centre crop is the model's (H, W); without
+    ``channels``, the model's channel count (1 or 3). Options that are given stay; a model
+    without a fixed image input (``input_shape`` not (H, W, C)) leaves the options as they are.
+    """
+    out = dict(options or {})
+    shape = tuple(input_shape) if input_shape is not None else ()
+    if len(shape) != 3:
+        return out
+    h, w, c = (int(v) for v in shape)
+    if out.get("size") is None and out.get("base_size") is None and out.get("crop") is None:
+        out["size"] = [h, w]
+    elif out.get("base_size") is not None and out.get("crop") is None:
+        out["crop"] = [h, w]
+    if out.get("channels") is None and c in (1, 3):
+        out["channels"] = c
+    return out
 
 
 def write_image(x: Any, path: str) -> None:

@@ -231,20 +231,14 @@ def grouped_conv(weight: numpy.ndarray, bias: numpy.ndarray | None, group: int, 
                  pads: tuple[int, int, int, int]) -> Conv2d:
     """A Conv2d equal to Caffe's convolution with ``group`` groups (weight ``(out, in/group, kh, kw)``).
 
-    Groups become one block-diagonal weight ``(kh, kw, in, out)``: exact for the forward pass
-    and for every rule that modifies weights elementwise (z, ε, αβ, γ, w²), since the zero
-    blocks stay zero. Rules that replace weights by constants (``flat``) must keep to the
-    blocks; the demonstrator uses :class:`lrpflow_caffe.rules.GroupedFlat` there.
+    ``Conv2d(groups=group)`` with the weight ``(kh, kw, in/group, out)``: output channels
+    ``g·out/group …`` see input channels ``g·in/group …`` only, in Caffe's order. Every rule,
+    ``flat`` included (ones on that weight are ones within each group), stays within the groups.
     """
     out, cin_g, kh, kw = weight.shape
-    cout_g = out // group
-    full = numpy.zeros((kh, kw, cin_g * group, out), dtype=weight.dtype)
-    for g in range(group):
-        block = weight[g * cout_g : (g + 1) * cout_g].transpose(2, 3, 1, 0)
-        full[:, :, g * cin_g : (g + 1) * cin_g, g * cout_g : (g + 1) * cout_g] = block
     b = numpy.zeros(out, dtype=weight.dtype) if bias is None else bias
-    conv = Conv2d(kh, kw, cin_g * group, out, stride=stride, padding=pads, weight=full, bias=b)
-    return conv
+    return Conv2d(kh, kw, cin_g * group, out, stride=stride, padding=pads, weight=weight.transpose(2, 3, 1, 0),
+                  bias=b, groups=group)
 
 
 def _convolution(b: _Builder, layer: Any) -> tuple[Any, int]:

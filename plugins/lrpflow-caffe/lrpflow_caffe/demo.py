@@ -67,8 +67,7 @@ def method_for(cfg: DemoConfig, model: Any) -> dict[str, Any]:
     if k > 0:
         for lay in model.caffe.layers:
             if lay.type == "Convolution" and lay.index <= k and lay.node in names:
-                flat = {"rule": "flat"} if lay.group == 1 else {"rule": "caffe_flat_grouped", "groups": lay.group}
-                overrides.append({"name": lay.node, **flat})
+                overrides.append({"name": lay.node, "rule": "flat"})  # grouped: flat within each group
     overrides += [{"kind": "avg_pool", **NORM_RULE}, {"kind": "add", **NORM_RULE}]
     return {"composite": {"default": default, "overrides": overrides, "maxpool": "winner_take_all"}}
 

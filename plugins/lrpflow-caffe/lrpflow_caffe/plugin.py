@@ -1,4 +1,4 @@
-"""The lrpflow-caffe plugin: the Caffe model reader, its layers and rule, the demonstrator's file-list
+"""The lrpflow-caffe plugin: the Caffe model reader, its layers, the demonstrator's file-list
 reader and pipeline steps."""
 from __future__ import annotations
 
@@ -19,13 +19,6 @@ def lrpflow_register_layers(registry):  # noqa: ANN001 - typed in lrpflow.hooksp
     registry.add("caffe_avg_pool", CaffeAvgPool)
     registry.add("caffe_scaled_add", ScaledAdd)
     registry.add("caffe_flatten_chw", FlattenCHW)
-
-
-@lrpflow.hookimpl
-def lrpflow_register_rules(registry):  # noqa: ANN001 - typed in lrpflow.hookspecs
-    from lrpflow_caffe.rules import GroupedFlat
-
-    registry.add("caffe_flat_grouped", GroupedFlat)
 
 
 @lrpflow.hookimpl

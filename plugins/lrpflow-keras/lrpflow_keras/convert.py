@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from lrpflow.errors import LrpflowError, ModelFormatError, UnsupportedLayerError
+from lrpflow.errors import ConfigError, LrpflowError, ModelFormatError, UnsupportedLayerError
 from lrpflow.graph import Model
 from lrpflow_keras.container import MAX_WEIGHTS_BYTES, open_keras_zip, open_legacy_h5
 from lrpflow_keras.layers import (
@@ -97,8 +97,11 @@ def _io_list(v: Any, where: str) -> list[tuple[str, int, int]]:
 
 
 def convert_model(config: dict[str, Any], b: Builder | None, weights: Any, inputs: list[str] | None, prefix: str,
-                  depth: int = 0, path: str = "") -> Any:
-    """Convert a Sequential/Functional config; at the top (``b is None``) return ``(Builder, output)``."""
+                  depth: int = 0, path: str = "", options: dict[str, Any] | None = None) -> Any:
+    """Convert a Sequential/Functional config; at the top (``b is None``) return ``(Builder, output)``.
+
+    ``options`` (top level only): the :class:`Builder`'s ``keras_major`` and ``product_rule``.
+    """
     cls, cfg = config.get("class_name"), config.get("config")
     cls = cls if isinstance(cls, str) else repr(cls)
     top = b is None
@@ -121,7 +124,7 @@ def convert_model(config: dict[str, Any], b: Builder | None, weights: Any, input
             shape = _input_shape({"batch_shape": batch, "name": "input"}, where)
             in_name = "input"
         if b is None:
-            b = Builder(where, in_name, shape)
+            b = Builder(where, in_name, shape, **(options or {}))
             x = in_name
         else:
             if inputs is None or len(inputs) != 1:
@@ -150,7 +153,7 @@ def convert_model(config: dict[str, Any], b: Builder | None, weights: Any, input
         raise ModelFormatError(f"{where}: input layer {ins[0][0]!r} is not an InputLayer of the model")
     shape = _input_shape(in_layer[1], where)
     if b is None:
-        b = Builder(where, in_layer[2], shape)
+        b = Builder(where, in_layer[2], shape, **(options or {}))
         tensors[(in_layer[2], 0, 0)] = in_layer[2]
     else:
         if inputs is None or len(inputs) != 1:
@@ -226,11 +229,22 @@ def _model_config(config: Any, path: str) -> dict[str, Any]:
     return config
 
 
-def read(path: str | os.PathLike[str], fold_batchnorm: bool = True, max_bytes: int = MAX_WEIGHTS_BYTES) -> Model:
+def _major(version: Any, default: int) -> int:
+    """The major number of a ``keras_version`` string (``"3.15.1"`` → 3); ``default`` when absent."""
+    if isinstance(version, bytes):
+        version = version.decode("utf-8", "replace")
+    head = str(version).split(".")[0] if version is not None else ""
+    return int(head) if head.isdigit() else default
+
+
+def read(path: str | os.PathLike[str], fold_batchnorm: bool = True, max_bytes: int = MAX_WEIGHTS_BYTES,
+         product_rule: str = "gate") -> Model:
     """Read a Keras 3 ``.keras`` file or a legacy Keras/tf.keras HDF5 ``.h5`` model file.
 
     ``fold_batchnorm``: merge each BatchNormalization into the Conv/Dense before it (exact, see
-    :func:`lrpflow.io.canonize.fold_batchnorm`); ``max_bytes``: the largest weights file accepted.
+    :func:`lrpflow.io.canonize.fold_batchnorm`); ``max_bytes``: the largest weights file accepted;
+    ``product_rule``: LRP of ``Multiply`` — ``"gate"`` holds a sigmoid-like gating operand
+    constant (relevance flows through the other), ``"uniform"`` splits it 50/50.
     """
     import zipfile
 
@@ -239,17 +253,22 @@ def read(path: str | os.PathLike[str], fold_batchnorm: bool = True, max_bytes: i
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ModelFormatError(f"{path}: no such file")
+    if product_rule not in ("gate", "uniform"):
+        raise ConfigError(f"product_rule must be 'gate' or 'uniform', got {product_rule!r}")
     if zipfile.is_zipfile(path):
-        config, _, f, size = open_keras_zip(path, max_bytes)
+        config, metadata, f, size = open_keras_zip(path, max_bytes)
         weights: Any = Keras3Weights(f, path, size)
+        major = _major(metadata.get("keras_version") if isinstance(metadata, dict) else None, 3)
     else:
         config, f = open_legacy_h5(path, max_bytes)
         weights = LegacyWeights(f.get("model_weights", f), path, os.path.getsize(path))
+        major = _major(f.attrs.get("keras_version"), 2)  # files without a version predate Keras 3
     try:
         with f:
             config = _model_config(config, path)
             try:
-                b, out = convert_model(config, None, weights, None, "", 0, path)
+                b, out = convert_model(config, None, weights, None, "", 0, path,
+                                       {"keras_major": major, "product_rule": product_rule})
             except RecursionError:
                 raise ModelFormatError(f"{path}: model config nested too deeply") from None
             except (TypeError, AttributeError, KeyError, IndexError, ValueError) as err:

@@ -15,29 +15,16 @@ import numpy
 from lrpflow.errors import LrpflowError, ModelFormatError, UnsupportedLayerError
 from lrpflow.graph import Node
 from lrpflow.layers import (
-    ELU, SELU, Add, Average, AvgPool, BatchNorm, ClippedReLU, Concat, Conv2d, Crop, Embedding, Flatten,
-    GlobalAvgPool, LeakyReLU, Linear, MaxPool, Pad, Permute, PReLU, ReLU, Reshape, Sigmoid, SoftMax, Softplus,
-    Subtract, Tanh,
+    ELU, SELU, Add, Average, AvgPool, BatchNorm, ClippedReLU, Concat, Conv2d, Crop, Embedding, Flatten, Gelu,
+    GlobalAvgPool, HardSigmoid, HardSwish, LayerNorm, LeakyReLU, Linear, MaxPool, Multiply, Pad, Permute, PReLU,
+    ReLU, Reshape, Resize, Sigmoid, SiLU, SoftMax, Softplus, Subtract, Tanh,
 )
 
 # ------------------------------------------------------------------------------------
-# Keras layers that need lrpflow core layers being added elsewhere (grouped/depthwise
-# Conv2d, products of activations, Resize, LayerNorm, GELU/SiLU). Until they are wired
-# here, each is refused with this message. ONE table: wire an entry by moving it into
-# CONVERTERS (layers) or ACTIVATIONS (activation names).
-PENDING_LAYERS: dict[str, str] = {
-    "DepthwiseConv2D": "a depthwise Conv2d (lrpflow.layers.conv with groups)",
-    "SeparableConv2D": "a depthwise Conv2d (lrpflow.layers.conv with groups) followed by a 1×1 conv",
-    "Conv2D(groups>1)": "a grouped Conv2d (lrpflow.layers.conv with groups)",
-    "Multiply": "a product-of-activations layer (gating)",
-    "UpSampling2D": "a Resize/Upsample layer",
-    "LayerNormalization": "a LayerNorm layer",
-    "activation:swish": "a SiLU/Swish activation layer",
-    "activation:silu": "a SiLU/Swish activation layer",
-    "activation:gelu": "a GELU activation layer",
-    "activation:hard_swish": "a HardSwish activation layer",
-    "activation:hard_silu": "a HardSwish activation layer",
-}
+# Keras layers that wait for an lrpflow core layer: each is refused with this message.
+# ONE table: wire an entry by moving it into CONVERTERS (layers) or ACTIVATIONS
+# (activation names). Empty at present (every layer of the Keras issue is wired).
+PENDING_LAYERS: dict[str, str] = {}
 # ------------------------------------------------------------------------------------
 
 #: layers refused for good (with the reason)
@@ -63,8 +50,13 @@ def _pending(key: str, where: str) -> UnsupportedLayerError:
 class Builder:
     """Collects lrpflow nodes and the output shape of every tensor."""
 
-    def __init__(self, path: str, input_name: str, input_shape: tuple[int, ...]) -> None:
+    def __init__(self, path: str, input_name: str, input_shape: tuple[int, ...], keras_major: int = 3,
+                 product_rule: str = "gate") -> None:
         self.path = path
+        #: the Keras major version that wrote the file (``hard_sigmoid`` changed between 2 and 3)
+        self.keras_major = keras_major
+        #: LRP of Multiply: ``"gate"`` (hold the gating operand constant) or ``"uniform"``
+        self.product_rule = product_rule
         self.nodes: list[Node] = []
         self.shapes: dict[str, tuple[int, ...]] = {input_name: input_shape}
         self.input_name = input_name
@@ -180,7 +172,20 @@ ACTIVATIONS: dict[str, Callable[[], Any] | None] = {
     "selu": SELU,
     "softplus": Softplus,
     "leaky_relu": lambda: LeakyReLU(0.2),  # keras.activations.leaky_relu's default slope
+    "swish": SiLU,
+    "silu": SiLU,
+    # keras.activations.gelu(x, approximate=False) is what the name "gelu" deserializes to in
+    # Keras 2 and 3 (the tanh approximation needs a custom function, which a file cannot name)
+    "gelu": lambda: Gelu("none"),
+    "hard_swish": HardSwish,  # Keras 3: x · relu6(x + 3)/6
+    "hard_silu": HardSwish,
+    "hard_sigmoid": None,  # version-dependent, see _hard_sigmoid
 }
+
+
+def _hard_sigmoid(ctx: Ctx) -> HardSigmoid:
+    """Keras 3: ``relu6(x + 3)/6`` (α = 1/6); Keras 2 / tf.keras: ``clip(0.2·x + 0.5, 0, 1)``."""
+    return HardSigmoid(1 / 6, 0.5) if ctx.b.keras_major >= 3 else HardSigmoid(0.2, 0.5)
 
 
 def check_activation(ctx: Ctx, act: Any) -> str:
@@ -196,9 +201,13 @@ def check_activation(ctx: Ctx, act: Any) -> str:
 def add_activation(ctx: Ctx, act: Any, x: str) -> str:
     name = check_activation(ctx, act)
     factory = ACTIVATIONS[name]
-    if factory is None:
+    if name == "hard_sigmoid":
+        layer = _hard_sigmoid(ctx)
+    elif factory is None:
         return x
-    return ctx.b.add(f"{ctx.name}/{name}" if ctx.cls != "Activation" else ctx.name, factory(), [x])
+    else:
+        layer = factory()
+    return ctx.b.add(f"{ctx.name}/{name}" if ctx.cls != "Activation" else ctx.name, layer, [x])
 
 
 # --- converters -----------------------------------------------------------------------------
@@ -220,8 +229,6 @@ def conv(ctx: Ctx, rank: int) -> str:
     ctx.channels_last()
     _dilation(ctx, rank)
     groups = int(ctx.get("groups", 1) or 1)
-    if groups != 1:
-        raise _pending("Conv2D(groups>1)", ctx.where)
     check_activation(ctx, ctx.get("activation"))
     x = ctx.one_input()
     use_bias = bool(ctx.get("use_bias", True))
@@ -231,7 +238,11 @@ def conv(ctx: Ctx, rank: int) -> str:
         raise ModelFormatError(f"{ctx.where}: kernel of shape {kernel.shape}, expected rank {rank + 2}")
     if rank == 1:
         kernel = kernel[None]
-    kh, kw, d, n = kernel.shape
+    kh, kw, dg, n = kernel.shape  # Keras' grouped kernel: (kh, kw, C_in/groups, filters), as lrpflow's
+    d = dg * groups
+    if groups < 1 or n % groups or ctx.b.shape(x)[-1] != d:
+        raise ModelFormatError(f"{ctx.where}: kernel of shape {kernel.shape} with groups={groups} does not fit "
+                               f"inputs of shape {ctx.b.shape(x)}")
     bias = ws[1] if use_bias else numpy.zeros(n, dtype=kernel.dtype)
     strides = _tuple(ctx.get("strides", 1), rank, "strides", ctx)
     strides2 = (1, strides[0]) if rank == 1 else strides
@@ -241,11 +252,148 @@ def conv(ctx: Ctx, rank: int) -> str:
 
     def body(h: str) -> str:
         pads = _pads2(ctx, ctx.b.shape(h)[:2], (kh, kw), strides2)
-        layer = Conv2d(kh, kw, d, n, stride=strides2, padding=pads, weight=kernel, bias=bias)
+        layer = Conv2d(kh, kw, d, n, stride=strides2, padding=pads, weight=kernel, bias=bias, groups=groups)
         return ctx.b.add(ctx.name, layer, [h])
 
     y = _with_height1(ctx, x, body) if rank == 1 else body(x)
     return add_activation(ctx, ctx.get("activation"), y)
+
+
+def _depthwise_layer(ctx: Ctx, x: str, kernel: numpy.ndarray, bias: numpy.ndarray | None, name: str) -> str:
+    """Keras' depthwise kernel ``(kh, kw, C, m)`` as ``Conv2d(groups=C)``: output channel ``c·m + j``
+    is input channel ``c`` through ``kernel[..., c, j]``, which is the kernel reshaped to
+    ``(kh, kw, 1, C·m)`` in lrpflow's grouped layout."""
+    ctx.channels_last()
+    _dilation(ctx, 2)
+    if kernel.ndim != 4:
+        raise ModelFormatError(f"{ctx.where}: depthwise kernel of shape {kernel.shape}, expected (kh, kw, C, m)")
+    kh, kw, c, m = kernel.shape
+    if ctx.b.shape(x)[-1:] != (c,) or len(ctx.b.shape(x)) != 3:
+        raise ModelFormatError(f"{ctx.where}: depthwise kernel of shape {kernel.shape} does not fit inputs of "
+                               f"shape {ctx.b.shape(x)}")
+    strides = _tuple(ctx.get("strides", 1), 2, "strides", ctx)
+    pads = _pads2(ctx, ctx.b.shape(x)[:2], (kh, kw), strides)
+    b = numpy.zeros(c * m, dtype=kernel.dtype) if bias is None else bias
+    layer = Conv2d(kh, kw, c, c * m, stride=strides, padding=pads, weight=kernel.reshape(kh, kw, 1, c * m),
+                   bias=b, groups=c)
+    return ctx.b.add(name, layer, [x])
+
+
+def depthwise_conv(ctx: Ctx) -> str:
+    """DepthwiseConv2D (``depth_multiplier`` m): one ``Conv2d(groups=C)`` with C·m outputs."""
+    check_activation(ctx, ctx.get("activation"))
+    x = ctx.one_input()
+    use_bias = bool(ctx.get("use_bias", True))
+    ws = ctx.vars(["depthwise_kernel", "bias"] if use_bias else ["depthwise_kernel"])
+    y = _depthwise_layer(ctx, x, ws[0], ws[1] if use_bias else None, ctx.name)
+    return add_activation(ctx, ctx.get("activation"), y)
+
+
+def separable_conv(ctx: Ctx) -> str:
+    """SeparableConv2D: the depthwise conv (strides, padding; no bias) as node ``<name>/depthwise``,
+    then the 1×1 pointwise conv with the bias as node ``<name>`` (a following BN folds into it)."""
+    check_activation(ctx, ctx.get("activation"))
+    x = ctx.one_input()
+    use_bias = bool(ctx.get("use_bias", True))
+    ws = ctx.vars(["depthwise_kernel", "pointwise_kernel", "bias"] if use_bias
+                  else ["depthwise_kernel", "pointwise_kernel"])
+    dw, pw = ws[0], ws[1]
+    h = _depthwise_layer(ctx, x, dw, None, f"{ctx.name}/depthwise")
+    if pw.ndim != 4 or pw.shape[:3] != (1, 1, ctx.b.shape(h)[-1]):
+        raise ModelFormatError(f"{ctx.where}: pointwise kernel of shape {pw.shape}, expected (1, 1, "
+                               f"{ctx.b.shape(h)[-1]}, filters)")
+    n = pw.shape[3]
+    bias = ws[2] if use_bias else numpy.zeros(n, dtype=pw.dtype)
+    y = ctx.b.add(ctx.name, Conv2d(1, 1, pw.shape[2], n, weight=pw, bias=bias), [h])
+    return add_activation(ctx, ctx.get("activation"), y)
+
+
+#: lrpflow layers whose output gates another activation (bounded, sigmoid-like), as in the ONNX reader
+GATES = ("Sigmoid", "HardSigmoid", "Tanh")
+#: layers a gate may pass through and stay a gate (reshapes, identities)
+THROUGH = ("Reshape", "Flatten", "Permute", "Identity", "Dropout")
+
+
+def _is_gate(b: Builder, node: str) -> bool:
+    by_name = {nd.name: nd for nd in b.nodes}
+    for _ in range(16):
+        nd = by_name.get(node)
+        if nd is None:
+            return False
+        kind = type(nd.layer).__name__
+        if kind in GATES:
+            return True
+        if kind not in THROUGH or len(nd.inputs) != 1:
+            return False
+        node = nd.inputs[0]
+    return False
+
+
+def multiply(ctx: Ctx) -> str:
+    """Multiply: products of two activations, chained left to right for more inputs.
+
+    LRP (``product_rule="gate"``, the default; the ONNX reader's convention): an operand produced
+    by a sigmoid-like gate (sigmoid, hard_sigmoid, tanh, through reshapes) is held constant and
+    relevance flows through the other one; with no gate or two, the uniform split.
+    ``product_rule="uniform"``: each operand gets half (AttnLRP).
+    """
+    if len(ctx.inputs) < 2:
+        raise ModelFormatError(f"{ctx.where}: needs at least two inputs, got {len(ctx.inputs)}")
+    b = ctx.b
+    acc = ctx.inputs[0]
+    for k, other in enumerate(ctx.inputs[1:], start=1):
+        gates = [_is_gate(b, acc), _is_gate(b, other)]
+        gate = None if gates[0] == gates[1] or b.product_rule == "uniform" else (0 if gates[0] else 1)
+        name = ctx.name if k == len(ctx.inputs) - 1 else f"{ctx.name}/{k}"
+        acc = b.add(name, Multiply(gate=gate), [acc, other])
+    return acc
+
+
+def upsampling(ctx: Ctx) -> str:
+    """UpSampling2D: nearest (Keras repeats rows and columns) or bilinear (``ops.image.resize``
+    with half-pixel centres, no antialiasing: TF's and torch's ``align_corners=False``)."""
+    ctx.channels_last()
+    x = ctx.one_input()
+    shape = ctx.b.shape(x)
+    if len(shape) != 3:
+        raise ctx.fail(f"inputs of shape {shape}; UpSampling2D needs (H, W, C)")
+    size = _tuple(ctx.get("size", 2), 2, "size", ctx)
+    mode = str(ctx.get("interpolation", "nearest")).lower()
+    out = (shape[0] * size[0], shape[1] * size[1])
+    if mode == "nearest":
+        layer = Resize(shape[:2], out, scale=size, mode="nearest", coordinates="asymmetric", nearest="floor")
+    elif mode == "bilinear":
+        layer = Resize(shape[:2], out, scale=size, mode="linear", coordinates="half_pixel")
+    else:
+        raise ctx.fail(f"interpolation={mode!r} is not supported (nearest, bilinear)")
+    return ctx.b.add(ctx.name, layer, [x])
+
+
+def layer_norm(ctx: Ctx) -> str:
+    """LayerNormalization over trailing axes (``axis=-1``, or e.g. ``[1, 2, 3]``: all of a sample)."""
+    x = ctx.one_input()
+    shape = ctx.b.shape(x)
+    rank = len(shape) + 1  # with the batch axis, as Keras counts
+    axis = ctx.get("axis", -1)
+    axes = axis if isinstance(axis, list) else [axis]
+    if not axes or not all(isinstance(a, int) and not isinstance(a, bool) for a in axes):
+        raise ModelFormatError(f"{ctx.where}: axis must be an int or a list of ints, got {axis!r}")
+    norm = sorted({a + rank if a < 0 else a for a in axes})
+    k = len(norm)
+    if norm != list(range(rank - k, rank)) or norm[0] < 1:
+        raise ctx.fail(f"axis={axis!r}: only trailing axes of a sample are supported (e.g. -1, or "
+                       f"{list(range(1, rank))} for the whole sample)")
+    if ctx.get("rms_scaling", False):
+        raise ctx.fail("rms_scaling=True is not supported")
+    scale, center = bool(ctx.get("scale", True)), bool(ctx.get("center", True))
+    names = (["gamma"] if scale else []) + (["beta"] if center else [])
+    ws = dict(zip(names, ctx.vars(names))) if names else {}
+    nshape = tuple(shape[len(shape) - k:])
+    gamma = ws.get("gamma", numpy.ones(nshape))
+    beta = ws.get("beta", numpy.zeros(nshape))
+    if tuple(gamma.shape) != nshape or tuple(beta.shape) != nshape:
+        raise ModelFormatError(f"{ctx.where}: gamma/beta of shapes {gamma.shape}/{beta.shape}, expected {nshape}")
+    return ctx.b.add(ctx.name, LayerNorm(nshape, gamma=gamma, beta=beta, eps=float(ctx.get("epsilon", 1e-3))), [x])
 
 
 def dense(ctx: Ctx) -> str:
@@ -455,6 +603,12 @@ CONVERTERS: dict[str, Callable[[Ctx], str]] = {
     "ZeroPadding2D": zero_padding,
     "Cropping2D": cropping,
     "Embedding": embedding,
+    "DepthwiseConv2D": depthwise_conv,
+    "SeparableConv2D": separable_conv,
+    "SeparableConvolution2D": separable_conv,
+    "Multiply": multiply,
+    "UpSampling2D": upsampling,
+    "LayerNormalization": layer_norm,
 }
 
 #: every Keras class the reader accepts (for docs and error messages)
