@@ -281,17 +281,7 @@ def stack_targets(parts: Sequence[Explanation]) -> Explanation:
     ``relevance`` (N, K, ...), ``target`` (N, K), ``r_init`` (N, K, C), ``conservation``
     and the ledger (N, K), kept intermediates (N, K, ...); ``logits`` stay (N, C).
     """
-    xp = get_namespace(parts[0].relevance)
-
-    def st(arrays: Sequence[Any]) -> Any:
-        return xp.stack(list(arrays), axis=1)
-
-    first = parts[0]
-    ledger = {k: LedgerEntry(st([p.ledger[k].entering for p in parts]), st([p.ledger[k].leaving for p in parts]))
-              for k in first.ledger}
-    kept = {k: st([p.intermediate[k] for p in parts]) for k in first.intermediate}
-    return Explanation(st([p.relevance for p in parts]), first.logits, st([p.target for p in parts]),
-                       st([p.r_init for p in parts]), st([p.conservation for p in parts]), ledger, kept, first.method)
+    return _combine(parts, lambda xp, arrays: xp.stack(list(arrays), axis=1), shared_logits=True)
 
 
 def initial_relevance(logits: Any, target: Any, init: str, labels: Any = None) -> tuple[Any, Any]:
@@ -378,17 +368,24 @@ def _rows_of(value: Any, n: int, what: str) -> bool:
 
 def _concatenate(parts: Sequence[Explanation]) -> Explanation:
     """One explanation from the explanations of consecutive row chunks."""
+    return _combine(parts, lambda xp, arrays: xp.concatenate(list(arrays), axis=0))
+
+
+def _combine(parts: Sequence[Explanation], join: Any, shared_logits: bool = False) -> Explanation:
+    """Every per-row array of ``parts`` joined by ``join(xp, arrays)``; ``shared_logits``: the parts explain
+    the same rows, so their logits are the first part's."""
     xp = get_namespace(parts[0].relevance)
 
-    def cat(arrays: Sequence[Any]) -> Any:
-        return xp.concatenate(list(arrays), axis=0)
+    def j(arrays: Sequence[Any]) -> Any:
+        return join(xp, arrays)
 
     first = parts[0]
-    ledger = {k: LedgerEntry(cat([p.ledger[k].entering for p in parts]), cat([p.ledger[k].leaving for p in parts]))
+    ledger = {k: LedgerEntry(j([p.ledger[k].entering for p in parts]), j([p.ledger[k].leaving for p in parts]))
               for k in first.ledger}
-    kept = {k: cat([p.intermediate[k] for p in parts]) for k in first.intermediate}
-    return Explanation(cat([p.relevance for p in parts]), cat([p.logits for p in parts]), cat([p.target for p in parts]),
-                       cat([p.r_init for p in parts]), cat([p.conservation for p in parts]), ledger, kept, first.method,
+    kept = {k: j([p.intermediate[k] for p in parts]) for k in first.intermediate}
+    logits = first.logits if shared_logits else j([p.logits for p in parts])
+    return Explanation(j([p.relevance for p in parts]), logits, j([p.target for p in parts]),
+                       j([p.r_init for p in parts]), j([p.conservation for p in parts]), ledger, kept, first.method,
                        first.layout)
 
 

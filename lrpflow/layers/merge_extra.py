@@ -11,6 +11,7 @@ from typing import Any
 from lrpflow.backend import get_namespace
 from lrpflow.errors import ShapeError
 from lrpflow.layers.base import LinearLike, Shape
+from lrpflow.layers.merge import Add
 
 
 def _same_shapes(name: str, shapes: Sequence[Shape]) -> Shape:
@@ -39,27 +40,13 @@ class Subtract(LinearLike):
         return _same_shapes("Subtract", shapes)
 
 
-class Average(LinearLike):
-    """``y = Σ_k x_k / K``: a linear map with weight ``1/K`` per input."""
+class Average(Add):
+    """``y = Σ_k x_k / K``: :class:`~lrpflow.layers.merge.Add` with weight ``1/K`` per input."""
 
     kinds = frozenset({"affine", "merge", "average"})
-    keeps_nonneg = True
-    nonneg_weight = True
-    n_inputs = None
 
     def lrp_params(self, xs: Sequence[Any]) -> tuple[Any, Any]:
         return get_namespace(xs[0]).asarray(1.0 / len(xs), dtype=xs[0].dtype), None
-
-    def apply(self, xs: Sequence[Any], weight: Any, bias: Any | None) -> Any:
-        z = xs[0]
-        for x in xs[1:]:
-            z = z + x
-        z = z * weight
-        return z if bias is None else z + bias
-
-    def apply_transpose(self, s: Any, weight: Any, xs: Sequence[Any]) -> list[Any]:
-        g = s * weight
-        return [g for _ in xs]
 
     def output_shape(self, *shapes: Shape) -> Shape:
         return _same_shapes("Average", shapes)
