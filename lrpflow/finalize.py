@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -43,6 +44,39 @@ def render_images(out: Path, r: Mapping[str, Any], rel: numpy.ndarray, x: numpy.
     for path in files:
         checkpoint("render", path)
     return files
+
+
+class RenderJob:
+    """The figures of the run's first rows, drawn on a background thread while later batches are explained.
+
+    It is given exactly what the finished store will hold for those rows (relevance in the store's dtype,
+    float64 logits, labels with −1 for none, source files), so its files equal what
+    :func:`finalize_outputs` would draw from the store; ``finalize_outputs`` uses them only when the store's
+    first rows are these rows (a run resumed past them renders from the store instead).
+    """
+
+    def __init__(self, out: Path, r: Mapping[str, Any], shown: Mapping[str, numpy.ndarray], x: numpy.ndarray,
+                 cfg: Mapping[str, Any], model_layout: str, method: str, relevance_dtype: str) -> None:
+        self.rows = [int(i) for i in shown["index"]]
+        self.relevance_dtype = relevance_dtype
+        self._files: list[str] = []
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(out, r, shown, cfg, None, model_layout, method, x),
+                                        name="lrpflow-render", daemon=True)
+        self._thread.start()
+
+    def _run(self, *args: Any) -> None:
+        try:
+            self._files = _render_from_store(*args)
+        except BaseException as err:  # noqa: BLE001 - handed to the pipeline's thread by result()
+            self._error = err
+
+    def result(self) -> list[str]:
+        """Wait for the writer; its files, or its error re-raised in the caller's thread."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._files
 
 
 def finalize_outputs(run_dir: str | os.PathLike[str], store_path: str | os.PathLike[str] | None, cfg: Mapping[str, Any],
@@ -97,8 +131,15 @@ def finalize_outputs(run_dir: str | os.PathLike[str], store_path: str | os.PathL
             n = min(want_images, len(store))
             fields = ["relevance", "index", "logits"] + [k for k in ("label", "source") if k in store.fields]
             shown = store.read(fields, slice(0, n)) if n else None
+            relevance_dtype = store.layout.relevance_dtype
         checkpoint("evaluate")
-        images = _render_from_store(out, r, shown, cfg, state, model_layout, method) if shown else []
+        job = state.extras.pop("render_job", None) if state is not None else None
+        ahead = job.result() if job is not None else []  # joined first: it writes the same file names
+        if shown and job is not None and job.rows == [int(i) for i in shown["index"]] \
+                and job.relevance_dtype == relevance_dtype:
+            images = ahead  # drawn while the batches ran, from the values the store now holds
+        else:
+            images = _render_from_store(out, r, shown, cfg, state, model_layout, method) if shown else []
         if "render" in names and r.get("enabled", True):
             from lrpflow.curve_store import plot_store_curves
 
@@ -154,14 +195,17 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 
 def _render_from_store(out: Path, r: Mapping[str, Any], shown: Mapping[str, numpy.ndarray], cfg: Mapping[str, Any],
-                       state: Any, model_layout: str, method: str) -> list[str]:
-    """Heatmaps of stored rows: relevance from the store, the input rows (for outlines) from the data."""
+                       state: Any, model_layout: str, method: str, x: numpy.ndarray | None = None) -> list[str]:
+    """Heatmaps of stored rows: relevance from the store, the input rows (for outlines) from the data
+    (``x``: those rows, already read)."""
     from lrpflow.pipeline import _get, open_source
 
-    source = state.source if state is not None and state.source is not None else open_source(dict(cfg.get("data") or {}))
     index = numpy.asarray(shown["index"], dtype=numpy.int64)
     rel = shown["relevance"]
-    x = numpy.asarray(source[index])
+    if x is None:
+        source = state.source if state is not None and state.source is not None \
+            else open_source(dict(cfg.get("data") or {}))
+        x = numpy.asarray(source[index])
     if x.ndim == 4 and (_get(cfg, "data.layout") or "NHWC") == "NCHW":
         x = x.transpose(0, 2, 3, 1)
     if rel.ndim == 4 and model_layout == "NCHW":

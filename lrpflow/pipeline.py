@@ -306,9 +306,11 @@ class Evaluate:
 class Render:
     """Heatmaps of the first ``render.max_images`` rows in every colormap, and a grid.
 
-    The images are drawn by :func:`finalize_outputs` from the store (each file named by the
-    dataset row it shows, ``<row>_<cmap>.png``); without a ``save`` step, from the rows
-    collected here.
+    Each file is named by the dataset row it shows (``<row>_<cmap>.png``). With a ``save`` step, the
+    images are drawn from exactly what the store holds for those rows: while later batches are
+    explained, a background :class:`~lrpflow.finalize.RenderJob` draws them once the first rows are in
+    (a run resumed past them has :func:`finalize_outputs` draw them from the store). Without a store,
+    ``finalize_outputs`` draws the rows collected here.
     """
 
     def process(self, state: State) -> None:
@@ -317,9 +319,43 @@ class Render:
         want = int(r.get("max_images", 0)) - len(kept)
         if not r.get("enabled", True) or want <= 0:
             return
-        x, rel = to_numpy(state.batch.x[:want]), to_numpy(state.explanation.relevance[:want])
-        kept.extend((state.batch.start + i, x[i], rel[i]) for i in range(len(x)))
-        state.extras["method"] = state.explanation.method
+        b, exp = state.batch, state.explanation
+        x, rel = to_numpy(b.x[:want]), to_numpy(exp.relevance[:want])
+        kept.extend((b.start + i, x[i], rel[i]) for i in range(len(x)))
+        state.extras["method"] = exp.method
+        if "save" in list(state.cfg.get("pipeline") or []) and kept[0][0] == state.rows[0]:
+            head = state.extras.setdefault("render_head", {"logits": [], "label": [], "source": []})
+            k = len(x)
+            head["logits"].extend(to_numpy(exp.logits[:k]).astype(numpy.float64))
+            labels = class_labels(b.labels)
+            head["label"].extend([-1] * k if labels is None else [int(v) for v in labels[:k]])
+            files = source_files(state.source)
+            if files is not None:
+                head["source"].extend(str(files[i]) for i in range(b.start, b.start + k))
+            if len(kept) >= int(r.get("max_images", 0)):
+                self._start(state, r)
+
+    def finish(self, state: State) -> None:
+        r = dict(state.cfg.get("render") or {})
+        if "render_head" in state.extras and "render_job" not in state.extras:
+            self._start(state, r)  # fewer rows than render.max_images
+
+    @staticmethod
+    def _start(state: State, r: dict[str, Any]) -> None:
+        from lrpflow.finalize import RenderJob
+        from lrpflow.store import StoreLayout
+
+        kept, head = state.extras["render_rows"], state.extras.pop("render_head")
+        dtype = StoreLayout.relevance_dtype  # what the save step's store keeps (its default)
+        shown = {"relevance": numpy.stack([k[2] for k in kept]).astype(dtype),
+                 "index": numpy.asarray([k[0] for k in kept], dtype=numpy.int64),
+                 "logits": numpy.stack(head["logits"]), "label": numpy.asarray(head["label"], dtype=numpy.int64)}
+        if head["source"]:
+            shown["source"] = numpy.asarray(head["source"], dtype=object)
+        x = numpy.asarray(state.source[shown["index"]])  # the input rows, read here: the source is not shared
+        state.extras["render_job"] = RenderJob(state.output_dir, r, shown, x, _plain(state.cfg),
+                                               str(getattr(state.model, "layout", "NHWC")), state.explanation.method,
+                                               dtype)
 
 
 def class_labels(labels: Any) -> numpy.ndarray | None:
