@@ -8,6 +8,7 @@ back to them for the cases those handle.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy
@@ -180,3 +181,75 @@ def _rms_norm(c: Converter, n: Any) -> None:
                           var=numpy.ones(d, scale.dtype), eps=0.0)
         out = Value(c.add(f"{_base(n)}.scale", layer, [name]), v.shape, "plain")
     c.values[n.output[0]] = out
+
+
+# -- token rows: Reshape (N, ..., D) → (N·..., D), Gemm, Reshape back (GPT-2's Conv1D) -----------------------
+
+_reshape_cnn = HANDLERS["Reshape"]
+_gemm_cnn = HANDLERS["Gemm"]
+
+
+def _rows(c: Converter) -> dict[str, Value]:
+    """Tensors whose batch a Reshape merged with the token axes, keeping the last axis: name → the unmerged value."""
+    if not hasattr(c, "token_rows"):
+        c.token_rows = {}  # type: ignore[attr-defined]
+    return c.token_rows  # type: ignore[attr-defined]
+
+
+@handles("Reshape")
+def _reshape(c: Converter, n: Any) -> None:
+    rows = _rows(c)
+    target = [int(s) for s in numpy.asarray(c.const(n.input[1], n, "the target shape")).ravel()]
+    if n.input[0] in rows:
+        v = rows[n.input[0]]
+        rest = target[1:]
+        if target[0] in (-1, c.batch) and -1 not in rest and 0 not in rest and math.prod(rest) == math.prod(v.shape):
+            shape = tuple(rest)
+            if shape == v.shape:
+                c.alias(n.output[0], v)
+            else:
+                from lrpflow.layers import Reshape
+
+                c.values[n.output[0]] = Value(c.add(_base(n), Reshape(shape), [v.node]), shape, "plain")
+            return
+        raise c.fail(n, f"reshaping merged token rows to {target}: only back to (batch, ...) is supported")
+    v = c.values.get(n.input[0])
+    size = math.prod(v.shape) if v is not None else 0
+    if v is not None and len(v.shape) >= 2 and len(target) == 2 and target[1] > 0 and size % target[1] == 0 and \
+            (target[0] == -1 or (c.batch is not None and target[0] == c.batch * size // target[1])):
+        # (N, ...) → (N·T, D) is, per sample, (...) → (T, D): the next Gemm acts token-wise
+        v = c.as_plain(v, _base(n))
+        shape = (size // target[1], target[1])
+        if shape != v.shape:
+            from lrpflow.layers import Reshape
+
+            v = Value(c.add(_base(n), Reshape(shape), [v.node]), shape, "plain")
+        rows[n.output[0]] = v
+        return
+    _reshape_cnn(c, n)
+
+
+@handles("Gemm")
+def _gemm(c: Converter, n: Any) -> None:
+    rows = _rows(c)
+    if n.input[0] not in rows:
+        _gemm_cnn(c, n)
+        return
+    from lrpflow.layers import Linear
+
+    a = _attrs(n)
+    v = rows[n.input[0]]
+    if int(a.get("transA", 0)):
+        raise c.fail(n, "transA=1 is not supported")
+    b = numpy.asarray(c.const(n.input[1], n, "B (the weights)"))
+    w = b.T if int(a.get("transB", 0)) else b
+    if w.ndim != 2 or w.shape[0] != v.shape[-1]:
+        raise c.fail(n, f"weights of shape {b.shape} do not fit tokens of width {v.shape[-1]}")
+    dtype = w.dtype if w.dtype.kind == "f" else numpy.dtype("float32")
+    w = (w.astype(numpy.float64) * float(a.get("alpha", 1.0))).astype(dtype)
+    bias = numpy.zeros(w.shape[1], dtype=dtype)
+    if len(n.input) > 2 and n.input[2]:
+        cc = numpy.asarray(c.const(n.input[2], n, "C (the bias)"))
+        bias = (numpy.broadcast_to(cc.astype(numpy.float64).ravel(), (w.shape[1],)) * float(a.get("beta", 1.0))).astype(dtype)
+    name = c.add(_base(n), Linear(w.shape[0], w.shape[1], weight=numpy.ascontiguousarray(w), bias=bias), [v.node])
+    rows[n.output[0]] = Value(name, (*v.shape[:-1], w.shape[1]), "plain")

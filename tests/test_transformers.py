@@ -1,0 +1,205 @@
+"""Transformers: the layers and rules of AttnLRP (hand-computed formulas), and real model families exported to
+ONNX (tests/fixtures/make_transformers.py) against torch's logits, gradients and an explicit float64 AttnLRP-0."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import lrpflow
+from lrpflow.graph import Model, Node
+from lrpflow.layers import AddConstant, ConcatConstant, Embedding, Linear, MatMul, Multiply, RMSNorm, SoftMax, Where
+from lrpflow.rules import AttnSoftmax, Epsilon, HeldFirst, NodeContext, ProductSplit
+
+FIX = os.path.join(os.path.dirname(__file__), "fixtures", "transformers")
+rng = np.random.default_rng(0)
+
+
+def _ctx(name: str = "n") -> NodeContext:
+    return NodeContext(name)
+
+
+# --- layers and rules, by hand -------------------------------------------------------------------------------
+
+
+def test_matmul_epsilon_splits_half_per_attnlrp():
+    a, b = rng.normal(size=(2, 3, 4, 5)), rng.normal(size=(2, 3, 5, 4))
+    layer = MatMul()
+    y = layer.forward(a, b)
+    np.testing.assert_allclose(y, a @ b)
+    r = rng.normal(size=y.shape)
+    eps = 1e-3
+    ra, rb = Epsilon(eps / 2).backward(layer, [a, b], y, r, _ctx())
+    rn = r / (2 * y + eps * np.where(y >= 0, 1, -1))  # ATTNLRP.md: Rn = R ⊘ (2Y + ε), sign-aware stabiliser
+    np.testing.assert_allclose(ra, a * (rn @ np.swapaxes(b, -1, -2)), rtol=1e-10)
+    np.testing.assert_allclose(rb, b * (np.swapaxes(a, -1, -2) @ rn), rtol=1e-10)
+    ra0, rb0 = Epsilon(0.0).backward(layer, [a, b], y, r, _ctx())
+    np.testing.assert_allclose((ra0.sum() + rb0.sum()), r.sum(), rtol=1e-10)  # conservative at ε = 0
+    g = rng.normal(size=y.shape)  # the true gradient, not the halves
+    ga, gb = layer.vjp([a, b], y, g)
+    np.testing.assert_allclose(ga, g @ np.swapaxes(b, -1, -2))
+    np.testing.assert_allclose(gb, np.swapaxes(a, -1, -2) @ g)
+
+
+def test_held_first_gives_everything_to_the_values():
+    a, v = rng.random(size=(2, 4, 4)), rng.normal(size=(2, 4, 3))
+    y = a @ v
+    r = rng.normal(size=y.shape)
+    ra, rv = HeldFirst(0.0).backward(MatMul(), [a, v], y, r, _ctx())
+    assert not ra.any()
+    np.testing.assert_allclose(rv, v * (np.swapaxes(a, -1, -2) @ (r / y)), rtol=1e-12)
+
+
+def test_softmax_rule_and_masked_scores():
+    x = rng.normal(size=(2, 3, 5))
+    x[0, 0, 2] = -np.inf
+    layer = SoftMax()
+    p = layer.forward(x)
+    r = rng.normal(size=x.shape)
+    (rx,) = AttnSoftmax().backward(layer, [x], p, r, _ctx())
+    x0 = np.where(np.isneginf(x), 0, x)
+    np.testing.assert_allclose(rx, x0 * (r - p * r.sum(-1, keepdims=True)), rtol=1e-12)
+    assert rx[0, 0, 2] == 0 and np.isfinite(rx).all()
+    # any axis: the rule sums over the softmax axis
+    layer1 = SoftMax(axis=0)
+    p1 = layer1.forward(x[1:])
+    np.testing.assert_allclose(p1.sum(axis=1), 1.0)
+    (r1,) = AttnSoftmax().backward(layer1, [x[1:]], p1, r[1:], _ctx())
+    np.testing.assert_allclose(r1, x[1:] * (r[1:] - p1 * r[1:].sum(1, keepdims=True)), rtol=1e-12)
+
+
+def test_product_split_uniform_and_gate():
+    a, b = rng.normal(size=(2, 4)), rng.normal(size=(2, 4))
+    r = rng.normal(size=(2, 4))
+    ra, rb = ProductSplit().backward(Multiply(gate=None), [a, b], a * b, r, _ctx())
+    np.testing.assert_allclose(ra, r / 2)
+    np.testing.assert_allclose(rb, r / 2)
+    ra, rb = ProductSplit().backward(Multiply(gate=1), [a, b], a * b, r, _ctx())
+    np.testing.assert_allclose(ra, r)
+    assert not rb.any()
+
+
+def test_add_constant_where_concat_constant_rmsnorm():
+    x = rng.normal(size=(2, 3, 4))
+    c = rng.normal(size=(3, 4))
+    layer = AddConstant(c)
+    y = layer.forward(x)
+    np.testing.assert_allclose(y, x + c)
+    r = rng.normal(size=y.shape)
+    (rx,) = Epsilon(0.0).backward(layer, [x], y, r, _ctx())
+    np.testing.assert_allclose(rx, x * r / (x + c), rtol=1e-10)  # the constant absorbs c·R/(x+c)
+    mask = rng.random((3, 4)) > 0.5
+    w = Where(mask, -np.inf)
+    yw = w.forward(x)
+    assert np.isneginf(yw[:, ~mask]).all() and np.array_equal(yw[:, mask], x[:, mask])
+    (gw,) = w.vjp([x], yw, r)
+    np.testing.assert_array_equal(gw, np.where(mask, r, 0))
+    cls = ConcatConstant(np.ones((1, 4)), axis=0)
+    yc = cls.forward(x)
+    assert yc.shape == (2, 4, 4) and (yc[:, 0] == 1).all() and np.array_equal(yc[:, 1:], x)
+    (gc,) = cls.vjp([x], yc, np.arange(32.0).reshape(2, 4, 4))
+    np.testing.assert_array_equal(gc, np.arange(32.0).reshape(2, 4, 4)[:, 1:])
+    rms = RMSNorm(1e-6)
+    yr = rms.forward(x)
+    np.testing.assert_allclose(yr, x / np.sqrt((x ** 2).mean(-1, keepdims=True) + 1e-6))
+    g = rng.normal(size=x.shape)
+    (gx,) = rms.vjp([x], yr, g)
+    h, i = 1e-6, (1, 2, 3)
+    xp, xm = x.copy(), x.copy()
+    xp[i] += h
+    xm[i] -= h
+    fd = ((rms.forward(xp) - rms.forward(xm)) * g).sum() / (2 * h)
+    np.testing.assert_allclose(gx[i], fd, rtol=1e-6)
+
+
+def _tiny_attention_model(d: int = 4, t: int = 3) -> Model:
+    """ids → Embedding → (+pos) → q, k, v → softmax(q kᵀ) v → Linear(mean over tokens) as a graph."""
+    w = rng.normal(size=(d, d))
+    nodes = [
+        Node("emb", Embedding(rng.normal(size=(7, d))), ("input",)),
+        Node("pos", AddConstant(rng.normal(size=(t, d))), ("emb",)),
+        Node("q", Linear(d, d, weight=rng.normal(size=(d, d)), bias=rng.normal(size=d)), ("pos",)),
+        Node("kT", lrpflow.layers.Permute((2, 1)), ("pos",)),
+        Node("s", MatMul(), ("q", "kT")),
+        Node("p", SoftMax(), ("s",)),
+        Node("o", MatMul(), ("p", "pos")),
+        Node("res", lrpflow.layers.Add(), ("o", "pos")),
+        Node("flat", lrpflow.layers.Flatten(), ("res",)),
+        Node("out", Linear(t * d, 3, weight=rng.normal(size=(t * d, 3)), bias=np.zeros(3)), ("flat",)),
+    ]
+    del w
+    return Model(nodes, output="out", input_shape=(t,))
+
+
+def test_attnlrp_zero_conserves_through_a_bias_free_attention_graph():
+    m = _tiny_attention_model()
+    ids = np.array([[1, 2, 3], [4, 5, 6]])
+    e = lrpflow.explain(m, ids, composite="attnlrp", epsilon=0.0, dtype="float64", keep=["emb"])
+    assert e.relevance.shape == (2, 3)
+    np.testing.assert_allclose(e.relevance, e.intermediate["emb"].sum(-1), rtol=1e-12)  # per token = Σ over D
+    # the products, the residual and the output layer are conservative at ε = 0; the softmax, q's bias and
+    # the positional constant absorb: the ledger says where
+    for name in ("o", "res", "out", "flat"):
+        entry = e.ledger[name]
+        np.testing.assert_allclose(entry.leaving, entry.entering, rtol=1e-9)
+    assert all(np.isfinite(v.entering).all() and np.isfinite(v.leaving).all() for v in e.ledger.values())
+
+
+def test_composites_registered_and_epsilon_sets_every_epsilon():
+    from lrpflow.attnlrp import attnlrp, cp_lrp
+
+    c = attnlrp(epsilon=0.25)
+    eps = {o.kind: getattr(o.rule, "epsilon", None) for o in c.overrides}
+    assert eps["dense"] == 0.25 and eps["add"] == 0.25 and eps["layer_norm"] == 0.25 and eps["bilinear"] == 0.125
+    d = {o.kind: o.rule for o in attnlrp().overrides}
+    assert d["dense"].epsilon == 1e-6 and d["add"].epsilon == 1e-8 and d["bilinear"].epsilon == 0.5e-8
+    assert type(d["softmax"]).__name__ == "AttnSoftmax" and type(d["multiply"]).__name__ == "ProductSplit"
+    g = {o.kind: o.rule for o in attnlrp(gamma_linear=0.05, gamma_conv=0.25).overrides}
+    assert type(g["dense"]).__name__ == "Gamma" and g["dense"].gamma == 0.05 and g["conv"].gamma == 0.25
+    assert type({o.kind: o.rule for o in cp_lrp().overrides}["bilinear"]).__name__ == "HeldFirst"
+    from lrpflow.plugins import registries
+
+    assert {"attnlrp", "cp_lrp"} <= set(registries().composites.names())
+
+
+# --- real model families -------------------------------------------------------------------------------------
+
+FAMILIES = [(f, x) for f in ("bert", "gpt2", "llama", "vit") for x in ("legacy", "dynamo")]
+
+
+def _fixture(family: str, exporter: str):
+    path = os.path.join(FIX, f"{family}_{exporter}.onnx")
+    if not os.path.exists(path):
+        pytest.skip(f"{family} has no {exporter} export (see docs/transformers.md)")
+    pytest.importorskip("onnx")
+    return lrpflow.load_model(path), dict(np.load(os.path.join(FIX, f"{family}.npz")))
+
+
+def _embedding(model):
+    return next(n.name for n in model.nodes if isinstance(n.layer, Embedding))
+
+
+@pytest.mark.parametrize("family,exporter", FAMILIES)
+def test_family_logits_gradient_and_attnlrp(family, exporter):
+    model, d = _fixture(family, exporter)
+    x, target = d["ids"], d["target"]
+    text = x.dtype.kind == "i"
+    keep = [_embedding(model)] if text else []
+    g = lrpflow.explain(model, x, rule="gradient", dtype="float64", target=target, keep=keep)
+    scale = np.abs(d["logits"]).max()
+    assert np.abs(g.logits - d["logits"]).max() / scale < 1e-6  # float32 weights and constants in the file
+    if text:
+        grad = g.intermediate[keep[0]]
+        np.testing.assert_allclose(grad, d["grad_embed"], rtol=1e-6, atol=1e-6 * np.abs(d["grad_embed"]).max())
+        _, trace = model.run(x.astype(np.float64))
+        gxi = (trace[keep[0]] * grad).sum(-1)
+    else:
+        gxi = lrpflow.explain(model, x, rule="gradient_x_input", dtype="float64", target=target).relevance
+    np.testing.assert_allclose(gxi, d["gxi"], rtol=1e-6, atol=1e-6 * np.abs(d["gxi"]).max())
+    e = lrpflow.explain(model, x, composite="attnlrp", epsilon=0.0, dtype="float64", target=target)
+    ref = d["attnlrp"]
+    assert e.relevance.shape == ref.shape
+    assert np.abs(e.relevance - ref).max() / np.abs(ref).max() < 1e-6
+    for name, entry in e.ledger.items():
+        assert np.isfinite(entry.entering).all() and np.isfinite(entry.leaving).all(), name
