@@ -10,6 +10,7 @@ Transformers", ICML 2024, as its authors' library LXT implements it):
 | Softmax (``softmax``) | ``x0 ⊙ (R − p Σ R)`` | – |
 | product ``a ⊙ b`` (``multiply``) | uniform ``R/2``; gates (SiLU, GELU) pass ``R`` to the gated operand | – |
 | residual Add, Add of a constant, constant affine (``add``, ``add_constant``, ``batch_norm``) | ε-proportional, constants absorb | 1e-8 |
+| product with a constant of several axes (``mul_constant``: RoPE, Neg) | identity | – |
 | LayerNorm (``layer_norm``) | σ constant, ε on the rest | 1e-6 |
 | mean reductions (``mean``, ``pool``) | ε on the sum | 1e-6 |
 | elementwise (GELU, SiLU, RMSNorm, Tanh, ...) | identity | – |
@@ -28,7 +29,7 @@ from typing import Any
 
 from lrpflow.composites import Composite, Override
 from lrpflow.hookspecs import hookimpl
-from lrpflow.rules import AttnSoftmax, Epsilon, Gamma, HeldFirst, ProductSplit
+from lrpflow.rules import AttnSoftmax, Epsilon, Gamma, HeldFirst, Pass, ProductSplit
 
 #: LXT's default ε per operation
 DEFAULTS = {"linear": 1e-6, "product": 1e-8, "add": 1e-8, "layer_norm": 1e-6, "mean": 1e-6}
@@ -56,6 +57,7 @@ def _composite(name: str, epsilon: float | None, gamma_linear: float, gamma_conv
         Override(add, kind="add"),
         Override(add, kind="add_constant"),
         Override(add, kind="batch_norm"),
+        Override(Pass(), kind="mul_constant"),
         Override(Epsilon(_eps(epsilon, "layer_norm")), kind="layer_norm"),
         Override(Epsilon(_eps(epsilon, "mean")), kind="mean"),
         Override(Epsilon(_eps(epsilon, "mean")), kind="pool"),

@@ -8,6 +8,7 @@
   ``vjp`` is the true gradient.
 - :class:`AddConstant` ``y = x + c`` with ``c`` of the sample's shape (learned positional
   embeddings, additive attention masks): an affine map whose constant absorbs its share.
+- :class:`MulConstant` ``y = x ⊙ c`` (RoPE's cos/sin, ``Neg``): the identity under AttnLRP.
 - :class:`Where` ``y = where(mask, x, fill)`` with a constant mask and fill (attention masks):
   relevance moves with the kept values; what reaches the fill is absorbed.
 - :class:`ConcatConstant` ``y = concat(c, x)`` along a sample axis (the CLS token): the constant
@@ -100,6 +101,32 @@ class AddConstant(LinearLike):
         if out != tuple(shapes[0]):
             raise ShapeError(f"AddConstant: constant of shape {self.constant.shape} would grow samples of shape {shapes[0]}")
         return out
+
+
+class MulConstant(LinearLike):
+    """``y = x ⊙ c`` with a constant ``c`` broadcast to the sample (RoPE's cos/sin, a sign flip): AttnLRP's identity."""
+
+    kinds = frozenset({"affine", "mul_constant"})
+    param_names = ("constant",)
+
+    def __init__(self, constant: Any) -> None:
+        super().__init__()
+        self.constant = numpy.asarray(constant)
+
+    def lrp_params(self, xs: Sequence[Any]) -> tuple[Any, Any]:
+        return self.params_like(xs[0])["constant"], None
+
+    def apply(self, xs: Sequence[Any], weight: Any, bias: Any | None) -> Any:
+        z = xs[0] * weight
+        return z if bias is None else z + bias
+
+    def apply_transpose(self, s: Any, weight: Any, xs: Sequence[Any]) -> list[Any]:
+        from lrpflow.layers.product import reduce_to
+
+        return [reduce_to(s * weight, xs[0].shape)]
+
+    def output_shape(self, *shapes: Shape) -> Shape:
+        return AddConstant.output_shape(self, *shapes)  # type: ignore[arg-type]
 
 
 class Where(ShapeLayer):

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy
 
-from lrpflow.layers import AddConstant, ConcatConstant, Embedding, MatMul, Power, RMSNorm, SoftMax, Where
+from lrpflow.layers import AddConstant, ConcatConstant, Embedding, MatMul, MulConstant, Power, RMSNorm, SoftMax, Where
 from lrpflow_onnx.convert import HANDLERS, Converter, Value, _attrs, _base, handles
 
 _matmul_weight = HANDLERS["MatMul"]
@@ -75,7 +75,23 @@ def _arith(c: Converter, n: Any) -> None:
         if k.size > 1 and sum(1 for d in k.shape if d != 1) > 1 or (k.size > 1 and not numpy.isfinite(k).all()):
             _add_full(c, n, v, k, negate_x=n.op_type == "Sub" and c.is_const(y) is False, negate_k=n.op_type == "Sub" and c.is_const(y))
             return
+    if n.op_type in ("Mul", "Div") and c.is_const(y) != c.is_const(x) and (n.op_type == "Mul" or c.is_const(y)):
+        k = numpy.asarray(c.consts[x if c.is_const(x) else y], dtype=numpy.float64)
+        if k.size > 1 and sum(1 for d in k.shape if d != 1) > 1:
+            v = c.as_plain(c.value(y if c.is_const(x) else x, n), _base(n))
+            k = _sample_const(c, n, 1.0 / k if n.op_type == "Div" else k, len(v.shape) + 1, "the constant")
+            dtype = numpy.float64 if numpy.asarray(c.consts[x if c.is_const(x) else y]).dtype == numpy.float64 \
+                or n.op_type == "Div" else numpy.float32
+            c.values[n.output[0]] = Value(c.add(_base(n), MulConstant(k.astype(dtype)), [v.node]), v.shape, "plain")
+            return
     _arith_cnn(c, n)
+
+
+@handles("Neg")
+def _neg(c: Converter, n: Any) -> None:
+    v = c.value(n.input[0], n)
+    c.values[n.output[0]] = Value(c.add(_base(n), MulConstant(numpy.array(-1.0, numpy.float32)), [v.node]), v.shape,
+                                  v.kind, v.perm)
 
 
 def _add_full(c: Converter, n: Any, v: Value, k: numpy.ndarray, negate_x: bool, negate_k: bool) -> None:
