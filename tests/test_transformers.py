@@ -214,3 +214,26 @@ def test_vit_multihead_attention_is_refused_by_name(exporter):
 
     with pytest.raises(UnsupportedLayerError, match="self_attention|batch"):
         lrpflow.load_model(os.path.join(FIX, f"vit_{exporter}.onnx"))
+
+
+# --- token heatmaps ------------------------------------------------------------------------------------------
+
+
+def test_token_heatmap_colours_html_and_png(tmp_path):
+    from lrpflow.errors import ConfigError
+    from lrpflow.plugins import registries
+    from lrpflow.render import render_tokens, token_colors, tokens_html
+
+    r = np.array([2.0, 0.0, -1.0, -2.0])
+    c = token_colors(r)
+    np.testing.assert_allclose(c[1], [1, 1, 1], atol=0.02)  # zero is white
+    assert c[0][0] > 0.9 and c[0][2] < 0.1 and c[3][2] > 0.9 and c[3][0] < 0.1  # red positive, blue negative
+    assert c[2][2] > c[2][0] and c[2][0] > c[3][0]  # half as negative: lighter blue
+    snippet = tokens_html(r, ["a", "<b>", "c", "d"])
+    assert "&lt;b&gt;" in snippet and snippet.count("<span") == 4 and 'title="-2"' in snippet
+    img = render_tokens(r, ["a", "<b>", "c", "d"], path=tmp_path / "t.png", html_path=tmp_path / "t.html")
+    assert img.dtype == np.uint8 and img.ndim == 3 and (tmp_path / "t.png").stat().st_size > 100
+    assert (tmp_path / "t.html").read_text().startswith('<div class="lrpflow-tokens"')
+    with pytest.raises(ConfigError, match="3 tokens for 4"):
+        tokens_html(r, ["a", "b", "c"])
+    assert registries().renderers.get("tokens") is render_tokens
