@@ -237,3 +237,49 @@ def test_token_heatmap_colours_html_and_png(tmp_path):
     with pytest.raises(ConfigError, match="3 tokens for 4"):
         tokens_html(r, ["a", "b", "c"])
     assert registries().renderers.get("tokens") is render_tokens
+
+
+# --- the text data source and the text_classifier experiment -------------------------------------------------
+
+
+def test_token_reader_pads_and_masks(tmp_path):
+    from lrpflow.errors import DataFormatError
+    from lrpflow.io import open_data
+
+    p = tmp_path / "ids.txt"
+    p.write_text("5 6 7\n\n1 2\n")
+    src = open_data(str(p), format="tokens", pad_id=9)
+    np.testing.assert_array_equal(src[:], [[5, 6, 7], [1, 2, 9]])
+    np.testing.assert_array_equal(src.mask, [[1, 1, 1], [1, 1, 0]])
+    np.save(tmp_path / "ids.npy", np.array([[1, 2], [3, 4]]))
+    assert open_data(str(tmp_path / "ids.npy"), format="tokens", length=4)[:].tolist() == [[1, 2, 0, 0], [3, 4, 0, 0]]
+    np.savez(tmp_path / "ids.npz", ids=np.array([[1, 2]]), mask=np.array([[1, 0]]), labels=np.array([2]))
+    s = open_data(str(tmp_path / "ids.npz"), format="tokens")
+    assert s.mask.tolist() == [[True, False]] and s.labels.tolist() == [2]
+    (tmp_path / "bad.txt").write_text("1 2\n3 x\n")
+    with pytest.raises(DataFormatError, match="bad.txt, line 2"):
+        open_data(str(tmp_path / "bad.txt"), format="tokens")
+    with pytest.raises(DataFormatError, match="more than length=2"):
+        open_data(str(p), format="tokens", length=2)
+
+
+def test_text_classifier_experiment_stores_relevance_per_token(tmp_path):
+    import subprocess
+    import sys
+
+    pytest.importorskip("onnx")
+    import h5py
+
+    ids = np.load(os.path.join(FIX, "bert.npz"))["ids"]
+    (tmp_path / "ids.txt").write_text("\n".join(" ".join(map(str, r)) for r in ids) + "\n")
+    model = os.path.join(FIX, "bert_legacy.onnx")
+    cmd = [sys.executable, "-c", "from lrpflow.cli import main; main()", "progress=false", f"hydra.run.dir={tmp_path / 'run'}",
+           "experiment=text_classifier", f"model.path={model}", f"data.path={tmp_path / 'ids.txt'}", "lrp.epsilon=0.0"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=dict(os.environ, LRPFLOW_CACHE=str(tmp_path / "cache")),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with h5py.File(tmp_path / "run" / "results.h5", "r") as f:
+        rel = f["relevance"][:]
+    assert rel.shape == ids.shape
+    want = lrpflow.explain(lrpflow.load_model(model), ids, composite="attnlrp", epsilon=0.0).relevance
+    np.testing.assert_allclose(rel, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
