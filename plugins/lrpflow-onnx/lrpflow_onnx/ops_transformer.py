@@ -231,7 +231,7 @@ def _reshape(c: Converter, n: Any) -> None:
         raise c.fail(n, f"reshaping merged token rows to {target}: only back to (batch, ...) is supported")
     v = c.values.get(n.input[0])
     size = math.prod(v.shape) if v is not None else 0
-    if v is not None and len(v.shape) >= 2 and len(target) == 2 and target[1] > 0 and size % target[1] == 0 and \
+    if v is not None and len(v.shape) >= 2 and len(target) == 2 and 0 < target[1] < size and size % target[1] == 0 and \
             (target[0] == -1 or (c.batch is not None and target[0] == c.batch * size // target[1])):
         # (N, ...) → (N·T, D) is, per sample, (...) → (T, D): the next Gemm acts token-wise
         v = c.as_plain(v, _base(n))
