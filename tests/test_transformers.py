@@ -193,7 +193,9 @@ def test_family_logits_gradient_and_attnlrp(family, exporter):
         grad = g.intermediate[keep[0]]
         np.testing.assert_allclose(grad, d["grad_embed"], rtol=1e-6, atol=1e-6 * np.abs(d["grad_embed"]).max())
         _, trace = model.run(x.astype(np.float64))
-        gxi = (trace[keep[0]] * grad).sum(-1)
+        np.testing.assert_allclose((trace[keep[0]] * grad).sum(-1), d["gxi"], rtol=1e-6, atol=1e-6 * np.abs(d["gxi"]).max())
+        # gradient × input of token ids: Σ_D e ⊙ ∂f/∂e per token (an id is not multiplied into it)
+        gxi = lrpflow.explain(model, x, rule="gradient_x_input", dtype="float64", target=target).relevance
     else:
         gxi = lrpflow.explain(model, x, rule="gradient_x_input", dtype="float64", target=target).relevance
     np.testing.assert_allclose(gxi, d["gxi"], rtol=1e-6, atol=1e-6 * np.abs(d["gxi"]).max())
