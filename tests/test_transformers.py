@@ -285,3 +285,20 @@ def test_text_classifier_experiment_stores_relevance_per_token(tmp_path):
     assert rel.shape == ids.shape
     want = lrpflow.explain(lrpflow.load_model(model), ids, composite="attnlrp", epsilon=0.0).relevance
     np.testing.assert_allclose(rel, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+
+
+def test_fold_gather_elements_with_indices_smaller_than_the_data():
+    """BERT's buffered token types: GatherElements(data (16, 512), indices (1, 128), axis=1) — onnx's reference
+    evaluator fails there ("cannot reshape array of size 1"); lrpflow folds it by the operator's definition."""
+    pytest.importorskip("onnx")
+    from onnx import helper
+
+    from lrpflow_onnx.fold import FoldError, fold
+
+    data = np.arange(16 * 512).reshape(16, 512)
+    idx = np.array([[5, 0, -1, 7]])
+    node = helper.make_node("GatherElements", ["d", "i"], ["o"], axis=1)
+    out, = fold(node, [data, idx], 17, 1 << 20)
+    np.testing.assert_array_equal(out, [[5, 0, 511, 7]])
+    with pytest.raises(FoldError, match="out of range"):
+        fold(node, [data, np.array([[512]])], 17, 1 << 20)
