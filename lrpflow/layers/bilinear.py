@@ -134,21 +134,25 @@ class Where(ShapeLayer):
 
     kinds = frozenset({"shape", "where", "mask"})
     keeps_nonneg = False
+    param_names = ("mask", "fill")
 
     def __init__(self, mask: Any, fill: Any) -> None:
         super().__init__()
-        self.mask = numpy.asarray(mask, dtype=bool)
+        self.mask = numpy.asarray(mask).astype(numpy.uint8)  # stored as 0/1 (portable to every file format)
         self.fill = numpy.asarray(fill)
+
+    def _mask(self, x: Any) -> Any:
+        return get_namespace(x).asarray(self.mask) != 0
 
     def forward(self, *xs: Any) -> Any:
         xp = get_namespace(xs[0])
-        return xp.where(xp.asarray(self.mask), xs[0], xp.asarray(self.fill, dtype=xs[0].dtype))
+        return xp.where(self._mask(xs[0]), xs[0], xp.asarray(self.fill, dtype=xs[0].dtype))
 
     def vjp(self, xs: Sequence[Any], y: Any, g: Any) -> list[Any]:
         xp = get_namespace(g)
         from lrpflow.layers.product import reduce_to
 
-        return [reduce_to(xp.where(xp.asarray(self.mask), g, 0), xs[0].shape)]
+        return [reduce_to(xp.where(self._mask(g), g, 0), xs[0].shape)]
 
     def output_shape(self, *shapes: Shape) -> Shape:
         try:
@@ -163,6 +167,7 @@ class ConcatConstant(ShapeLayer):
 
     kinds = frozenset({"shape", "concat", "concat_constant"})
     keeps_nonneg = False
+    param_names = ("constant",)
 
     def __init__(self, constant: Any, axis: int, first: bool = True) -> None:
         super().__init__()
