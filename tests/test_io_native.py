@@ -16,7 +16,7 @@ from lrpflow.layers import (
     Clip, ConvTranspose2d, PadEdges, Erf, Gelu, HardSigmoid, Resize, HardSwish, LayerNorm, Max, Mean, Multiply, SiLU, Slice, Take,
 )
 from lrpflow.layers import BUILTIN_LAYERS, ELU, SELU, Average, ClippedReLU, Crop, Embedding, Permute, PReLU, Softplus, Subtract
-from lrpflow.layers import AddConstant, ConcatConstant, MatMul, MulConstant, Power, RMSNorm, Where
+from lrpflow.layers import AddConstant, Broadcast, ConcatConstant, MatMul, MulConstant, Power, RMSNorm, Where
 
 
 def every_layer_model(rng, dtype=numpy.float64):
@@ -87,9 +87,11 @@ def every_layer_model(rng, dtype=numpy.float64):
         Node("clsT", Permute((2, 1)), ("cls",)),
         Node("mm", MatMul(), ("cls", "clsT")),
         Node("att", SoftMax(axis=0), ("mm",)),
-        Node("flat2", Flatten(), ("att",)),
+        Node("att1", Reshape((1, 3, 3)), ("att",)),
+        Node("bcast", Broadcast((2, 3, 3)), ("att1",)),
+        Node("flat2", Flatten(), ("bcast",)),
         Node("cat2", Concat(axis=-1), ("flat", "flat2")),
-        Node("fc", Linear(17, 3, weight=r(17, 3), bias=r(3)), ("cat2",)),
+        Node("fc", Linear(26, 3, weight=r(26, 3), bias=r(3)), ("cat2",)),
         Node("prob", SoftMax(), ("fc",)),
     ]
     return Model(nodes, input_shape=(7, 9, 2))

@@ -204,7 +204,8 @@ def test_family_logits_gradient_and_attnlrp(family, exporter):
     assert e.relevance.shape == ref.shape
     assert np.abs(e.relevance - ref).max() / np.abs(ref).max() < 1e-6
     rinit = np.abs(e.r_init).sum(1)
-    exact = {"MatMul", "Add", "Multiply", "RMSNorm", "Reshape", "Transpose", "Slice", "Flatten", "Permute", "Concat"}
+    exact = {"MatMul", "Add", "Multiply", "RMSNorm", "Reshape", "Transpose", "Slice", "Flatten", "Permute", "Concat",
+             "Broadcast"}
     for node in model.nodes:
         entry = e.ledger[node.name]
         assert np.isfinite(entry.entering).all() and np.isfinite(entry.leaving).all(), node.name

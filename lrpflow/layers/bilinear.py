@@ -13,6 +13,7 @@
   relevance moves with the kept values; what reaches the fill is absorbed.
 - :class:`ConcatConstant` ``y = concat(c, x)`` along a sample axis (the CLS token): the constant
   absorbs the relevance that reaches it.
+- :class:`Broadcast` ``Expand`` of an activation (grouped-query attention): copies; relevance adds up.
 - :class:`RMSNorm` ``y = x / √(mean(x²) + eps)`` over the last axis: elementwise for LRP
   (AttnLRP's identity), ``vjp`` the true gradient.
 """
@@ -198,6 +199,36 @@ class ConcatConstant(ShapeLayer):
             raise ShapeError(f"ConcatConstant: constant of shape {c} does not fit samples of shape {tuple(s)} on axis {self.axis}")
         s[self.axis] += c[self.axis]
         return tuple(s)
+
+
+class Broadcast(ShapeLayer):
+    """``y = broadcast_to(x, shape)`` (``Expand``: LLaMA's grouped-query key/value heads); relevance at the copies
+    adds up at their source."""
+
+    kinds = frozenset({"shape", "broadcast", "expand"})
+    keeps_nonneg = True
+
+    def __init__(self, shape: Sequence[int]) -> None:
+        super().__init__()
+        self.shape = tuple(int(s) for s in shape)
+
+    def config(self) -> dict[str, Any]:
+        return {"shape": self.shape}
+
+    def forward(self, *xs: Any) -> Any:
+        xp = get_namespace(xs[0])
+        return xp.array(xp.broadcast_to(xs[0], (xs[0].shape[0], *self.shape)))  # a copy: later layers may write
+
+    def vjp(self, xs: Sequence[Any], y: Any, g: Any) -> list[Any]:
+        from lrpflow.layers.product import reduce_to
+
+        return [reduce_to(g, xs[0].shape)]
+
+    def output_shape(self, *shapes: Shape) -> Shape:
+        s = shapes[0]
+        if len(s) != len(self.shape) or any(a != b and a != 1 for a, b in zip(s, self.shape)):
+            raise ShapeError(f"Broadcast{self.shape}: samples of shape {s} do not broadcast to it (equal rank, 1 or equal)")
+        return self.shape
 
 
 class RMSNorm(Elementwise):

@@ -269,3 +269,24 @@ def _gemm(c: Converter, n: Any) -> None:
         bias = (numpy.broadcast_to(cc.astype(numpy.float64).ravel(), (w.shape[1],)) * float(a.get("beta", 1.0))).astype(dtype)
     name = c.add(_base(n), Linear(w.shape[0], w.shape[1], weight=numpy.ascontiguousarray(w), bias=bias), [v.node])
     rows[n.output[0]] = Value(name, (*v.shape[:-1], w.shape[1]), "plain")
+
+
+@handles("Expand")
+def _expand(c: Converter, n: Any) -> None:
+    """``Expand`` of an activation to a constant shape (the batch axis kept): a :class:`~lrpflow.layers.Broadcast`."""
+    from lrpflow.layers import Broadcast
+
+    v = c.as_plain(c.value(n.input[0], n), _base(n))
+    target = [int(s) for s in numpy.asarray(c.const(n.input[1], n, "the shape")).ravel()]
+    batch = c.batch or 1
+    try:
+        full = tuple(int(d) for d in numpy.broadcast_shapes((batch, *v.shape), tuple(target)))
+    except ValueError:
+        raise c.fail(n, f"samples of shape {v.shape} do not broadcast to {target}") from None
+    if len(full) != len(v.shape) + 1 or full[0] != batch:
+        raise c.fail(n, f"Expand to {target} adds axes before or grows the batch axis; lrpflow keeps the batch axis first")
+    shape = full[1:]
+    if shape == v.shape:
+        c.alias(n.output[0], v)
+        return
+    c.values[n.output[0]] = Value(c.add(_base(n), Broadcast(shape), [v.node]), shape, "plain")
