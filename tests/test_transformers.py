@@ -317,3 +317,50 @@ def test_fold_gather_elements_with_indices_smaller_than_the_data():
     np.testing.assert_array_equal(out, [[5, 0, 511, 7]])
     with pytest.raises(FoldError, match="out of range"):
         fold(node, [data, np.array([[512]])], 17, 1 << 20)
+
+
+def test_onnx_additive_minus_inf_mask_attention_by_hand():
+    """x → s = (x W)(x)ᵀ + mask (0 / −∞, causal) → softmax → p x → Flatten → Gemm, built with onnx.helper;
+    AttnLRP-0 of lrpflow equals the rules applied by hand (no NaN from −∞ · 0)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    t, d = 3, 2
+    w = rng.normal(size=(d, d))
+    mask = np.triu(np.full((t, t), -np.inf), 1)
+    head = rng.normal(size=(t * d, 2))
+    inits = [numpy_helper.from_array(a, n) for a, n in ((w, "W"), (mask, "M"), (head, "H"),
+                                                        (np.array([0, -1], dtype=np.int64), "shape"))]
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["q"]), helper.make_node("Transpose", ["x"], ["xT"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["q", "xT"], ["s0"]), helper.make_node("Add", ["s0", "M"], ["s"]),
+             helper.make_node("Softmax", ["s"], ["p"], axis=-1), helper.make_node("MatMul", ["p", "x"], ["o"]),
+             helper.make_node("Reshape", ["o", "shape"], ["f"]), helper.make_node("Gemm", ["f", "H"], ["y"])]
+    graph = helper.make_graph(nodes, "att", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [2, t, d])],
+                              [helper.make_tensor_value_info("y", TensorProto.DOUBLE, [2, 2])], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    from lrpflow_onnx.convert import convert
+
+    model = convert(onnx.load_from_string(proto.SerializeToString()))
+    assert "Where" in {n.layer.type_name for n in model.nodes}
+    x = rng.normal(size=(2, t, d))
+    e = lrpflow.explain(model, x, composite="attnlrp", epsilon=0.0, dtype="float64", target=0)
+    # by hand
+    q = x @ w
+    xt = np.swapaxes(x, 1, 2)
+    s = q @ xt + mask
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    o = p @ x
+    y = o.reshape(2, -1) @ head
+    r_y = np.zeros_like(y)
+    r_y[:, 0] = y[:, 0]
+    r_o = (o.reshape(2, -1) * ((r_y / y) @ head.T)).reshape(o.shape)
+    rn = r_o / (2 * o)
+    r_p, r_x1 = p * (rn @ np.swapaxes(x, 1, 2)), x * (np.swapaxes(p, 1, 2) @ rn)
+    s0 = np.where(np.isneginf(s), 0, s)
+    r_s = s0 * (r_p - p * r_p.sum(-1, keepdims=True))
+    rn2 = np.where(np.isneginf(s), 0, r_s / (2 * np.where(np.isneginf(s), 1, q @ xt)))
+    r_q, r_xt = q * (rn2 @ np.swapaxes(xt, 1, 2)), xt * (np.swapaxes(q, 1, 2) @ rn2)
+    r_x = r_x1 + np.swapaxes(r_xt, 1, 2) + x * ((r_q / q) @ w.T)
+    assert np.isfinite(e.relevance).all()
+    np.testing.assert_allclose(e.relevance, r_x, rtol=1e-9, atol=1e-12)
