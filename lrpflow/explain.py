@@ -135,6 +135,12 @@ class ChunkedTrace(Trace):
         return super().rows(sl)
 
 
+def takes_token_ids(model: Model) -> bool:
+    """True when every consumer of the model input is a token embedding (kind ``"embedding"``)."""
+    users = [n for n in model.nodes if model.input_name in n.inputs]
+    return bool(users) and all("embedding" in n.layer.kinds for n in users)
+
+
 def _per_sample_sum(a: Any) -> Any:
     return a.reshape(a.shape[0], -1).sum(axis=1)
 
@@ -632,7 +638,8 @@ class Explainer:
                 r_in = p.relevance * weight if r_in is None else r_in + p.relevance * weight
                 finite += p.finite
             prop = Propagation(r_in, finite=finite)
-        relevance = head.finalize(x_in, r_in)
+        # token ids: the input is an index, not a value — methods that multiply by the input did so at the embedding
+        relevance = r_in if takes_token_ids(self.model) else head.finalize(x_in, r_in)
         xp = get_namespace(relevance)
         finite = prop.finite + [(_FINAL, xp.isfinite(relevance).all())]
         total_in, total_init = _per_sample_sum(relevance), _per_sample_sum(r_init)

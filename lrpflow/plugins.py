@@ -25,6 +25,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "lrpflow.layers",
     "lrpflow.rules",
     "lrpflow.composites",
+    "lrpflow.attnlrp",
     "lrpflow.innvestigate",
     "lrpflow.io",
     "lrpflow.render",

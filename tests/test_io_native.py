@@ -16,6 +16,7 @@ from lrpflow.layers import (
     Clip, ConvTranspose2d, PadEdges, Erf, Gelu, HardSigmoid, Resize, HardSwish, LayerNorm, Max, Mean, Multiply, SiLU, Slice, Take,
 )
 from lrpflow.layers import BUILTIN_LAYERS, ELU, SELU, Average, ClippedReLU, Crop, Embedding, Permute, PReLU, Softplus, Subtract
+from lrpflow.layers import AddConstant, Broadcast, ConcatConstant, MatMul, MulConstant, Power, RMSNorm, Where
 
 
 def every_layer_model(rng, dtype=numpy.float64):
@@ -76,7 +77,21 @@ def every_layer_model(rng, dtype=numpy.float64):
         Node("id", Identity(), ("drop",)),
         Node("reshape", Reshape((2, 4)), ("id",)),
         Node("flat", Flatten(), ("reshape",)),
-        Node("fc", Linear(8, 3, weight=r(8, 3), bias=r(3)), ("flat",)),
+        # transformer layers on the (2, 4) tokens
+        Node("rms", RMSNorm(1e-5), ("reshape",)),
+        Node("pow", Power(2.0), ("rms",)),
+        Node("mulc", MulConstant(r(2, 4)), ("pow",)),
+        Node("addc", AddConstant(r(2, 4)), ("mulc",)),
+        Node("where", Where(rng.random((2, 4)) > 0.3, r(2, 4)), ("addc",)),
+        Node("cls", ConcatConstant(r(1, 4), axis=0), ("where",)),
+        Node("clsT", Permute((2, 1)), ("cls",)),
+        Node("mm", MatMul(), ("cls", "clsT")),
+        Node("att", SoftMax(axis=0), ("mm",)),
+        Node("att1", Reshape((1, 3, 3)), ("att",)),
+        Node("bcast", Broadcast((2, 3, 3)), ("att1",)),
+        Node("flat2", Flatten(), ("bcast",)),
+        Node("cat2", Concat(axis=-1), ("flat", "flat2")),
+        Node("fc", Linear(26, 3, weight=r(26, 3), bias=r(3)), ("cat2",)),
         Node("prob", SoftMax(), ("fc",)),
     ]
     return Model(nodes, input_shape=(7, 9, 2))

@@ -34,7 +34,7 @@ import numpy
 
 from lrpflow.errors import DataFormatError, LrpflowError, ModelFormatError
 from lrpflow.hookspecs import hookimpl
-from lrpflow.io import arrays, datasets, idx, images, native, toolbox_mat, toolbox_pickle, toolbox_txt
+from lrpflow.io import arrays, datasets, idx, images, native, tokens, toolbox_mat, toolbox_pickle, toolbox_txt
 from lrpflow.io.canonize import fold_batchnorm
 from lrpflow.io.source import ArraySource, Batch, DataSource, Preprocess, as_source, attach_labels
 
@@ -72,6 +72,7 @@ def lrpflow_register_data_readers(registry):  # noqa: ANN001 - typed in the hook
     registry.add("images", images.read_images, aliases=("image",), suffixes=images.SUFFIXES,
                  directories=True, globs=True)
     registry.add("digits", datasets.read_digits, dataset=True)
+    registry.add("tokens", tokens.read_tokens, aliases=("token_ids",))
 
 
 @hookimpl

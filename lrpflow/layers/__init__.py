@@ -5,6 +5,7 @@ from lrpflow.hookspecs import hookimpl
 from lrpflow.layers.activation import Dropout, Identity, LeakyReLU, ReLU, Sigmoid, SoftMax, Tanh
 from lrpflow.layers.activation_extra import ELU, SELU, ClippedReLU, PReLU, Softplus
 from lrpflow.layers.base import Elementwise, Layer, LinearLike, ShapeLayer
+from lrpflow.layers.bilinear import AddConstant, Broadcast, ConcatConstant, MatMul, MulConstant, Power, RMSNorm, Where
 from lrpflow.layers.conv import Conv2d
 from lrpflow.layers.deconv import ConvTranspose2d
 from lrpflow.layers.dense import Linear
@@ -33,7 +34,7 @@ __all__ = [
     "BatchNorm", "Dropout", "Identity", "Add", "Concat", "LRN",
     "ClippedReLU", "PReLU", "ELU", "SELU", "Softplus", "Subtract", "Average", "Crop", "Permute", "Embedding",
     "ConvTranspose2d", "LayerNorm", "Multiply", "Mean", "Max", "PadEdges", "Resize", "Slice", "Take", "Clip", "Erf",
-    "Gelu", "HardSigmoid", "HardSwish", "SiLU",
+    "Gelu", "HardSigmoid", "HardSwish", "SiLU", "MatMul", "AddConstant", "MulConstant", "Broadcast", "Where", "ConcatConstant", "RMSNorm", "Power",
 ]
 
 #: registry name → (class, aliases); names are snake_case, aliases include toolbox names
@@ -83,6 +84,14 @@ BUILTIN_LAYERS = {
     "hard_sigmoid": (HardSigmoid, ("hardsigmoid",)),
     "hard_swish": (HardSwish, ("hardswish",)),
     "silu": (SiLU, ("swish",)),
+    "matmul": (MatMul, ("bilinear",)),
+    "add_constant": (AddConstant, ()),
+    "mul_constant": (MulConstant, ()),
+    "broadcast": (Broadcast, ("expand",)),
+    "where": (Where, ("mask_fill",)),
+    "concat_constant": (ConcatConstant, ()),
+    "rms_norm": (RMSNorm, ("rmsnorm",)),
+    "power": (Power, ("pow",)),
 }
 
 

@@ -101,22 +101,36 @@ class Dropout(Identity):
 
 
 class SoftMax(Layer):
-    """``exp(x_k) / Σ_k' exp(x_k')`` over the last axis (max-shifted for stability).
+    """``exp(x_k) / Σ_k' exp(x_k')`` over ``axis`` (default the last; max-shifted for stability).
 
     Explanations drop a SoftMax output layer; inside LRP it passes relevance through
-    unchanged, as in the toolbox.
+    unchanged, as in the toolbox. AttnLRP's rule for attention softmaxes is
+    :class:`lrpflow.rules.AttnSoftmax` (the ``attnlrp`` composite).
     """
 
     role = "softmax"
     kinds = frozenset({"softmax", "activation"})
     toolbox_name = "SoftMax"
     nonneg_output = True
+    axis = -1  # class default: models pickled before the axis existed
+
+    def __init__(self, axis: int = -1) -> None:
+        super().__init__()
+        self.axis = int(axis)
+
+    def config(self) -> dict[str, Any]:
+        return {} if self.axis == -1 else {"axis": self.axis}
+
+    def _ax(self, x: Any) -> int:
+        """The axis in the batched array (``axis`` counts sample axes when ≥ 0)."""
+        return self.axis if self.axis < 0 else self.axis + 1
 
     def forward(self, *xs: Any) -> Any:
         xp = get_namespace(xs[0])
         x = xs[0]
-        e = xp.exp(x - x.max(axis=-1, keepdims=True))
-        return e / e.sum(axis=-1, keepdims=True)
+        ax = self._ax(x)
+        e = xp.exp(x - x.max(axis=ax, keepdims=True))
+        return e / e.sum(axis=ax, keepdims=True)
 
     def vjp(self, xs: Sequence[Any], y: Any, g: Any) -> list[Any]:
-        return [y * (g - (g * y).sum(axis=-1, keepdims=True))]
+        return [y * (g - (g * y).sum(axis=self._ax(g), keepdims=True))]

@@ -49,6 +49,10 @@ __all__ = [
     "BUILTIN_RENDERERS",
 ]
 
+from lrpflow.render.tokens import render_tokens, token_colors, tokens_html  # noqa: E402
+
+__all__ += ["render_tokens", "tokens_html", "token_colors"]
+
 #: registry name → renderer; each returns uint8 RGB and writes a PNG when given ``path=``.
 BUILTIN_RENDERERS = {
     "heatmap": render_heatmap,
@@ -58,6 +62,7 @@ BUILTIN_RENDERERS = {
     "colormap_grid": colormap_grid,
     "perturbation_curve": plot_perturbation_curves,
     "metric_curve": plot_metric_curve,
+    "tokens": render_tokens,
 }
 
 

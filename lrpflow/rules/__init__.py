@@ -6,6 +6,7 @@ from typing import Any
 
 from lrpflow.errors import ConfigError
 from lrpflow.hookspecs import hookimpl
+from lrpflow.rules.attn import AttnSoftmax, HeldFirst, ProductSplit
 from lrpflow.rules.base import NodeContext, Rule
 from lrpflow.rules.baselines import Deconvnet, Gradient, GradientXInput, IntegratedGradients, Random, SmoothGrad
 from lrpflow.rules.lrp import (
@@ -15,7 +16,7 @@ from lrpflow.rules.lrp import (
 __all__ = [
     "Rule", "NodeContext", "Z", "Epsilon", "Gamma", "Norm", "AlphaBeta", "ZPlus", "ZBox", "WSquare", "Flat", "Pass",
     "WinnerTakeAll", "Proportional", "Gradient", "GradientXInput", "Deconvnet", "SmoothGrad",
-    "IntegratedGradients", "Random", "make_rule",
+    "IntegratedGradients", "Random", "make_rule", "AttnSoftmax", "ProductSplit", "HeldFirst",
 ]
 
 #: name → (class, aliases). Aliases come from the toolbox and iNNvestigate.
@@ -38,6 +39,9 @@ BUILTIN_RULES: dict[str, tuple[type[Rule], tuple[str, ...]]] = {
     "smoothgrad": (SmoothGrad, ("smooth_grad",)),
     "integrated_gradients": (IntegratedGradients, ("ig",)),
     "random": (Random, ()),
+    "attn_softmax": (AttnSoftmax, ("softmax_attnlrp",)),
+    "product_split": (ProductSplit, ("uniform_product",)),
+    "held_first": (HeldFirst, ("cp_value",)),
 }
 
 

@@ -30,7 +30,16 @@ class Gradient(Rule):
 
 @dataclass(frozen=True)
 class GradientXInput(Gradient):
-    """Gradient × input, ``x ⊙ ∂f_c/∂x`` (Shrikumar et al. 2016)."""
+    """Gradient × input, ``x ⊙ ∂f_c/∂x`` (Shrikumar et al. 2016).
+
+    Token ids are indices, not values: at a token embedding ``e`` the product is taken there,
+    ``Σ_D e ⊙ ∂f_c/∂e`` per token (and the input is not multiplied again).
+    """
+
+    def backward(self, layer: Layer, xs: Sequence[Any], y: Any, r: Any, ctx: NodeContext) -> list[Any]:
+        if "embedding" in layer.kinds:
+            return [(y * r).sum(axis=-1)]
+        return layer.vjp(xs, y, r)
 
     def finalize(self, x: Any, r: Any) -> Any:
         return x * r

@@ -242,7 +242,7 @@ class Converter:
         from onnx import numpy_helper
 
         from lrpflow_onnx.fold import infer_shapes
-        from lrpflow_onnx.patterns import fuse_layer_norms
+        from lrpflow_onnx.patterns import fuse_layer_norms, fuse_rms_norms
 
         nodes = list(self.graph.node)
         if not any(n.op_type == "Pow" for n in nodes):
@@ -261,6 +261,8 @@ class Converter:
             return len(shapes[name]) if name in shapes else None
 
         nodes, extra = fuse_layer_norms(nodes, const, rank)
+        self.consts.update(extra)
+        nodes, extra = fuse_rms_norms(nodes, const, rank)
         self.consts.update(extra)
         return nodes
 
@@ -401,3 +403,5 @@ def read(path: str | os.PathLike[str], fold_batchnorm: bool = False, input_shape
 
 
 from lrpflow_onnx import ops as _ops, ops_cnn as _ops_cnn  # noqa: E402,F401 - register their handlers
+
+from lrpflow_onnx import ops_transformer as _ops_transformer  # noqa: E402,F401 - wraps handlers above

@@ -72,3 +72,73 @@ def fuse_layer_norms(nodes: Sequence[Any], const: Callable[[str], Any],
         out.append(helper.make_node("LayerNormalization", [x, ones, zeros], [n.output[0]], name=base,
                                     axis=axis, epsilon=eps))
     return out, {name: numpy.array(v, dtype=numpy.float32) for name, v in extra}
+
+
+def _through_cast(name: str, producer: dict[str, Any]) -> str:
+    """The tensor before any chain of Cast nodes."""
+    for _ in range(8):
+        p = producer.get(name)
+        if p is None or p.op_type != "Cast":
+            return name
+        name = p.input[0]
+    return name
+
+
+def fuse_rms_norms(nodes: Sequence[Any], const: Callable[[str], Any],
+                   rank: Callable[[str], int | None]) -> tuple[list[Any], dict[str, numpy.ndarray]]:
+    """``nodes`` with every RMSNorm written as ``Mul(x, Reciprocal(Sqrt(Add(ReduceMean(Pow(x, 2)), eps))))``
+    (or ``Div(1, Sqrt(...))``, or ``Div(x, Sqrt(...))``; Casts allowed around ``x``) replaced by one
+    ``RMSNormalization(x, 1)`` node over the last axis — AttnLRP's identity applies to the whole pattern.
+    The following ``Mul w`` stays an affine map by a constant."""
+    from onnx import helper
+
+    producer = {o: n for n in nodes for o in n.output if o}
+
+    def op(name: str, *types: str) -> Any:
+        p = producer.get(name)
+        return p if p is not None and p.op_type in types else None
+
+    def denominator(name: str) -> tuple[str, float] | None:
+        """(x, eps) if ``name`` is ``Sqrt(Add(ReduceMean(Pow(x, 2), last axis), eps))``."""
+        sqrt = op(name, "Sqrt")
+        add = sqrt and op(sqrt.input[0], "Add")
+        if add is None:
+            return None
+        eps = next((i for i in add.input if const(i) is not None), None)
+        mean = next((op(i, "ReduceMean") for i in add.input if op(i, "ReduceMean") is not None), None)
+        pow_ = mean and op(mean.input[0], "Pow")
+        if eps is None or pow_ is None or const(pow_.input[1]) is None or \
+                float(numpy.asarray(const(pow_.input[1])).ravel()[0]) != 2.0 or not _keepdims(mean):
+            return None
+        axes = _axes(mean, const)
+        r = rank(mean.input[0])
+        if axes is None or len(axes) != 1 or r is None or axes[0] not in (-1, r - 1):
+            return None
+        return _through_cast(pow_.input[0], producer), float(numpy.asarray(const(eps)).ravel()[0])
+
+    out, extra = [], []
+    for n in nodes:
+        fused = None
+        if n.op_type == "Mul" and len(n.input) == 2:
+            for i in (0, 1):
+                rec = op(n.input[i], "Reciprocal", "Div")
+                if rec is None or (rec.op_type == "Div" and (const(rec.input[0]) is None
+                                                            or float(numpy.asarray(const(rec.input[0])).ravel()[0]) != 1.0)):
+                    continue
+                den = denominator(rec.input[-1] if rec.op_type == "Div" else rec.input[0])
+                if den is not None and den[0] == _through_cast(n.input[1 - i], producer):
+                    fused = (n.input[1 - i], den[1])
+                    break
+        elif n.op_type == "Div" and len(n.input) == 2:
+            den = denominator(n.input[1])
+            if den is not None and den[0] == _through_cast(n.input[0], producer):
+                fused = (n.input[0], den[1])
+        if fused is None:
+            out.append(n)
+            continue
+        base = n.name or n.output[0]
+        ones = f"{base}/rms_scale"
+        extra.append(ones)
+        out.append(helper.make_node("RMSNormalization", [fused[0], ones], [n.output[0]], name=base,
+                                    axis=-1, epsilon=fused[1]))
+    return out, {name: numpy.array(1.0, dtype=numpy.float32) for name in extra}
