@@ -12,7 +12,8 @@ def info(argv: list[str] | None = None) -> int:
 
     Without NAME: every registered layer, rule, composite, reader, writer, renderer,
     colormap, metric and step with the plugin that provided it. With NAME (a name or an
-    alias): what it is, its parameters with their defaults and its docstring.
+    alias): what it is, its parameters with their defaults and its docstring. ``lrpflow-info
+    conventions``: the LRP conventions lrpflow follows (rule scope, γ, BatchNorm folding, ...) and their papers.
     """
     from lrpflow import __version__
     from lrpflow.plugins import build_registries, make_plugin_manager
@@ -28,6 +29,11 @@ def info(argv: list[str] | None = None) -> int:
     except LrpflowError as err:
         print(f"lrpflow-info: {err}", file=sys.stderr)
         return 2
+    if args.name == "conventions" and not args.kind:  # the field's conventions lrpflow follows, with their papers
+        from lrpflow.conventions import CONVENTIONS
+
+        print(CONVENTIONS)
+        return 0
     if args.name:
         return _describe(regs, args.name, args.kind)
     print(f"lrpflow {__version__}; plugins: {', '.join(name for name, _ in pm.list_name_plugin())}")

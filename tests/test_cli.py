@@ -64,3 +64,13 @@ def test_run_logs_one_line_per_phase_and_where_the_outputs_are(tmp_path):
     log = (run / "lrpflow.log").read_text()
     assert "\r" not in log and "[INFO]" in log and "outputs in" in log
     assert (run / "report.html").exists() and len(list((run / "heatmaps").glob("*.png"))) == 4 * 5
+
+
+def test_info_conventions_lists_every_convention_with_its_source():
+    from lrpflow.conventions import ENTRIES
+
+    out = _py(INFO, "conventions")
+    assert out.returncode == 0
+    for name, text in ENTRIES:
+        assert f"{name}: {text.splitlines()[0]}" in out.stdout
+    assert "norm" in out.stdout and "1e-16" in out.stdout
