@@ -104,3 +104,31 @@ def test_band_width_choices_stay_in_range():
                             assert 1 <= b <= max(1, wo)
                             if s1 >= kw:  # no overlap between windows: a band would be all waste
                                 assert b == 1
+
+
+def test_banded_weights_are_cached_per_layer_until_parameters_change(rng, monkeypatch):
+    """A Conv2d keeps its banded weights across calls; set_params (and invalidate) forget them."""
+    from lrpflow.layers import Conv2d
+
+    monkeypatch.setattr(win, "band_width_forward", lambda *a: min(2, a[-1]))
+    monkeypatch.setattr(win, "band_width_transpose", lambda *a: min(2, a[-1]))
+    built = []
+    real = win.banded_weight
+    monkeypatch.setattr(win, "banded_weight", lambda *a: built.append(a[1:]) or real(*a))
+    layer = Conv2d(3, 3, 2, 4, padding=1, rng=0)
+    x = rng.normal(size=(2, 6, 6, 2))
+    y1 = layer.forward(x)
+    layer.apply_transpose(y1, layer.params_like(x)["weight"], [x])
+    assert len(built) == 1  # the forward's band serves the transpose too
+    numpy.testing.assert_allclose(layer.forward(x), y1, rtol=0, atol=0)
+    assert len(built) == 1
+    w2 = rng.normal(size=layer.weight.shape)
+    layer.set_params(weight=w2)
+    y2 = layer.forward(x)
+    assert len(built) == 2
+    numpy.testing.assert_allclose(y2, brute_conv(x, w2, (1, 1), (1, 1, 1, 1)) + layer.bias, rtol=1e-12, atol=1e-12)
+    layer.weight[...] = 0.0  # in place: the documented way is invalidate()
+    layer.invalidate()
+    numpy.testing.assert_allclose(layer.forward(x), numpy.broadcast_to(layer.bias, y2.shape), atol=0)
+    assert len(built) == 3
+    assert "_band_cache" not in layer.__getstate__()
