@@ -137,6 +137,10 @@ def band_width_transpose(cin: int, cout: int, kw: int, s1: int, wo: int) -> int:
     """Output columns per band for :func:`conv_transpose` (1: batch-last col2im)."""
     if wo < 2 or s1 >= kw:
         return 1
+    if wo <= 8 and cin >= 128:
+        # deep layers of VGG/ResNet: the banded GEMM's zeros cost more than col2im's adds
+        # (1 thread, Xeon, interleaved medians: 4x4 512→1024 0.66x, 2x2 0.46–0.80x, 8x8 256→512 0.75x)
+        return 1
     if cout >= 48 or (cout >= 20 and wo >= 24):
         if wo >= 24:
             return 4
