@@ -556,7 +556,9 @@ def main(argv: list[str] | None = None) -> int:
             import zennit.attribution  # noqa: F401
             import zennit.composites  # noqa: F401
 
-            zennit_ok, zennit_note = True, f"zennit {getattr(zennit, '__version__', '?')}"
+            from importlib.metadata import version as _dist_version
+
+            zennit_ok, zennit_note = True, f"zennit {getattr(zennit, '__version__', None) or _dist_version('zennit')}"
         except Exception as err:  # noqa: BLE001 - e.g. a torchvision that does not match torch
             zennit_note = f"not available ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
     tsync = (lambda: torch.cuda.synchronize()) if (torch is not None and tdev == "cuda") else (lambda: None)
