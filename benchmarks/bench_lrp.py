@@ -4,12 +4,17 @@
 Networks
     lenet  LeNet-5 of the LRP Toolbox (``<shared>/models/MNIST/LeNet-5.txt``), input (N, 32, 32, 1) NHWC.
     mlp    784-1296-1296-1296-10 with ReLU (random weights, seeds 0..3), input (N, 784).
+    vgg11, resnet18, wide
+           CNNs of ``cnn_cases.py`` (VGG-11 on 32×32 with a CIFAR head, torchvision ResNet-18 on 64×64,
+           a small conv net on 128×128), random weights, built in PyTorch and imported through ONNX
+           with ``lrpflow.from_torch``; inputs (N, C, H, W) uniform in [0, 1). They need torch.
 
 Methods (lrpflow side)
     forward            ``model.run(x)`` only (no explanation)
     epsilon            ``Explainer(model, rule="epsilon", epsilon=0.01)`` on every layer (pools included)
     alpha2beta1        ``Explainer(model, rule="alpha_beta", alpha=2.0, beta=1.0)`` on every layer
     epsilon_plus       ``Explainer(model, composite="epsilon_plus")``
+    epsilon_plus_flat  ``Explainer(model, composite="epsilon_plus_flat")``
     epsilon_gamma_box  ``Explainer(model, composite="epsilon_gamma_box", low=-1.0, high=1.0)``
 
 The PyTorch floor is the cheapest thing any modified-gradient LRP implementation must
@@ -24,8 +29,9 @@ zennit counterparts (when ``import zennit`` works): LRP-ε = ``LayerMapComposite
 (ε=0.01 on Conv/Linear, zennit's base map on ReLU and AvgPool), alpha2beta1 =
 ``LayerMapComposite`` with ``AlphaBeta(2, 1)`` on Conv *and* Linear (zennit's preset
 ``EpsilonAlpha2Beta1`` puts ε on dense layers, which would make the MLP row an ε row),
-``EpsilonPlus``, ``EpsilonGammaBox(low=-1, high=1)`` (plus ZBox on a first *dense*
-layer, as lrpflow's composite does).
+``EpsilonPlus``, ``EpsilonPlusFlat``, ``EpsilonGammaBox(low=-1, high=1)`` (plus ZBox on a first *dense*
+layer, as lrpflow's composite does). ResNet-18 gets zennit's ``ResNetCanonizer`` (lrpflow's
+importer folds the batch norms into the convolutions).
 
 Every point is timed interleaved with its floor in one process: each case is warmed
 up, given an inner repeat count so one sample takes ≈0.1 s, then all cases of the
@@ -48,8 +54,9 @@ import platform
 import sys
 import time
 
-METHODS = ("forward", "epsilon", "alpha2beta1", "epsilon_plus", "epsilon_gamma_box")
-NETWORKS = ("lenet", "mlp")
+METHODS = ("forward", "epsilon", "alpha2beta1", "epsilon_plus", "epsilon_plus_flat", "epsilon_gamma_box")
+NETWORKS = ("lenet", "mlp", "vgg11", "resnet18", "wide")
+CNN_CASES = ("vgg11", "resnet18", "wide")  # built by cnn_cases.py (torch + lrpflow.from_torch)
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
                "NUMEXPR_NUM_THREADS")
 TARGET_SAMPLE_S = 0.1  # one timed sample (inner repeats of a call) lasts about this long
@@ -88,6 +95,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "during it (default %(default)s)")
     p.add_argument("--no-torch", action="store_true", help="do not time the PyTorch floor even if torch imports")
     p.add_argument("--no-zennit", action="store_true", help="do not time zennit even if it imports")
+    p.add_argument("--cpu-note", action="store_true",
+                   help="print (and store in --json) the CPU model and the BLAS library, version and kernel "
+                        "numpy uses (threadpoolctl)")
     p.add_argument("--json", metavar="PATH", help="also write the rows (and run metadata) as JSON to PATH")
     args = p.parse_args(argv)
     args.networks = _choices(args.networks, NETWORKS, "--networks")
@@ -192,6 +202,27 @@ def source_state() -> str | None:
     return (head + ("+dirty" if dirty else "")) or None
 
 
+def cpu_note() -> dict:
+    """The CPU model (``/proc/cpuinfo``, else platform) and numpy's BLAS as threadpoolctl sees it."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            names = [ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")]
+        if names:
+            model = names[0]
+    except OSError:
+        pass
+    blas = []
+    try:
+        from threadpoolctl import threadpool_info
+
+        blas = [{k: i.get(k) for k in ("internal_api", "version", "architecture", "threading_layer", "num_threads")}
+                for i in threadpool_info() if i.get("user_api") == "blas"]
+    except Exception as err:  # noqa: BLE001 - informational only
+        blas = [{"error": f"{type(err).__name__}: {err}"}]
+    return {"cpu_model": model, "blas": blas}
+
+
 def peak_rss_mib() -> float:
     import resource
 
@@ -215,7 +246,7 @@ def explain_memory(explainer, model, x) -> tuple[float, float] | None:
 
     if not isinstance(x, numpy.ndarray):
         return None
-    _, trace = model.run(x)
+    _, trace = model.run(model.to_nhwc(x))
     trace_bytes = sum(v.nbytes for v in trace.values.values())
     del trace
     tracemalloc.start()
@@ -267,9 +298,22 @@ def lenet_input(x784):
     return np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)), constant_values=-1.0)
 
 
+def net_input(name: str, x_all, n: int):
+    """The first ``n`` rows of the benchmark input of network ``name`` (MNIST for lenet/mlp)."""
+    if name in CNN_CASES:
+        import cnn_cases
+
+        return cnn_cases.inputs(name, n)
+    return lenet_input(x_all[:n]) if name == "lenet" else x_all[:n]
+
+
 def build_lrpflow(name: str, shared: str):
     import lrpflow
 
+    if name in CNN_CASES:
+        import cnn_cases
+
+        return cnn_cases.build(name)[0]
     if name == "lenet":
         path = os.path.join(shared, "models", "MNIST", "LeNet-5.txt")
         if not os.path.exists(path):
@@ -289,6 +333,11 @@ def build_torch(name: str, model):
     """The same network in PyTorch (float32, NCHW), weights copied from the lrpflow model."""
     import numpy as np
     import torch
+
+    if name in CNN_CASES:  # the module the lrpflow model was imported from
+        import cnn_cases
+
+        return cnn_cases.torch_net(name).float()
 
     nn = torch.nn
     mods = []
@@ -330,7 +379,7 @@ def build_torch(name: str, model):
 
 
 def to_torch_layout(name: str, x):
-    """NHWC numpy -> NCHW for LeNet; the MLP takes (N, 784) as is."""
+    """NHWC numpy -> NCHW for LeNet; the MLP and the CNN cases (NCHW already) as they are."""
     import numpy as np
 
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if name == "lenet" else np.ascontiguousarray(x)
@@ -343,7 +392,7 @@ def check_logits(name: str, model, tnet, x64) -> float:
     import numpy as np
     import torch
 
-    y_lrp, _ = model.run(x64)
+    y_lrp, _ = model.run(model.to_nhwc(x64))
     net64 = copy.deepcopy(tnet).double()
     with torch.no_grad():
         y_t = net64(torch.from_numpy(to_torch_layout(name, x64))).numpy()
@@ -356,22 +405,30 @@ def check_logits(name: str, model, tnet, x64) -> float:
 # --- zennit ---------------------------------------------------------------------------
 
 
-def zennit_composite(method: str, first_is_dense: bool):
+def zennit_composite(method: str, first_is_dense: bool, network: str = ""):
     import torch
-    from zennit.composites import EpsilonGammaBox, EpsilonPlus, LayerMapComposite, layer_map_base
+    from zennit.composites import EpsilonGammaBox, EpsilonPlus, EpsilonPlusFlat, LayerMapComposite, layer_map_base
     from zennit.rules import AlphaBeta, Epsilon, ZBox
     from zennit.types import Convolution
 
+    canon = []
+    if network == "resnet18":
+        from zennit.torchvision import ResNetCanonizer
+
+        canon = [ResNetCanonizer()]
     if method == "epsilon":
-        return LayerMapComposite(layer_map_base() + [(Convolution, Epsilon(0.01)), (torch.nn.Linear, Epsilon(0.01))])
+        return LayerMapComposite(layer_map_base() + [(Convolution, Epsilon(0.01)), (torch.nn.Linear, Epsilon(0.01))],
+                                 canonizers=canon)
     if method == "alpha2beta1":
         return LayerMapComposite(layer_map_base() + [(Convolution, AlphaBeta(2.0, 1.0)),
-                                                     (torch.nn.Linear, AlphaBeta(2.0, 1.0))])
+                                                     (torch.nn.Linear, AlphaBeta(2.0, 1.0))], canonizers=canon)
     if method == "epsilon_plus":
-        return EpsilonPlus()
+        return EpsilonPlus(canonizers=canon)
+    if method == "epsilon_plus_flat":
+        return EpsilonPlusFlat(canonizers=canon)
     if method == "epsilon_gamma_box":
         first = [(torch.nn.Linear, ZBox(low=-1.0, high=1.0))] if first_is_dense else None
-        return EpsilonGammaBox(low=-1.0, high=1.0, first_map=first)
+        return EpsilonGammaBox(low=-1.0, high=1.0, first_map=first, canonizers=canon)
     raise ValueError(method)
 
 
@@ -391,7 +448,7 @@ def compare_zennit(name: str, method: str, explainer, znet, x32, tdev: str) -> t
 
     r_lrp = np.asarray(explainer(x32).to_numpy().relevance, dtype=np.float64)
     xt = torch.from_numpy(to_torch_layout(name, x32)).to(tdev)
-    with Gradient(model=znet, composite=zennit_composite(method, first_is_dense=(name == "mlp"))) as attributor:
+    with Gradient(model=znet, composite=zennit_composite(method, first_is_dense=(name == "mlp"), network=name)) as attributor:
         _, r_z = attributor(xt, zennit_attr_output)
     r_z = r_z.detach().cpu().numpy().astype(np.float64)
     if name == "lenet":
@@ -499,7 +556,9 @@ def main(argv: list[str] | None = None) -> int:
             import zennit.attribution  # noqa: F401
             import zennit.composites  # noqa: F401
 
-            zennit_ok, zennit_note = True, f"zennit {getattr(zennit, '__version__', '?')}"
+            from importlib.metadata import version as _dist_version
+
+            zennit_ok, zennit_note = True, f"zennit {getattr(zennit, '__version__', None) or _dist_version('zennit')}"
         except Exception as err:  # noqa: BLE001 - e.g. a torchvision that does not match torch
             zennit_note = f"not available ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
     tsync = (lambda: torch.cuda.synchronize()) if (torch is not None and tdev == "cuda") else (lambda: None)
@@ -513,6 +572,12 @@ def main(argv: list[str] | None = None) -> int:
         "zennit": zennit_note, "data": data_source, "min_time_s": args.min_time, "min_runs": args.min_runs,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "loadavg_before": _loadavg(),
     }
+    if args.cpu_note:
+        meta["cpu_note"] = cpu_note()
+        blas = "; ".join(f"{b.get('internal_api')} {b.get('version')} kernel {b.get('architecture')} "
+                         f"({b.get('num_threads')} threads)" if "error" not in b else b["error"]
+                         for b in meta["cpu_note"]["blas"]) or "no BLAS found by threadpoolctl"
+        print(f"CPU: {meta['cpu_note']['cpu_model']} | BLAS: {blas}")
     print(f"lrpflow {lrpflow.__version__} ({meta['lrpflow_source'] or 'no git info'}) | numpy {np.__version__} | backend {args.backend} | threads {args.threads} | "
           f"float32 | {platform.machine()} {os.cpu_count()} cpus")
     print(f"PyTorch floor: {torch_note}\nzennit: {zennit_note}\ndata: {data_source}")
@@ -522,12 +587,16 @@ def main(argv: list[str] | None = None) -> int:
         "epsilon": dict(rule="epsilon", epsilon=0.01),
         "alpha2beta1": dict(rule="alpha_beta", alpha=2.0, beta=1.0),
         "epsilon_plus": dict(composite="epsilon_plus"),
+        "epsilon_plus_flat": dict(composite="epsilon_plus_flat"),
         "epsilon_gamma_box": dict(composite="epsilon_gamma_box", low=-1.0, high=1.0),
     }
     rows: list[dict] = []
     cpu = CpuLoad()
     t_start = time.perf_counter()
     for net in args.networks:
+        if net in CNN_CASES and torch is None:
+            print(f"\n[{net}] skipped: the CNN cases are built in PyTorch ({torch_note})")
+            continue
         model = build_lrpflow(net, args.shared)
         backend = "cupy" if args.backend == "cupy" else None
         explainers = {m: lrpflow.Explainer(model, dtype="float32", backend=backend, **explainer_args[m])
@@ -535,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
         tnet = znets = None
         if torch is not None:
             tnet = build_torch(net, model)
-            x64 = lenet_input(x_all[:8]) if net == "lenet" else x_all[:8]
+            x64 = net_input(net, x_all, 8).astype(np.float64)
             err = check_logits(net, model, tnet, x64)
             tnet = tnet.to(tdev)
             print(f"\n[{net}] lrpflow vs PyTorch logits (float64): max |diff| = {err:.2e} (≤ 1e-4: ok)")
@@ -550,10 +619,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"\n[{net}]")
         for n in args.batches:
-            xn = x_all[:n]
-            x_np = (lenet_input(xn) if net == "lenet" else xn).astype(np.float32)
+            x_np = net_input(net, x_all, n).astype(np.float32)
             x = xp.asarray(x_np)
-            cases: list[Case] = [Case(("lrpflow", "forward"), lambda x=x: model.run(x), sync)]
+            cases: list[Case] = [Case(("lrpflow", "forward"), lambda x=x: model.run(model.to_nhwc(x)), sync)]
             for m, exp in explainers.items():
                 cases.append(Case(("lrpflow", m), lambda exp=exp, x=x: exp(x), sync))
             zctx = []
@@ -578,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
                     from zennit.attribution import Gradient
 
                     for m, znet in znets.items():
-                        comp = zennit_composite(m, first_is_dense=(net == "mlp"))
+                        comp = zennit_composite(m, first_is_dense=(net == "mlp"), network=net)
                         attributor = Gradient(model=znet, composite=comp)
                         attributor.__enter__()
                         zctx.append(attributor)
@@ -644,7 +712,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_row(r: dict, header: bool, zennit: bool) -> None:
-    cols = [("network", 7, "{}"), ("batch", 5, "{}"), ("method", 17, "{}"), ("heatmaps/s", 11, "{:.1f}"),
+    cols = [("network", 8, "{}"), ("batch", 5, "{}"), ("method", 17, "{}"), ("heatmaps/s", 11, "{:.1f}"),
             ("ms/batch", 9, "{:.3f}"), ("floor ms", 9, "{:.3f}"), ("x floor", 7, "{:.2f}"), ("x fwd", 7, "{:.2f}")]
     keys = ["network", "batch", "method", "heatmaps_per_s", "ms_per_batch", "floor_ms", "ratio_to_floor",
             "ratio_to_forward"]

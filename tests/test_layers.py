@@ -104,3 +104,61 @@ def test_band_width_choices_stay_in_range():
                             assert 1 <= b <= max(1, wo)
                             if s1 >= kw:  # no overlap between windows: a band would be all waste
                                 assert b == 1
+
+
+def test_banded_weights_are_cached_per_layer_until_parameters_change(rng, monkeypatch):
+    """A Conv2d keeps its banded weights across calls; set_params (and invalidate) forget them."""
+    from lrpflow.layers import Conv2d
+
+    monkeypatch.setattr(win, "band_width_forward", lambda *a: min(2, a[-1]))
+    monkeypatch.setattr(win, "band_width_transpose", lambda *a: min(2, a[-1]))
+    built = []
+    real = win.banded_weight
+    monkeypatch.setattr(win, "banded_weight", lambda *a: built.append(a[1:]) or real(*a))
+    layer = Conv2d(3, 3, 2, 4, padding=1, rng=0)
+    x = rng.normal(size=(2, 6, 6, 2))
+    y1 = layer.forward(x)
+    layer.apply_transpose(y1, layer.params_like(x)["weight"], [x])
+    assert len(built) == 1  # the forward's band serves the transpose too
+    numpy.testing.assert_allclose(layer.forward(x), y1, rtol=0, atol=0)
+    assert len(built) == 1
+    w2 = rng.normal(size=layer.weight.shape)
+    layer.set_params(weight=w2)
+    y2 = layer.forward(x)
+    assert len(built) == 2
+    numpy.testing.assert_allclose(y2, brute_conv(x, w2, (1, 1), (1, 1, 1, 1)) + layer.bias, rtol=1e-12, atol=1e-12)
+    layer.weight[...] = 0.0  # in place: the documented way is invalidate()
+    layer.invalidate()
+    numpy.testing.assert_allclose(layer.forward(x), numpy.broadcast_to(layer.bias, y2.shape), atol=0)
+    assert len(built) == 3
+    assert "_band_cache" not in layer.__getstate__()
+
+
+def test_maxpool_forward_and_winners_against_loops(rng):
+    """Strided-view max pool: overlapping windows, padding (−∞) and ties shared equally, by brute force."""
+    from lrpflow.layers import MaxPool
+
+    for _ in range(40):
+        kh, kw, s0, s1 = (int(v) for v in rng.integers(1, 4, 4))
+        if _ % 2:  # non-overlapping windows (the tiled path)
+            s0, s1 = kh, kw
+        pads = tuple(int(v) for v in rng.integers(0, min(kh, kw), 4))
+        h, w = int(rng.integers(kh, 9)), int(rng.integers(kw, 9))
+        x = rng.integers(-2, 3, size=(2, h, w, 3)).astype(float)  # small integers: many ties
+        layer = MaxPool(kh, kw, stride=(s0, s1), padding=pads)
+        xp_ = numpy.pad(x, ((0, 0), (pads[0], pads[1]), (pads[2], pads[3]), (0, 0)), constant_values=-numpy.inf)
+        ho, wo = (xp_.shape[1] - kh) // s0 + 1, (xp_.shape[2] - kw) // s1 + 1
+        ref_y = numpy.empty((2, ho, wo, 3))
+        ref_r = numpy.zeros_like(xp_)
+        r = rng.normal(size=(2, ho, wo, 3))
+        for p in range(ho):
+            for q in range(wo):
+                win_ = xp_[:, p * s0 : p * s0 + kh, q * s1 : q * s1 + kw, :]
+                m = win_.max(axis=(1, 2))
+                ref_y[:, p, q] = m
+                hit = win_ == m[:, None, None, :]
+                ref_r[:, p * s0 : p * s0 + kh, q * s1 : q * s1 + kw, :] += hit * (r[:, p, q] / hit.sum(axis=(1, 2)))[:, None, None, :]
+        y = layer.forward(x)
+        numpy.testing.assert_array_equal(y, ref_y)
+        got = layer.winners(x, y, r)
+        numpy.testing.assert_allclose(got, ref_r[:, pads[0] : pads[0] + h, pads[2] : pads[2] + w], rtol=1e-12, atol=1e-12)

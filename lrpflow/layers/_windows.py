@@ -137,6 +137,10 @@ def band_width_transpose(cin: int, cout: int, kw: int, s1: int, wo: int) -> int:
     """Output columns per band for :func:`conv_transpose` (1: batch-last col2im)."""
     if wo < 2 or s1 >= kw:
         return 1
+    if wo <= 8 and cin >= 128:
+        # deep layers of VGG/ResNet: the banded GEMM's zeros cost more than col2im's adds
+        # (1 thread, Xeon, interleaved medians: 4x4 512→1024 0.66x, 2x2 0.46–0.80x, 8x8 256→512 0.75x)
+        return 1
     if cout >= 48 or (cout >= 20 and wo >= 24):
         if wo >= 24:
             return 4
@@ -161,14 +165,39 @@ def banded_weight(weight: Any, bq: int, s1: int) -> Any:
     return t.reshape(kh * tw * cin, bq * cout)
 
 
-def conv_forward(x: Any, weight: Any, stride: tuple[int, int], pads: tuple[int, int, int, int]) -> Any:
+#: Banded weights a cache keeps at most before it starts over (a layer sees a handful).
+BAND_CACHE_ENTRIES = 16
+
+
+def cached_banded_weight(weight: Any, bq: int, s1: int, cache: dict | None) -> Any:
+    """:func:`banded_weight`, kept in ``cache`` (a dict owned by the layer) across calls.
+
+    The key is the weight array's identity; the entry holds the array itself, so an id
+    cannot be reused while its entry lives. Changing a weight in place is only allowed
+    through ``set_params``/``invalidate``, which clear the layer's cache.
+    """
+    if cache is None:
+        return banded_weight(weight, bq, s1)
+    key = (id(weight), bq, s1)
+    hit = cache.get(key)
+    if hit is not None and hit[0] is weight:
+        return hit[1]
+    band = banded_weight(weight, bq, s1)
+    if len(cache) >= BAND_CACHE_ENTRIES:
+        cache.clear()
+    cache[key] = (weight, band)
+    return band
+
+
+def conv_forward(x: Any, weight: Any, stride: tuple[int, int], pads: tuple[int, int, int, int],
+                 cache: dict | None = None) -> Any:
     """Cross-correlation of NHWC ``x`` with ``weight[kh, kw, c_in, c_out]`` (no bias) as chunked GEMMs.
 
     im2col: each output position's window ``(kh, kw, C_in)`` is a row, times ``W`` as a
     ``(kh·kw·C_in, C_out)`` matrix. Banded (see :func:`band_width_forward`): each row holds
     the ``(kh, Tw, C_in)`` input block of ``bq`` neighbouring outputs, times
     :func:`banded_weight`, so the copy shrinks ~``bq·kw/Tw``-fold and the GEMM gets
-    ``bq·C_out`` columns.
+    ``bq·C_out`` columns. ``cache``: see :func:`cached_banded_weight`.
     """
     xp = get_namespace(x, weight)
     kh, kw, cin, cout = weight.shape
@@ -189,7 +218,7 @@ def conv_forward(x: Any, weight: Any, stride: tuple[int, int], pads: tuple[int, 
     nqb, d, tw = -(-wo // bq), bq * s1, (bq - 1) * s1 + kw
     extra = max(0, (nqb - 1) * d + tw - wp)  # the last band may reach past the input: zeros
     xpad = pad(x, (pads[0], pads[1], pads[2], pads[3] + extra))
-    band = banded_weight(weight, bq, s1)
+    band = cached_banded_weight(weight, bq, s1, cache)
     sn, sh, sw, sc = xpad.strides
     for sl in batch_chunks(n, ho * nqb * kh * tw * cin, n * ho * wo * cout):
         xs = xpad[sl]
@@ -204,13 +233,13 @@ def conv_forward(x: Any, weight: Any, stride: tuple[int, int], pads: tuple[int, 
 
 
 def conv_transpose(s: Any, weight: Any, stride: tuple[int, int], pads: tuple[int, int, int, int],
-                   in_shape: tuple[int, ...]) -> Any:
+                   in_shape: tuple[int, ...], cache: dict | None = None) -> Any:
     """Vector–Jacobian product of :func:`conv_forward` w.r.t. its input: ``Wᵀ s`` back on the input grid.
 
     Batch-last col2im (:func:`_transpose_columns`) or, where it pays
     (:func:`band_width_transpose`), bands: ``s`` of ``bq`` neighbouring output columns times
     the banded weight's transpose gives each band's ``(kh, Tw, C_in)`` input block, added
-    back with ``kh·⌈Tw/(bq·s1)⌉`` strided adds.
+    back with ``kh·⌈Tw/(bq·s1)⌉`` strided adds. ``cache``: see :func:`cached_banded_weight`.
     """
     xp = get_namespace(s, weight)
     kh, kw, cin, cout = weight.shape
@@ -223,7 +252,7 @@ def conv_transpose(s: Any, weight: Any, stride: tuple[int, int], pads: tuple[int
     nqb, d, tw = -(-wo // bq), bq * s1, (bq - 1) * s1 + kw
     nu = -(-tw // d)  # input blocks of width d one band touches
     nblk = max(nqb + nu - 1, -(-wp // d))
-    band_t = banded_weight(weight, bq, s1).T
+    band_t = cached_banded_weight(weight, bq, s1, cache).T
     parts = []
     for sl in batch_chunks(n, ho * nqb * kh * tw * cin, math.prod(in_shape)):
         sc = s[sl]

@@ -67,6 +67,19 @@ class Conv2d(LinearLike):
             cfg["groups"] = self.groups
         return cfg
 
+    def _bands(self) -> dict:
+        """Banded weights of this layer's (modified) weights, kept across calls (cleared by :meth:`invalidate`)."""
+        return self.__dict__.setdefault("_band_cache", {})
+
+    def invalidate(self) -> None:
+        self.__dict__.pop("_band_cache", None)
+        super().invalidate()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.pop("_band_cache", None)
+        return state
+
     @property
     def depthwise(self) -> bool:
         return self.groups > 1 and self.groups == self.d == self.n
@@ -78,7 +91,7 @@ class Conv2d(LinearLike):
     def apply(self, xs: Sequence[Any], weight: Any, bias: Any | None) -> Any:
         x = xs[0]
         if self.groups == 1:
-            z = win.conv_forward(x, weight, self.stride, self.pads)
+            z = win.conv_forward(x, weight, self.stride, self.pads, self._bands())
         elif self.depthwise:
             z = win.depthwise_forward(x, weight, self.stride, self.pads)
         else:
@@ -90,7 +103,7 @@ class Conv2d(LinearLike):
     def apply_transpose(self, s: Any, weight: Any, xs: Sequence[Any]) -> list[Any]:
         shape = xs[0].shape
         if self.groups == 1:
-            return [win.conv_transpose(s, weight, self.stride, self.pads, shape)]
+            return [win.conv_transpose(s, weight, self.stride, self.pads, shape, self._bands())]
         if self.depthwise:
             return [win.depthwise_transpose(s, weight, self.stride, self.pads, shape)]
         xp = get_namespace(s, weight)

@@ -141,28 +141,60 @@ class MaxPool(_Windowed, Layer):
         super().__init__()
         self._init_window(hp, wp, stride, padding)
 
-    def _windows(self, x: Any) -> Any:
-        return win.windows(win.pad(x, self.pads, value=-float("inf")), self.pool, self.stride)
+    def _offsets(self, xpad: Any, ho: int, wo: int) -> Any:
+        """``(a, b, x[:, a::s0, b::s1])``: each kernel offset's strided view of the padded input, one per window."""
+        (s0, s1), (kh, kw) = self.stride, self.pool
+        for a in range(kh):
+            for b in range(kw):
+                yield a, b, xpad[:, a : a + s0 * (ho - 1) + 1 : s0, b : b + s1 * (wo - 1) + 1 : s1, :]
 
     def forward(self, *xs: Any) -> Any:
-        return self._windows(xs[0]).max(axis=(4, 5))
+        # kh·kw element-wise maxima of strided views (a reduction over a 6-d window view is ~5x slower)
+        xp = get_namespace(xs[0])
+        xpad = win.pad(xs[0], self.pads, value=-float("inf"))
+        ho = (xpad.shape[1] - self.pool[0]) // self.stride[0] + 1
+        wo = (xpad.shape[2] - self.pool[1]) // self.stride[1] + 1
+        out = None
+        for _, _, part in self._offsets(xpad, ho, wo):
+            out = part.copy() if out is None else xp.maximum(out, part, out=out)
+        return out
 
     def winners(self, x: Any, y: Any, r: Any) -> Any:
         """Spread ``r`` over each window's maxima (ties share equally): ``[x_i = y_j] / #ties · r_j``."""
         xp = get_namespace(x)
-        hits = self._windows(x) == y[..., None, None]
-        count = hits.sum(axis=(4, 5)).astype(r.dtype)
+        xpad = win.pad(x, self.pads, value=-float("inf"))
+        ho, wo = y.shape[1], y.shape[2]
+        if tuple(self.stride) == tuple(self.pool):
+            return win.unpad(self._tiled_winners(xpad, y, r), self.pads)
+        count = xp.zeros(y.shape, dtype=r.dtype)
+        for _, _, part in self._offsets(xpad, ho, wo):
+            count += part == y
         share = r / xp.maximum(count, 1)
         # scatter the share to the winners: Σ_windows hit * share
-        t, b, l, r_ = self.pads
-        padded = (x.shape[0], x.shape[1] + t + b, x.shape[2] + l + r_, x.shape[3])
-        out = xp.zeros(padded, dtype=r.dtype)
-        ho, wo = y.shape[1], y.shape[2]
+        out = xp.zeros(xpad.shape, dtype=r.dtype)
         s0, s1 = self.stride
-        for a in range(self.pool[0]):
-            for c in range(self.pool[1]):
-                out[:, a : a + s0 * ho : s0, c : c + s1 * wo : s1, :] += hits[..., a, c] * share
+        for a, b, part in self._offsets(xpad, ho, wo):
+            out[:, a : a + s0 * ho : s0, b : b + s1 * wo : s1, :] += xp.where(part == y, share, 0)
         return win.unpad(out, self.pads)
+
+    def _tiled_winners(self, xpad: Any, y: Any, r: Any) -> Any:
+        """:meth:`winners` for non-overlapping windows: the padded input seen as
+        ``(N, Ho, kh, Wo, kw, C)`` tiles, compared and scaled with one broadcast each."""
+        xp = get_namespace(xpad)
+        (kh, kw), (n, ho, wo, c) = self.pool, y.shape
+        hk, wk = ho * kh, wo * kw
+        hits = xpad[:, :hk, :wk].reshape(n, ho, kh, wo, kw, c) == y[:, :, None, :, None, :]
+        count = xp.zeros(y.shape, dtype=r.dtype)
+        for a in range(kh):
+            for b in range(kw):
+                count += hits[:, :, a, :, b, :]
+        share = r / xp.maximum(count, 1)
+        tiles = xp.multiply(hits, share[:, :, None, :, None, :], dtype=r.dtype).reshape(n, hk, wk, c)
+        if (hk, wk) == tuple(xpad.shape[1:3]):
+            return tiles
+        out = xp.zeros(xpad.shape, dtype=r.dtype)  # rows/columns no window reaches get nothing
+        out[:, :hk, :wk] = tiles
+        return out
 
     def vjp(self, xs: Sequence[Any], y: Any, g: Any) -> list[Any]:
         return [self.winners(xs[0], y, g)]
