@@ -88,3 +88,28 @@ class Multiply(LinearLike):
             return tuple(numpy.broadcast_shapes(shapes[0], shapes[1]))
         except ValueError:
             raise ShapeError(f"Multiply: shapes {shapes[0]} and {shapes[1]} do not broadcast") from None
+
+
+#: layers whose output gates another activation (bounded, sigmoid-like)
+GATE_LAYERS = ("Sigmoid", "HardSigmoid", "Erf", "Tanh")
+#: layers a gate may pass through and stay a gate (affine maps by constants, shape layers)
+GATE_THROUGH = ("BatchNorm", "Reshape", "Flatten", "Transpose", "Permute", "Identity", "Dropout")
+
+
+def is_gate(nodes: Sequence[Any], name: str, max_depth: int = 16) -> bool:
+    """Whether node ``name`` of a graph under construction (``nodes``: objects with ``name``, ``layer``,
+    ``inputs``) is a gate: the output of a :data:`GATE_LAYERS` layer, possibly through single-input
+    :data:`GATE_THROUGH` layers. The readers (ONNX, Keras) hold such an operand of a :class:`Multiply`
+    constant (the SE-block / SiLU / GELU convention, docs/onnx.md)."""
+    by_name = {nd.name: nd for nd in nodes}
+    for _ in range(max_depth):
+        nd = by_name.get(name)
+        if nd is None:
+            return False
+        kind = type(nd.layer).__name__
+        if kind in GATE_LAYERS:
+            return True
+        if kind not in GATE_THROUGH or len(nd.inputs) != 1:
+            return False
+        name = nd.inputs[0]
+    return False

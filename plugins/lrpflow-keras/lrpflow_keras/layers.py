@@ -19,6 +19,7 @@ from lrpflow.layers import (
     GlobalAvgPool, HardSigmoid, HardSwish, LayerNorm, LeakyReLU, Linear, MaxPool, Multiply, Pad, Permute, PReLU,
     ReLU, Reshape, Resize, Sigmoid, SiLU, SoftMax, Softplus, Subtract, Tanh,
 )
+from lrpflow.layers.product import is_gate
 
 # ------------------------------------------------------------------------------------
 # Keras layers that wait for an lrpflow core layer: each is refused with this message.
@@ -308,32 +309,11 @@ def separable_conv(ctx: Ctx) -> str:
     return add_activation(ctx, ctx.get("activation"), y)
 
 
-#: lrpflow layers whose output gates another activation (bounded, sigmoid-like), as in the ONNX reader
-GATES = ("Sigmoid", "HardSigmoid", "Tanh")
-#: layers a gate may pass through and stay a gate (reshapes, identities)
-THROUGH = ("Reshape", "Flatten", "Permute", "Identity", "Dropout")
-
-
-def _is_gate(b: Builder, node: str) -> bool:
-    by_name = {nd.name: nd for nd in b.nodes}
-    for _ in range(16):
-        nd = by_name.get(node)
-        if nd is None:
-            return False
-        kind = type(nd.layer).__name__
-        if kind in GATES:
-            return True
-        if kind not in THROUGH or len(nd.inputs) != 1:
-            return False
-        node = nd.inputs[0]
-    return False
-
-
 def multiply(ctx: Ctx) -> str:
     """Multiply: products of two activations, chained left to right for more inputs.
 
     LRP (``product_rule="gate"``, the default; the ONNX reader's convention): an operand produced
-    by a sigmoid-like gate (sigmoid, hard_sigmoid, tanh, through reshapes) is held constant and
+    by a sigmoid-like gate (:func:`lrpflow.layers.product.is_gate`) is held constant and
     relevance flows through the other one; with no gate or two, the uniform split.
     ``product_rule="uniform"``: each operand gets half (AttnLRP).
     """
@@ -342,7 +322,7 @@ def multiply(ctx: Ctx) -> str:
     b = ctx.b
     acc = ctx.inputs[0]
     for k, other in enumerate(ctx.inputs[1:], start=1):
-        gates = [_is_gate(b, acc), _is_gate(b, other)]
+        gates = [is_gate(b.nodes, acc), is_gate(b.nodes, other)]
         gate = None if gates[0] == gates[1] or b.product_rule == "uniform" else (0 if gates[0] else 1)
         name = ctx.name if k == len(ctx.inputs) - 1 else f"{ctx.name}/{k}"
         acc = b.add(name, Multiply(gate=gate), [acc, other])

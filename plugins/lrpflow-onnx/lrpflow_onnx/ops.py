@@ -16,6 +16,7 @@ from lrpflow.errors import ShapeError
 from lrpflow.layers import (
     Clip, Erf, Gelu, GlobalAvgPool, HardSigmoid, HardSwish, LayerNorm, Max, Mean, Multiply, Reshape, Slice, Take,
 )
+from lrpflow.layers.product import is_gate
 from lrpflow_onnx.convert import HANDLERS, MULTI_OUTPUT, Converter, Value, _attrs, _base, handles
 from lrpflow_onnx.ops_cnn import _elementwise
 
@@ -120,27 +121,6 @@ def _clip(c: Converter, n: Any) -> None:
 
 # -- products of two activations -----------------------------------------------------
 
-#: layers whose output gates another activation (bounded, sigmoid-like)
-GATES = ("Sigmoid", "HardSigmoid", "Erf", "Tanh")
-#: layers a gate may pass through and stay a gate (affine maps by constants, shape layers)
-THROUGH = ("BatchNorm", "Reshape", "Flatten", "Transpose", "Permute", "Identity", "Dropout")
-
-
-def _is_gate(c: Converter, node: str) -> bool:
-    by_name = {nd.name: nd for nd in c.nodes}
-    for _ in range(16):
-        nd = by_name.get(node)
-        if nd is None:
-            return False
-        kind = nd.layer.type_name
-        if kind in GATES:
-            return True
-        if kind not in THROUGH or len(nd.inputs) != 1:
-            return False
-        node = nd.inputs[0]
-    return False
-
-
 def product(c: Converter, n: Any) -> None:
     """``Mul`` of two activations: a :class:`~lrpflow.layers.Multiply` (gate held constant, or the uniform split)."""
     vs = [c.value(n.input[0], n), c.value(n.input[1], n)]
@@ -159,7 +139,7 @@ def product(c: Converter, n: Any) -> None:
         shape = tuple(numpy.broadcast_shapes(vs[0].shape, vs[1].shape))
     except ValueError:
         raise c.fail(n, f"shapes {vs[0].shape} and {vs[1].shape} do not broadcast", ShapeError) from None
-    gates = [_is_gate(c, v.node) for v in vs]
+    gates = [is_gate(c.nodes, v.node) for v in vs]
     gate = None if gates[0] == gates[1] else (0 if gates[0] else 1)
     name = c.add(_base(n), Multiply(gate=gate if c.product_rule == "gate" else None), [v.node for v in vs])
     c.values[n.output[0]] = Value(name, shape, kind, vs[0].perm if kind == "flat" else None)
