@@ -44,6 +44,26 @@ def has_weights(layer: Any) -> bool:
     return layer.role == "linear" and bool(WEIGHTED_KINDS & set(layer.kinds))
 
 
+def first_weighted_nodes(model: Any, through: tuple[str, ...]) -> set[str]:
+    """The weighted nodes (:func:`has_weights`) reached from the model input through nodes whose role is in
+    ``through`` only: the "input layer" of an input-layer rule."""
+    consumers: dict[str, list[Any]] = {}
+    for node in model.nodes:
+        for i in node.inputs:
+            consumers.setdefault(i, []).append(node)
+    found, stack, seen = set(), [model.input_name], set()
+    while stack:
+        for node in consumers.get(stack.pop(), []):
+            if node.name in seen:
+                continue
+            seen.add(node.name)
+            if has_weights(node.layer):
+                found.add(node.name)
+            elif node.layer.role in through:
+                stack.append(node.name)
+    return found
+
+
 def scoped(rule: Rule, layer: Any) -> Rule:
     """The rule a node gets from a rule given for the whole model (not by an override).
 
@@ -154,22 +174,7 @@ class Composite:
     def input_nodes(self, model: Any) -> set[str]:
         """Weighted nodes reached from the model input through elementwise, shape and
         parameter-free linear nodes only."""
-        consumers: dict[str, list[Any]] = {}
-        for node in model.nodes:
-            for i in node.inputs:
-                consumers.setdefault(i, []).append(node)
-        found, stack, seen = set(), [model.input_name], set()
-        while stack:
-            cur = stack.pop()
-            for node in consumers.get(cur, []):
-                if node.name in seen:
-                    continue
-                seen.add(node.name)
-                if has_weights(node.layer):
-                    found.add(node.name)
-                elif node.layer.role in ("elementwise", "shape", "softmax", "linear"):
-                    stack.append(node.name)
-        return found
+        return first_weighted_nodes(model, ("elementwise", "shape", "softmax", "linear"))
 
     def assign(self, model: Any) -> dict[str, Rule]:
         """The rule of every node."""

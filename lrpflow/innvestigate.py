@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy
 
-from lrpflow.composites import Composite
+from lrpflow.composites import Composite, first_weighted_nodes
 from lrpflow.errors import ConfigError
 from lrpflow.hookspecs import hookimpl
 from lrpflow.layers.base import Layer
@@ -151,6 +151,11 @@ class InnvestigateComposite(Composite):
         self.dense_rule, self.conv_rule = dense, conv or dense
         self.deep_taylor = deep_taylor
 
+    @staticmethod
+    def _input_kernel_nodes(model: Any) -> set[str]:
+        """Weighted nodes fed by the input through shape/elementwise nodes only (iNNvestigate's is_input_layer)."""
+        return first_weighted_nodes(model, ("shape", "elementwise"))
+
     def assign(self, model: Any) -> dict[str, Rule]:
         inputs = self._input_kernel_nodes(model) if self.input_rule is not None else set()
         z, grad = Z(), GradientMapping()
@@ -169,25 +174,6 @@ class InnvestigateComposite(Composite):
             else:  # activations (pass), shape layers (moved), other affine maps (BatchNorm): the rule
                 out[node.name] = self.dense_rule
         return out
-
-    @staticmethod
-    def _input_kernel_nodes(model: Any) -> set[str]:
-        """Weighted nodes fed by the input through shape/elementwise nodes only (iNNvestigate's is_input_layer)."""
-        consumers: dict[str, list[Any]] = {}
-        for node in model.nodes:
-            for i in node.inputs:
-                consumers.setdefault(i, []).append(node)
-        found, stack, seen = set(), [model.input_name], set()
-        while stack:
-            for node in consumers.get(stack.pop(), []):
-                if node.name in seen:
-                    continue
-                seen.add(node.name)
-                if "dense" in node.layer.kinds or "conv" in node.layer.kinds:
-                    found.add(node.name)
-                elif node.layer.role in ("shape", "elementwise"):
-                    stack.append(node.name)
-        return found
 
 
 def _lrp(rule: Rule, name: str) -> Any:

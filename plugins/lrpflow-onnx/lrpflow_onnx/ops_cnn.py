@@ -82,20 +82,14 @@ def _softmax(c: Converter, n: Any) -> None:
     rank = len(v.shape) + 1
     axis = int(_attrs(n).get("axis", 1 if c.opset < 13 else -1))
     axis = axis + rank if axis < 0 else axis
-    if rank == 2 and axis == 1:
-        v = c.as_plain(v, _base(n))
-        c.values[n.output[0]] = Value(c.add(_base(n), SoftMax(), [v.node]), v.shape)
-        return
-    if c.opset < 13 or axis < 1:
+    if (c.opset < 13 and not (rank == 2 and axis == 1)) or not 0 < axis < rank:
         raise c.fail(n, f"softmax over axis {axis} of a rank-{rank} tensor is supported from opset 13 on")
     if v.kind == "nhwc" and axis == 1:  # over the channels: lrpflow stores them last
         c.values[n.output[0]] = Value(c.add(_base(n), SoftMax(), [v.node]), v.shape, "nhwc")
         return
-    if axis != rank - 1:
-        raise c.fail(n, f"softmax over axis {axis} of sample shape {v.shape} is not supported (the last axis or "
-                        f"the channels of images)")
     v = c.as_plain(v, _base(n))
-    c.values[n.output[0]] = Value(c.add(_base(n), SoftMax(), [v.node]), v.shape, "plain")
+    layer = SoftMax() if axis == rank - 1 else SoftMax(axis - 1)
+    c.values[n.output[0]] = Value(c.add(_base(n), layer, [v.node]), v.shape, "plain")
 
 
 # -- dense ---------------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy
 
-from lrpflow.layers import AddConstant, ConcatConstant, Embedding, MatMul, MulConstant, Power, RMSNorm, SoftMax, Where
+from lrpflow.layers import AddConstant, ConcatConstant, Embedding, MatMul, MulConstant, Power, RMSNorm, Where
 from lrpflow_onnx.convert import HANDLERS, Converter, Value, _attrs, _base, handles
 
 _matmul_weight = HANDLERS["MatMul"]
@@ -47,22 +47,6 @@ def _matmul(c: Converter, n: Any) -> None:
                         f"(..., K, S) with equal leading axes")
     name = c.add(_base(n), MatMul(), [a.node, b.node])
     c.values[n.output[0]] = Value(name, (*a.shape[:-1], b.shape[-1]), "plain")
-
-
-@handles("Softmax")
-def _softmax(c: Converter, n: Any) -> None:
-    v = c.value(n.input[0], n)
-    rank = len(v.shape) + 1
-    axis = int(_attrs(n).get("axis", 1 if c.opset < 13 else -1))
-    axis = axis + rank if axis < 0 else axis
-    if (c.opset < 13 and not (rank == 2 and axis == 1)) or not 0 < axis < rank:
-        raise c.fail(n, f"softmax over axis {axis} of a rank-{rank} tensor is supported from opset 13 on")
-    if v.kind == "nhwc" and axis == 1:  # over the channels: lrpflow stores them last
-        c.values[n.output[0]] = Value(c.add(_base(n), SoftMax(), [v.node]), v.shape, "nhwc")
-        return
-    v = c.as_plain(v, _base(n))
-    layer = SoftMax() if axis == rank - 1 else SoftMax(axis - 1)
-    c.values[n.output[0]] = Value(c.add(_base(n), layer, [v.node]), v.shape, "plain")
 
 
 @handles("Add", "Sub", "Mul", "Div")
