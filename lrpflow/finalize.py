@@ -25,7 +25,7 @@ log = logging.getLogger("lrpflow.pipeline")
 
 def render_images(out: Path, r: Mapping[str, Any], rel: numpy.ndarray, x: numpy.ndarray, rows: Any,
                   method: str, *, pred: Any = (), true: Any = None, sources: Any = None,
-                  classes: Any = None) -> list[str]:
+                  classes: Any = None, tokens: Any = None, mask: Any = None) -> list[str]:
     """The run's figures of the given rows (:func:`lrpflow.render.run_figures.render_run`): heatmaps
     ``heatmaps/<row>_<cmap>.png`` named by the dataset row (or file) they show, the per-sample triples and the
     labelled ``heatmap_grid.png``. ``rel`` and ``x`` are channels-last (or flat vectors). Returns the files."""
@@ -36,7 +36,7 @@ def render_images(out: Path, r: Mapping[str, Any], rel: numpy.ndarray, x: numpy.
         return []
     try:
         files = render_run(x, rel, out, settings=r, rows=[int(v) for v in rows], pred=list(pred), true=true,
-                           names=class_names(classes), sources=sources, method=method)
+                           names=class_names(classes), sources=sources, method=method, tokens=tokens, mask=mask)
     except OSError as err:
         raise LrpflowError(f"cannot write the heatmaps into {out}: {err.strerror or err}"
                            f"{' (' + err.filename + ')' if getattr(err, 'filename', None) else ''}") from err
@@ -128,7 +128,8 @@ def finalize_outputs(run_dir: str | os.PathLike[str], store_path: str | os.PathL
             method = str(store.attrs.get("method", ""))
             model_layout = str(store.attrs.get("model_layout", "NHWC"))
             n = min(want_images, len(store))
-            fields = ["relevance", "index", "logits"] + [k for k in ("label", "source") if k in store.fields]
+            fields = ["relevance", "index", "logits"] + [k for k in ("label", "source", "mask", "tokens")
+                                                          if k in store.fields]
             shown = store.read(fields, slice(0, n)) if n else None
             relevance_dtype = store.layout.relevance_dtype
         checkpoint("evaluate")
@@ -154,8 +155,11 @@ def finalize_outputs(run_dir: str | os.PathLike[str], store_path: str | os.PathL
             layout = str(getattr(state.model, "layout", "NHWC"))
             if layout == "NCHW" and x.ndim == 4:
                 x, rel = x.transpose(0, 2, 3, 1), rel.transpose(0, 2, 3, 1)
-            images = render_images(out, r, rel, x, [k[0] for k in kept], str(state.extras.get("method", "")),
-                                   classes=_get(cfg, "data.classes"))
+            index = [k[0] for k in kept]
+            tokens, mask = getattr(state.source, "tokens", None), getattr(state.source, "mask", None)
+            images = render_images(out, r, rel, x, index, str(state.extras.get("method", "")),
+                                   classes=_get(cfg, "data.classes"), tokens=None if tokens is None else tokens[index],
+                                   mask=None if mask is None else mask[index])
     if images:
         outputs["images"] = images
     objective = None
@@ -214,4 +218,4 @@ def _render_from_store(out: Path, r: Mapping[str, Any], shown: Mapping[str, nump
     return render_images(out, r, rel, x, index, method, pred=numpy.asarray(shown["logits"]).argmax(axis=1),
                          true=None if labels is None else [int(v) for v in numpy.asarray(labels)],
                          sources=None if sources is None else [str(v) for v in sources],
-                         classes=_get(cfg, "data.classes"))
+                         classes=_get(cfg, "data.classes"), tokens=shown.get("tokens"), mask=shown.get("mask"))

@@ -352,6 +352,16 @@ class Render:
                  "logits": numpy.stack(head["logits"]), "label": numpy.asarray(head["label"], dtype=numpy.int64)}
         if head["source"]:
             shown["source"] = numpy.asarray(head["source"], dtype=object)
+        for key in ("mask", "tokens"):  # token data: what the store keeps of these rows (Save.process)
+            values = getattr(state.source, key, None)
+            if values is not None and Save._token_ids(state):
+                shown[key] = numpy.asarray(values)[shown["index"]]
+        if "tokens" in shown:  # cut as the store cuts them
+            from lrpflow.store.layout import TOKEN_BYTES
+            from lrpflow.store.writer import _cut_utf8
+
+            shown["tokens"] = numpy.array([[_cut_utf8(str(t), TOKEN_BYTES).decode("utf-8") for t in row]
+                                           for row in shown["tokens"]], dtype=object)
         x = numpy.asarray(state.source[shown["index"]])  # the input rows, read here: the source is not shared
         state.extras["render_job"] = RenderJob(state.output_dir, r, shown, x, _plain(state.cfg),
                                                str(getattr(state.model, "layout", "NHWC")), state.explanation.method,
@@ -373,9 +383,14 @@ def class_labels(labels: Any) -> numpy.ndarray | None:
 
 
 class Save:
-    """Write every batch to the job's HDF5 result store; resume a killed run where it stopped."""
+    """Write every batch to the job's HDF5 result store; resume a killed run where it stopped.
+
+    Batches are appended on a background thread (:class:`~lrpflow.store.background.BackgroundAppender`)
+    while the next batch is explained; ``finish`` waits for them before the store is finished.
+    """
 
     store: Any = None
+    writer: Any = None
 
     def setup(self, state: State) -> None:
         s = dict(state.cfg.get("store") or {})
@@ -384,6 +399,7 @@ class Save:
         self.path = path
         self.settings = s
         self.store = None
+        self.writer = None
 
     def _open(self, state: State) -> Any:
         from lrpflow.store import ResultStore
@@ -405,23 +421,47 @@ class Save:
             chunk_rows=self.settings.get("chunk_rows") or int(_get(state.cfg, "data.batch_size", 64)),
             compression=self.settings.get("compression", "gzip"), resume=False,
             overwrite=bool(self.settings.get("overwrite", False)), source=source_files(state.source) is not None,
-            curves={m: int(numpy.asarray(d[CURVE]).shape[1]) for m, d in details.items()})
+            curves={m: int(numpy.asarray(d[CURVE]).shape[1]) for m, d in details.items()},
+            ids=self._token_ids(state), tokens=self._token_ids(state) and getattr(state.source, "tokens", None) is not None)
+
+    @staticmethod
+    def _token_ids(state: State) -> bool:
+        """Token-id data (a source with a padding mask) explained per token: ids and mask are stored."""
+        mask = getattr(state.source, "mask", None)
+        return mask is not None and tuple(state.explanation.relevance.shape[1:]) == tuple(mask.shape[1:])
 
     def process(self, state: State) -> None:
+        from lrpflow.store.background import BackgroundAppender
+
         if self.store is None:
             self.store = state.store = self._open(state)
+        if self.writer is None:
+            self.writer = BackgroundAppender(self.store)
         b = state.batch
         extras: dict[str, Any] = {} if b.labels is None else {"label": class_labels(b.labels)}
         files = source_files(state.source)
         if files is not None and self.store.layout.has_source:
             extras["source"] = [str(files[i]) for i in range(b.start, b.start + len(b.x))]
+        if self.store.layout.has_ids:
+            rows = slice(b.start, b.start + len(b.x))
+            extras["input_ids"] = numpy.asarray(to_numpy(b.x), dtype=numpy.int64)
+            extras["mask"] = numpy.asarray(state.source.mask[rows], dtype=numpy.int8)
+            if self.store.layout.has_tokens:
+                extras["tokens"] = state.source.tokens[rows]
         metrics = dict(state.metrics)
         for m, _ in self.store.layout.curves:
             metrics[f"{m}_curve"] = numpy.asarray(state.extras["metric_details"][m]["curve"], dtype=numpy.float64)
-        self.store.append(state.explanation, index=numpy.arange(b.start, b.start + len(b.x)), **extras,
-                          metrics=metrics)
+        self.writer.append(state.explanation, index=numpy.arange(b.start, b.start + len(b.x)), **extras,
+                           metrics=metrics)
+
+    def stop_writer(self) -> None:
+        """Wait for the queued batches (they are committed to the store) and end the writer thread."""
+        if self.writer is not None:
+            writer, self.writer = self.writer, None
+            writer.stop()
 
     def finish(self, state: State) -> None:
+        self.stop_writer()
         if self.store is not None:
             self.store.finish()
             self.store.close()
@@ -529,8 +569,13 @@ def run(cfg: Any, output_dir: str | os.PathLike[str] | None = None) -> float | N
         try:
             return _run_steps(state, steps, save)
         finally:
-            if save is not None and save.store is not None:
-                save.store.close()
+            if save is not None:
+                try:
+                    save.stop_writer()  # rows already computed reach the store before it closes
+                except Exception as err:  # noqa: BLE001 - the run's own error is the one to report
+                    log.warning("the store writer failed while the run stopped: %s", err)
+                if save.store is not None:
+                    save.store.close()
 
 
 def _run_steps(state: State, steps: list[tuple[str, Any]], save: Save | None) -> float | None:

@@ -82,6 +82,48 @@ def test_map_chunks_reraises_and_runs_inline_for_one_worker():
     assert chunks.map_chunks(lambda i: threading.get_ident() == caller, [0, 1, 2], 1) == [True] * 3
 
 
+def test_map_chunks_reuses_its_threads_and_waits_for_every_chunk_when_one_fails():
+    before = threading.active_count()
+    names = set()
+    for _ in range(5):
+        names |= set(chunks.map_chunks(lambda i: threading.current_thread().name, range(4), 2))
+    assert len(names) <= 2 and all(n.startswith("lrpflow") for n in names)  # the same ≤ 2 threads every call
+    assert threading.active_count() <= max(before, 2 + 1)
+    finished = []
+
+    def slow_or_boom(i):
+        if i == 0:
+            raise ValueError("chunk 0")
+        threading.Event().wait(0.05)
+        finished.append(i)
+
+    with pytest.raises(ValueError, match="chunk 0"):
+        chunks.map_chunks(slow_or_boom, [0, 1], 2)
+    assert finished == [1]  # the other chunk was done before the error reached the caller
+
+
+def test_map_chunks_works_in_a_forked_child():
+    import os
+
+    chunks.map_chunks(lambda i: i, [0, 1], 2)  # the parent's pool exists
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork here")
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's threads are gone; a pool that thinks it has them would hang
+        ok = chunks.map_chunks(lambda i: i * 2, [1, 2, 3], 2) == [2, 4, 6]
+        os._exit(0 if ok else 1)
+    for _ in range(200):  # ≤ 10 s
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        threading.Event().wait(0.05)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("map_chunks hung in a forked child")
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
 def assert_same_explanation(a, b, rtol=1e-12):
     scale = max(1.0, float(numpy.abs(b.relevance).max()))
     numpy.testing.assert_allclose(a.relevance, b.relevance, rtol=rtol, atol=rtol * scale)

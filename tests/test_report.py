@@ -51,8 +51,20 @@ def sweep_dir(tmp_path_factory):
 def test_run_report_files(run_dir):
     html = (run_dir / "report.html").read_text()
     for needle in ("pixel_flipping", "conservation", "AOPC", "higher is better", "heatmap_grid.png",
-                   "report_files/ledger.png", "report_files/perturbation_curves.png", "model_sha256", "Config"):
+                   'class="chart"', "conservation ledger per layer", "perturbation curve (80 samples)",
+                   "model_sha256", "Config"):
         assert needle in html, needle
+    assert "<svg" in html and html.count("<svg") == 2 and not (run_dir / "report_files").exists()  # inline, no PNGs
+    with h5py.File(run_dir / "results.h5", "r") as f:  # the ledger table: shares of R_init, input → output
+        nodes = [n.decode() if isinstance(n, bytes) else str(n) for n in f["ledger"].attrs["nodes"]]
+        entering, leaving = f["ledger/entering"][()], f["ledger/leaving"][()]
+    r_init = entering[:, :1]  # the first ledger node is the output
+    table = html[html.index('<table class="ledger">'):]
+    for k in range(len(nodes)):
+        share = numpy.mean(entering[:, k] / r_init[:, 0])
+        absorbed = numpy.mean((entering[:, k] - leaving[:, k]) / r_init[:, 0])
+        assert f"<td>{nodes[k]}</td><td>{share:.4g}</td><td>{absorbed:.4g}</td>" in table, nodes[k]
+    assert table.index(f"<td>{nodes[-1]}</td>") < table.index(f"<td>{nodes[0]}</td>")  # input first
     index = json.loads((run_dir / "samples.json").read_text())
     assert index["outline"] is True  # digits: sparse edges, outlines drawn (outline=auto)
     samples = index["samples"]
@@ -131,8 +143,12 @@ def _broken_images(driver):
 def test_run_report_in_chromium(browser, run_dir, tmp_path):
     browser.get((run_dir / "report.html").as_uri())
     assert browser.title.startswith("lrpflow run")
-    assert browser.execute_script("return document.images.length") >= 6
+    assert browser.execute_script("return document.images.length") >= 4  # grid + 3 thumbnails
     assert _broken_images(browser) == []
+    charts = browser.execute_script(  # the two inline SVG charts are laid out with their drawn marks
+        "return Array.from(document.querySelectorAll('svg.chart')).map(s => [s.getBoundingClientRect().width, "
+        "s.querySelectorAll('circle').length, s.querySelectorAll('rect').length]);")
+    assert len(charts) == 2 and all(w > 300 and c > 0 and r > 0 for w, c, r in charts), charts
     rows = browser.execute_script(
         "return Array.from(document.querySelectorAll('#metrics-table tbody tr')).map(r => r.dataset.metric);")
     assert rows == ["conservation", "pixel_flipping"]

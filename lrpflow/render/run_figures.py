@@ -109,12 +109,15 @@ def _stem(row: int, source: Any) -> str:
 def render_run(x: numpy.ndarray, rel: numpy.ndarray, out_dir: str | os.PathLike[str], *,
                settings: Mapping[str, Any] | None = None, rows: Sequence[int] = (), pred: Sequence[int] = (),
                true: Sequence[int] | None = None, names: Sequence[str] | None = None,
-               sources: Sequence[Any] | None = None, method: str = "") -> list[str]:
+               sources: Sequence[Any] | None = None, method: str = "", tokens: Any = None,
+               mask: Any = None) -> list[str]:
     """Draw the run's figures (see the module docstring); returns the files written.
 
     ``x`` and ``rel`` are channels-last batches (N, H, W, C), (N, H, W) or vectors (N, D)
     (square vectors are drawn as images); ``settings`` is the ``render`` config
-    (``cmaps``, ``scaling``, ``sigma``, ``outline``, ``grid``, ``overlay``).
+    (``cmaps``, ``scaling``, ``sigma``, ``outline``, ``grid``, ``overlay``). Token ids
+    (integer (N, T)) get token heatmaps instead (:func:`_render_token_run`), with the text of
+    every token from ``tokens`` (N, T) when given and padding (``mask`` False) left out.
     """
     from lrpflow import render
 
@@ -126,6 +129,10 @@ def render_run(x: numpy.ndarray, rel: numpy.ndarray, out_dir: str | os.PathLike[
         raise DataFormatError(f"render: {n} inputs but {rel.shape[0]} relevance maps")
     if rel.ndim == x.ndim + 1:  # several targets per sample: draw the first
         rel = rel[:, 0]
+    if x.ndim == 2 and x.dtype.kind in "iu" and rel.shape == x.shape:  # token ids, relevance per token
+        return _render_token_run(x, rel, out, r, rows=list(rows) or list(range(n)), pred=list(pred) or [None] * n,
+                                 true=list(true) if true is not None else [None] * n, names=names, tokens=tokens,
+                                 mask=mask, method=method)
     image_like = x.ndim == 4 or x.ndim == 3 or (x.ndim == 2 and math.isqrt(x.shape[1]) ** 2 == x.shape[1])
     if not image_like or n == 0:
         return []
@@ -188,6 +195,40 @@ def render_run(x: numpy.ndarray, rel: numpy.ndarray, out_dir: str | os.PathLike[
                                  path=str(grid), colorbar=True)
         files.append(str(grid))
     (out / "samples.json").write_text(json.dumps({"method": method, "cmap": cmaps[0], "outline": outline,
+                                                  "samples": index}, indent=1))
+    return files
+
+
+def _render_token_run(ids: numpy.ndarray, rel: numpy.ndarray, out: Path, r: Mapping[str, Any], *, rows: list[int],
+                      pred: list[Any], true: list[Any], names: Sequence[str] | None, tokens: Any, mask: Any,
+                      method: str) -> list[str]:
+    """Token heatmaps of a text run: ``heatmaps/<row>_tokens.png`` and ``.html`` per sample (the first colormap)."""
+    from lrpflow.render.tokens import render_tokens, tokens_html
+
+    cmap = list(r.get("cmaps") or ["blue_white_red"])[0]
+    heat_dir = out / "heatmaps"
+    heat_dir.mkdir(parents=True, exist_ok=True)
+    files: list[str] = []
+    index = []
+    for i in range(len(ids)):
+        real = numpy.ones(ids.shape[1], dtype=bool) if mask is None else numpy.asarray(mask[i], dtype=bool)
+        text = [str(t) for t in numpy.asarray(tokens[i])[real]] if tokens is not None \
+            else [str(int(t)) for t in ids[i][real]]
+        values = rel[i][real]
+        stem = _stem(rows[i], None)
+        png, page = heat_dir / f"{stem}_tokens.png", heat_dir / f"{stem}_tokens.html"
+        render_tokens(values, text, cmap=cmap, path=str(png))
+        snippet = tokens_html(values, text, cmap=cmap)
+        page.write_text(f"<!DOCTYPE html><meta charset='utf-8'><title>row {rows[i]}</title>{snippet}\n",
+                        encoding="utf-8")
+        files += [str(png), str(page)]
+        index.append({"row": int(rows[i]), "name": stem, "source": None, "kind": "tokens",
+                      "pred": None if pred[i] is None else int(pred[i]), "true": None if true[i] is None else int(true[i]),
+                      "pred_name": None if pred[i] is None else _name(int(pred[i]), names),
+                      "true_name": None if true[i] is None or true[i] < 0 else _name(int(true[i]), names),
+                      "relevance_sum": float(numpy.sum(values)), "relevance_absmax": float(numpy.max(numpy.abs(values))),
+                      "heatmap": os.path.relpath(png, out), "tokens_html": snippet})
+    (out / "samples.json").write_text(json.dumps({"method": method, "cmap": cmap, "outline": False,
                                                   "samples": index}, indent=1))
     return files
 

@@ -2,8 +2,9 @@
 
 Reads ``summary.json``, ``results.h5`` (h5py: attributes, ``metrics/``, ``ledger/``,
 ``metrics/<name>_curve``) and the PNGs and ``samples.json`` the render step wrote;
-writes ``report.html``, one page per rendered sample under ``samples/`` and the report's
-own figures under ``report_files/``. Static: open it from disk, no server.
+writes ``report.html`` (its ledger and perturbation-curve charts inline SVG, see
+:mod:`lrpflow.report.svg`) and one page per rendered sample under ``samples/``.
+Static: open it from disk, no server.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any
 import numpy
 
 from lrpflow.report.metrics_help import metric_help
+from lrpflow.report.svg import curve_svg, ledger_svg
 from lrpflow.report.templates import render_template
 
 log = logging.getLogger("lrpflow.report")
@@ -75,11 +77,12 @@ def _metric_rows(metrics: dict[str, numpy.ndarray]) -> list[dict[str, Any]]:
     return rows
 
 
-def _ledger_figure(ledger: dict[str, Any], path: Path) -> str | None:
-    """Mean relevance entering and leaving each node, relative to the explained output (one plot)."""
-    from lrpflow.render._figure import figure_to_rgb, new_figure
-    from lrpflow.render.image import write_png
+def ledger_shares(ledger: dict[str, Any]) -> dict[str, Any] | None:
+    """Per node, from the input to the output: mean share of R_init entering it and absorbed by it.
 
+    share_entering(node) = mean_n R_in(node)_n / R_init_n and share_absorbed = mean_n (R_in − R_out)_n / R_init_n
+    (samples with R_init = 0 divide by 1). ``None`` when the store holds no usable ledger.
+    """
     nodes = list(ledger["nodes"])
     entering, leaving = numpy.asarray(ledger["entering"]), numpy.asarray(ledger["leaving"])
     if entering.ndim == 3:  # several targets: the first
@@ -90,36 +93,26 @@ def _ledger_figure(ledger: dict[str, Any], path: Path) -> str | None:
     total = entering[:, :1]
     nodes, entering, leaving = nodes[::-1], entering[:, ::-1], leaving[:, ::-1]
     scale = numpy.where(numpy.abs(total) > 0, total, 1.0)
-    ent = numpy.nanmean(entering / scale, axis=0)
-    absorbed = numpy.nanmean((entering - leaving) / scale, axis=0)
-    order = numpy.arange(len(nodes))
-    fig = new_figure(max(5.0, 0.5 * len(nodes) + 1.5), 3.4, 100)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.bar(order, absorbed, color="#d9822b", alpha=0.8, label="absorbed by bias / ε (share of R_init)")
-    ax.plot(order, ent, "o-", color="#1f5fa8", label="entering the node (share of R_init)")
-    ax.axhline(1.0, color="0.6", linewidth=0.8, linestyle="--")
-    ax.axhline(0.0, color="0.3", linewidth=0.6)
-    ax.set_xticks(order)
-    ax.set_xticklabels(nodes, rotation=45, ha="right", fontsize=7)
-    ax.set_ylabel("mean over samples")
-    ax.set_title("conservation ledger per layer (input → output)", fontsize=10)
-    ax.legend(fontsize=7, frameon=False)
-    ax.grid(True, axis="y", alpha=0.3)
-    fig.tight_layout()
-    write_png(figure_to_rgb(fig), path)
-    return str(path)
+    with numpy.errstate(invalid="ignore"):
+        ent = numpy.nanmean(entering / scale, axis=0)
+        absorbed = numpy.nanmean((entering - leaving) / scale, axis=0)
+    return {"nodes": nodes, "entering": [float(v) for v in ent], "absorbed": [float(v) for v in absorbed]}
 
 
-def _curve_figure(curves: dict[str, tuple[numpy.ndarray, numpy.ndarray]], method: str, path: Path) -> str | None:
-    from lrpflow.render.curves import plot_perturbation_curves
+def _ledger_chart(ledger: dict[str, Any]) -> dict[str, Any] | None:
+    shares = ledger_shares(ledger)
+    if shares is None:
+        return None
+    rows = [{"node": n, "entering": e, "absorbed": a}
+            for n, e, a in zip(shares["nodes"], shares["entering"], shares["absorbed"])]
+    return {"svg": ledger_svg(shares["nodes"], shares["entering"], shares["absorbed"]), "rows": rows}
 
+
+def _curve_chart(curves: dict[str, tuple[numpy.ndarray, numpy.ndarray]], method: str) -> dict[str, Any] | None:
     for name, (c, fractions) in curves.items():
-        c = c[~numpy.isnan(c).any(axis=1)]
+        c = c[numpy.isfinite(c).all(axis=1)]
         if len(c):
-            plot_perturbation_curves({method or name: c}, fractions, path=str(path), title=name,
-                                     xlabel="fraction of regions removed (most relevant first)",
-                                     ylabel="logit of the explained class")
-            return str(path)
+            return {"svg": curve_svg(fractions, c, method or name, "logit of the explained class"), "metric": name}
     return None
 
 
@@ -144,16 +137,16 @@ def write_run_report(run_dir: str | os.PathLike[str]) -> str:
     if not store_path.is_absolute() and not store_path.exists():
         store_path = root / store_path.name
     store = read_store(store_path)
-    files = root / "report_files"
-    files.mkdir(exist_ok=True)
     samples_index = json.loads((root / "samples.json").read_text()) if (root / "samples.json").exists() else {}
     method = samples_index.get("method") or str(store["attrs"].get("method", ""))
-    ledger_png = _ledger_figure(store["ledger"], files / "ledger.png") if store["ledger"] else None
-    curve_png = _curve_figure(store["curves"], method, files / "perturbation_curves.png") if store["curves"] else None
+    ledger = _ledger_chart(store["ledger"]) if store["ledger"] else None
+    curves = _curve_chart(store["curves"], method) if store["curves"] else None
     samples = []
     for s in samples_index.get("samples", []):
         page = Path("samples") / f"{s['name']}.html"
         samples.append({**s, "page": page.as_posix()})
+    if samples:
+        (root / "samples").mkdir(exist_ok=True)
     for i, s in enumerate(samples):
         html = render_template("sample.html.j2", sample=s, method=method, base="../", cmap=samples_index.get("cmap", ""),
                                prev=samples[i - 1]["name"] + ".html" if i > 0 else None,
@@ -171,7 +164,7 @@ def write_run_report(run_dir: str | os.PathLike[str]) -> str:
         summary=summary, objective=summary.get("objective"), rows=store["rows"], metrics=_metric_rows(store["metrics"]),
         provenance=provenance, timings={k: v for k, v in timings.items() if v is not None}, config=config,
         grid=_rel(root / "heatmap_grid.png", root) if (root / "heatmap_grid.png").exists() else None,
-        ledger=_rel(ledger_png, root), curves=_rel(curve_png, root), samples=samples,
+        ledger=ledger, curves=curves, samples=samples,
         store=_rel(store_path, root) if store_path.exists() else None, base="")
     out = root / "report.html"
     out.write_text(html, encoding="utf-8")

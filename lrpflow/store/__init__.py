@@ -12,6 +12,8 @@ Layout of a store (docs/results.md)::
     /ledger/entering        (N, n_nodes)       float64          group attr ``nodes``
     /ledger/leaving         (N, n_nodes)       float64
     /intermediate/<node>    (N, *shape)        float32          group attr ``nodes``
+    /input_ids, /mask       (N, T)             int64, int8      optional: token-id data and its padding mask
+    /tokens                 (N, T)             UTF-8 text       optional: the text of every token
     /source                 (N,)               UTF-8 text       optional: the file of each row
 
 Root attributes: ``schema`` (``"lrpflow-results"``), ``schema_version`` (1),

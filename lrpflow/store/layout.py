@@ -54,6 +54,10 @@ _FLOAT_FILL = numpy.nan
 SOURCE_BYTES = 1024
 #: dtype of the ``source`` dataset
 STRING = numpy.dtype(f"S{SOURCE_BYTES}")
+#: bytes of UTF-8 text per token of the ``tokens`` dataset (longer tokens are cut at a character boundary)
+TOKEN_BYTES = 128
+#: dtype of the ``tokens`` dataset
+TOKEN = numpy.dtype(f"S{TOKEN_BYTES}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -343,6 +347,10 @@ class StoreLayout:
     has_source: bool = False  #: a ``source`` dataset: the file each row was read from
     #: per-sample curves of metrics, ``metrics/<name>_curve`` (N, length) (pixel flipping's perturbation curve)
     curves: tuple[tuple[str, int], ...] = ()
+    #: token-id inputs: ``input_ids`` and ``mask`` (1 on real tokens, 0 on padding), shaped like ``relevance``
+    has_ids: bool = False
+    #: ``tokens``: the text of every token (the user's vocabulary), shaped like ``relevance``
+    has_tokens: bool = False
 
     def __post_init__(self) -> None:
         shape = tuple(int(s) for s in self.input_shape)
@@ -372,6 +380,10 @@ class StoreLayout:
             raise ConfigError(f"relevance_dtype must be a float dtype, got {dt.name!r}")
         object.__setattr__(self, "relevance_dtype", dt.name)
         object.__setattr__(self, "has_source", bool(self.has_source))
+        object.__setattr__(self, "has_ids", bool(self.has_ids))
+        object.__setattr__(self, "has_tokens", bool(self.has_tokens))
+        if self.has_tokens and not self.has_ids:
+            raise ConfigError("a store keeps tokens only with their ids (has_tokens needs has_ids)")
         curves = tuple((str(k), int(v)) for k, v in self.curves)
         if len({k for k, _ in curves}) != len(curves) or any(v < 1 for _, v in curves):
             raise ConfigError(f"curves must name each metric once with a positive length, got {list(curves)}")
@@ -401,6 +413,11 @@ class StoreLayout:
             out[f"intermediate/{node}"] = (f"intermediate/{_h5name(node)}", shape, rel, True)
         if self.has_source:
             out["source"] = ("source", (), STRING, True)
+        if self.has_ids:
+            out["input_ids"] = ("input_ids", self.input_shape, i8, False)
+            out["mask"] = ("mask", self.input_shape, numpy.dtype("int8"), False)
+        if self.has_tokens:
+            out["tokens"] = ("tokens", self.input_shape, TOKEN, True)
         return out
 
     def differences(self, other: StoreLayout) -> list[str]:
@@ -422,7 +439,8 @@ class StoreLayout:
                            for m in read_attr(f["metrics"], "curves", [])) if "metrics" in f else ()
             shape = read_attr(f, "input_shape")
             return cls(tuple(shape), int(read_attr(f, "n_classes")), nodes, tuple(inter), metrics,
-                       int(read_attr(f, "target_width")), str(read_attr(f, "relevance_dtype")), "source" in f, curves)
+                       int(read_attr(f, "target_width")), str(read_attr(f, "relevance_dtype")), "source" in f, curves,
+                       "input_ids" in f, "tokens" in f)
         except Exception as err:  # noqa: BLE001 - h5py raises KeyError, OSError, RuntimeError... on damage
             raise StoreError(f"{where or f.filename}: not a valid {SCHEMA} store (layout: {err})") from err
 

@@ -108,6 +108,21 @@ class Results:
         return self._field("source") if "source" in self._fields else None
 
     @property
+    def input_ids(self) -> numpy.ndarray | None:
+        """(n, T) token ids of text inputs (int64), or None for other data."""
+        return self._field("input_ids") if "input_ids" in self._fields else None
+
+    @property
+    def mask(self) -> numpy.ndarray | None:
+        """(n, T) True on real tokens, False on padding (text inputs), or None for other data."""
+        return self._field("mask").astype(bool) if "mask" in self._fields else None
+
+    @property
+    def tokens(self) -> numpy.ndarray | None:
+        """(n, T) the text of every token (str; from the user's vocabulary), or None if not stored."""
+        return self._field("tokens") if "tokens" in self._fields else None
+
+    @property
     def metrics(self) -> dict[str, numpy.ndarray]:
         """Metric name → (n,) per-sample values."""
         return {m: self._field(f"metrics/{m}") for m in self._layout.metrics}
@@ -165,7 +180,8 @@ def load_results(path: str | os.PathLike[str]) -> Results:
 
 def write_results(explanation: Any, path: str | os.PathLike[str], *, label: Any = None, index: Any = None,
                   source: Sequence[str] | None = None, metrics: Mapping[str, Any] | None = None, config: Any = None,
-                  model_sha256: str | None = None, overwrite: bool = False, **create: Any) -> str:
+                  model_sha256: str | None = None, overwrite: bool = False, input_ids: Any = None, mask: Any = None,
+                  tokens: Any = None, **create: Any) -> str:
     """Write an :class:`~lrpflow.explain.Explanation` as a finished result store.
 
     Parameters
@@ -186,6 +202,9 @@ def write_results(explanation: Any, path: str | os.PathLike[str], *, label: Any 
         Digest of the model file (:func:`lrpflow.store.sha256_file`).
     overwrite : bool
         Replace an existing store at ``path``.
+    input_ids, mask, tokens : array, optional
+        Token-id inputs (n, T) (relevance per token has the same shape), their padding mask
+        (default: every token real) and the text of every token (str; needs ``input_ids``).
     **create
         Further keywords of :meth:`ResultStore.create` (``compression``, ``chunk_rows``, ``attrs``, ...).
 
@@ -210,13 +229,21 @@ def write_results(explanation: Any, path: str | os.PathLike[str], *, label: Any 
         extras["index"] = index
     if source is not None:
         extras["source"] = list(source)
+    if tokens is not None and input_ids is None:
+        raise ConfigError("write_results(): tokens= needs input_ids=")
+    if input_ids is not None:
+        ids = numpy.asarray(to_numpy(input_ids))
+        extras["input_ids"] = ids
+        extras["mask"] = numpy.ones(ids.shape, dtype=numpy.int8) if mask is None else numpy.asarray(to_numpy(mask))
+    if tokens is not None:
+        extras["tokens"] = numpy.asarray(tokens, dtype=str)
     store = ResultStore.create(
         path, input_shape=rel.shape[1:], n_classes=to_numpy(explanation.logits).shape[1],
         ledger_nodes=list(explanation.ledger or {}),
         intermediate={k: tuple(to_numpy(v).shape[1:]) for k, v in (explanation.intermediate or {}).items()},
         metrics=list(metrics), config=config, model_sha256=model_sha256, attrs=attrs, expected_rows=len(rel),
         target_width=1 if target.ndim == 1 else target.shape[1], resume=False, overwrite=overwrite,
-        source=source is not None, **create)
+        source=source is not None, ids=input_ids is not None, tokens=tokens is not None, **create)
     with store:
         store.append(explanation, **extras)
         return store.finish()

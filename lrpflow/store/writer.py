@@ -54,6 +54,9 @@ class ResultStore(StoreReader):
     >>> data = load("results.h5", fields=["relevance", "target"])
     """
 
+    #: the open file appends were checked against (not finished)
+    _open_for_rows: Any = None
+
     @classmethod
     def create(cls, path: str | os.PathLike[str], *, input_shape: Sequence[int], n_classes: int,
                ledger_nodes: Sequence[str] = (), intermediate: Mapping[str, Sequence[int]] | None = None,
@@ -62,7 +65,8 @@ class ResultStore(StoreReader):
                expected_rows: int | None = None, target_width: int = 1, chunk_rows: int | None = None,
                compression: str | None = "gzip", compression_opts: Any = None, relevance_dtype: Any = "float32",
                resume: bool = True, overwrite: bool = False, ignore_config_keys: Sequence[str] = (),
-               source: bool = False, curves: Mapping[str, int] | None = None) -> ResultStore:
+               source: bool = False, curves: Mapping[str, int] | None = None, ids: bool = False,
+               tokens: bool = False) -> ResultStore:
         """Start a store at ``path`` (written at ``path + ".partial"`` until :meth:`finish`), or resume one.
 
         Parameters
@@ -118,6 +122,12 @@ class ResultStore(StoreReader):
         curves : mapping of str to int, optional
             Metrics with a per-sample curve of that length, stored as ``metrics/<name>_curve``
             (every batch then gives ``metrics={"<name>_curve": (n, length)}``).
+        ids : bool
+            Token-id inputs: store ``input_ids`` and ``mask`` (1 on real tokens, 0 on padding),
+            both shaped like the relevance (every batch then gives ``input_ids=`` and ``mask=``).
+        tokens : bool
+            Also store ``tokens``, the text of every token (``tokens=`` per batch, str (n, T));
+            a token longer than 128 bytes of UTF-8 is cut at a character boundary.
 
         Returns
         -------
@@ -149,7 +159,7 @@ class ResultStore(StoreReader):
             raise ConfigError(f"expected_rows must be non-negative, got {expected_rows!r}")
         layout = StoreLayout(tuple(input_shape), n_classes, tuple(ledger_nodes),
                              tuple((k, tuple(v)) for k, v in (intermediate or {}).items()), tuple(metrics),
-                             target_width, relevance_dtype, source, tuple((curves or {}).items()))
+                             target_width, relevance_dtype, source, tuple((curves or {}).items()), ids, tokens)
 
         if os.path.exists(partial):
             if resume:
@@ -398,9 +408,11 @@ class ResultStore(StoreReader):
         dataset, writes the rows and flushes, and only then bumps ``rows_complete`` and
         flushes again, so the counter only counts rows that are completely in the file.
         """
-        self._require_writable()
-        if self.complete:
-            raise LrpflowError(f"result store {self._path} is finished; it takes no more rows")
+        f = self._require_writable()
+        if self._open_for_rows is not f:  # checked once per open file: only finish() completes a store
+            if self.complete:
+                raise LrpflowError(f"result store {self._path} is finished; it takes no more rows")
+            self._open_for_rows = f
         data = self._rows_of(batch, extras)
         n = int(next(iter(data.values())).shape[0])
         first = self.next_row
@@ -440,10 +452,10 @@ class ResultStore(StoreReader):
         start, stop = self._rows, self._rows + n
         with self._writing(f"writing rows {start}:{stop}"):
             for field, (h5path, shape, _, _) in self._specs.items():
-                d = f[h5path]
+                d = f[h5path]  # opened per write: an open dataset keeps its chunk cache (up to 32 MiB) filled
                 d.resize((stop, *shape))
                 d[start:stop] = data[field]
-                d.flush()  # a write error (a full disk) surfaces here, not when the dataset is released
+                d.flush()  # a write error (a full disk) surfaces here; f.flush() would not raise it (checked)
             checkpoint("write", self._path)
             f.flush()  # every row is in the file ...
             checkpoint("flush", self._path)
@@ -511,7 +523,9 @@ class ResultStore(StoreReader):
                     raise ConfigError("append(): the store keeps the source file of every row; give source=")
                 else:
                     raise ConfigError(f"append(): the batch has no {field!r} (the store declares it)")
-            if dt.kind == "S":  # text: one UTF-8 str per row, at most dt.itemsize bytes
+            if field == "tokens":  # display text: cut, never refused
+                arr = numpy.array([[_cut_utf8(str(t), dt.itemsize) for t in row] for row in flat[field]], dtype=dt)
+            elif dt.kind == "S":  # text: one UTF-8 str per row, at most dt.itemsize bytes
                 encoded = [str(v).encode("utf-8") for v in flat[field]]
                 long_ = [v for v in encoded if len(v) > dt.itemsize]
                 if long_:
@@ -578,3 +592,9 @@ class ResultStore(StoreReader):
         self._path, self._mode = final, "r"
         self._file = h5py.File(final, "r", rdcc_nbytes=_CHUNK_CACHE)
         return final
+
+
+def _cut_utf8(text: str, limit: int) -> bytes:
+    """``text`` as UTF-8, at most ``limit`` bytes, cut at a character boundary."""
+    raw = text.encode("utf-8")
+    return raw if len(raw) <= limit else raw[:limit].decode("utf-8", "ignore").encode("utf-8")
