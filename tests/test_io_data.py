@@ -336,3 +336,18 @@ def test_sources_are_data_sources(tmp_path, x):
     save_data(x, tmp_path / "d.npy")
     with open_data(tmp_path / "d.npy") as src:
         assert isinstance(src, DataSource) and "shape=(7, 4, 3, 2)" in repr(src)
+
+
+def test_python2_npy_headers_are_read_without_a_warning(shared):
+    """The toolbox's MNIST label files carry a header written by Python 2; numpy warns, lrpflow reads them quietly."""
+    import warnings
+
+    path = shared / "data" / "MNIST" / "test_labels.npy"
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        numpy.load(path)
+    assert any("created on Python 2" in str(w.message) for w in seen)  # the file really has such a header
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        labels = load_data(path)
+    assert len(labels) == 10000 and numpy.array_equal(numpy.asarray(labels[:]), numpy.load(path))

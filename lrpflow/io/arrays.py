@@ -14,10 +14,12 @@ Writers mirror the toolbox: ``numpy.save``, ``numpy.savez_compressed`` (key ``da
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import warnings
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 import numpy
@@ -107,11 +109,21 @@ class StreamSource(DataSource):
             self._fp = None
 
 
+@contextlib.contextmanager
+def _python2_headers_expected() -> Iterator[None]:
+    """numpy's warning about a ``.npy`` header written by Python 2 (the LRP Toolbox's MNIST files are) is not
+    shown: such headers are read deliberately."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Reading `\.npy` or `\.npz` file required additional header",
+                                category=UserWarning)
+        yield
+
+
 def read_npy(path: str, mmap: bool = True) -> DataSource:
     """A ``.npy`` file, memory-mapped (no pickled object arrays)."""
     size = file_size(path)
     try:
-        with open(path, "rb") as f:
+        with _python2_headers_expected(), open(path, "rb") as f:
             shape, fortran, dtype = _npy_header(f, path)
             offset = f.tell()
         check_dtype(path, dtype)
@@ -122,7 +134,8 @@ def read_npy(path: str, mmap: bool = True) -> DataSource:
         if mmap and size >= MMAP_THRESHOLD:
             arr = numpy.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
         else:
-            arr = numpy.load(path, allow_pickle=False)
+            with _python2_headers_expected():
+                arr = numpy.load(path, allow_pickle=False)
     except LrpflowError:
         raise
     except Exception as err:
