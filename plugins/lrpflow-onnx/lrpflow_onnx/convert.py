@@ -81,6 +81,8 @@ class Converter:
         self.batch: int | None = None
         self.fold_limit: int | None = None
         self.merged: dict[str, Value] = {}  # tensors whose batch axis a Reshape merged away (see ops._gather)
+        self.views: dict[str, Any] = {}  # tensors whose ONNX layout moves the batch axis (lrpflow_onnx.views)
+        self.view_cache: dict[Any, Any] = {}
         if product_rule not in ("gate", "uniform"):
             raise LrpflowError(f"product_rule must be 'gate' or 'uniform', got {product_rule!r}")
         self.product_rule = product_rule
@@ -157,6 +159,10 @@ class Converter:
         return Value(name, shape, "flat", perm)
 
     def value(self, name: str, node: Any) -> Value:
+        if name in self.views:
+            from lrpflow_onnx.views import materialize
+
+            return materialize(self, name, node)
         if name in self.merged:
             raise self.fail(node, f"input {name!r} merges the batch axis into others (a Reshape to one axis); "
                                   f"lrpflow keeps samples apart (only a Gather that selects within each sample may follow)")
@@ -211,6 +217,9 @@ class Converter:
         for n in live:
             self._convert(n)
         out_name = g.output[0].name
+        if out_name in self.views:
+            producer = next(n for n in live if out_name in n.output)
+            self.values[out_name] = self.value(out_name, producer)
         if out_name not in self.values:
             raise ModelFormatError(f"{self.path}: the graph output {out_name!r} is a constant or not computed")
         out = self.as_plain(self.values[out_name], "output")
@@ -303,7 +312,7 @@ class Converter:
 
     def _convert(self, n: Any) -> None:
         ins = list(n.input)
-        if n.op_type in SHAPE_OPS and ins and ins[0] in self.values:
+        if n.op_type in SHAPE_OPS and ins and (ins[0] in self.values or ins[0] in self.views):
             from lrpflow_onnx.ops_cnn import _shape_of
 
             _shape_of(self, n)
@@ -405,3 +414,7 @@ def read(path: str | os.PathLike[str], fold_batchnorm: bool = False, input_shape
 from lrpflow_onnx import ops as _ops, ops_cnn as _ops_cnn  # noqa: E402,F401 - register their handlers
 
 from lrpflow_onnx import ops_transformer as _ops_transformer  # noqa: E402,F401 - wraps handlers above
+
+from lrpflow_onnx import views as _views  # noqa: E402 - wraps every handler above for batch-moving layouts
+
+_views.install()
