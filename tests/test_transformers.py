@@ -165,7 +165,7 @@ def test_composites_registered_and_epsilon_sets_every_epsilon():
 
 # --- real model families -------------------------------------------------------------------------------------
 
-FAMILIES = [(f, x) for f in ("bert", "gpt2", "llama", "vit") for x in ("legacy", "dynamo")]
+FAMILIES = [(f, x) for f in ("bert", "gpt2", "llama", "vit", "swin") for x in ("legacy", "dynamo")]
 
 
 def _fixture(family: str, exporter: str):

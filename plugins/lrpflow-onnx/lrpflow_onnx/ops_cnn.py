@@ -25,12 +25,12 @@ from lrpflow_onnx.layers import Transpose
 
 
 def _shape_of(c: Converter, n: Any) -> None:
-    """``Shape``/``Size`` of an activation: a constant (lrpflow shapes are static; the batch is written 0,
-    which a later Reshape copies)."""
+    """``Shape``/``Size`` of an activation: a constant (lrpflow shapes are static; the batch is the file's, or
+    0 where the file leaves it open, which a later Reshape copies)."""
     if n.input[0] in c.views:  # the batch is not axis 0 here: its size, as the file fixes it
         full = numpy.array(c.views[n.input[0]].shape, dtype=numpy.int64)
-    else:
-        full = numpy.array([0, *c.values[n.input[0]].shape], dtype=numpy.int64)
+    else:  # the batch as the file fixes it (exporters compute Reshape shapes such as (N·windows, ...) from it)
+        full = numpy.array([c.batch or 0, *c.values[n.input[0]].shape], dtype=numpy.int64)
     if n.op_type == "Size":
         c.consts[n.output[0]] = numpy.array(math.prod(full[1:]) * (c.batch or 0) if full[0] == 0 else math.prod(full),
                                             dtype=numpy.int64)
