@@ -45,7 +45,7 @@ def _attention_tail(x_heads: str, merged: bool) -> list:
             helper.make_node("MatMul", ["p", x_heads], ["o"])]
 
 
-def sequence_first():
+def sequence_first(b=B):
     """nn.MultiheadAttention's layout: (N, T, D) → (T, N, D) → (T, N·H, hd) → (N·H, T, hd), attention, back."""
     nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]),
              helper.make_node("MatMul", ["xt", "Wqk"], ["q0"]),
@@ -59,12 +59,12 @@ def sequence_first():
              helper.make_node("Transpose", ["g3"], ["back"], perm=[1, 0, 2]),
              helper.make_node("Flatten", ["back"], ["f"]),
              helper.make_node("Gemm", ["f", "head"], ["y"])]
-    consts = {"Wqk": W_QK, "Wout": W_OUT, "head": HEAD, "s1": _shape(T, B * H, HD), "s2": _shape(T * B, D),
-              "s3": _shape(T, B, D)}
-    return _model(nodes, consts, (B, T, D))
+    consts = {"Wqk": W_QK, "Wout": W_OUT, "head": HEAD, "s1": _shape(T, b * H, HD), "s2": _shape(T * b, D),
+              "s3": _shape(T, b, D)}
+    return _model(nodes, consts, (b, T, D), (b, 3))
 
 
-def batch_first():
+def batch_first(b=B):
     """The same model written batch-first: (N, T, D) → (N, T, H, hd) → (N, H, T, hd), attention, back."""
     nodes = [helper.make_node("MatMul", ["x", "Wqk"], ["q0"]),
              helper.make_node("Reshape", ["q0", "s1"], ["q1"]),
@@ -75,8 +75,8 @@ def batch_first():
              helper.make_node("MatMul", ["rows", "Wout"], ["g"]),
              helper.make_node("Flatten", ["g"], ["f"]),
              helper.make_node("Gemm", ["f", "head"], ["y"])]
-    consts = {"Wqk": W_QK, "Wout": W_OUT, "head": HEAD, "s1": _shape(B, T, H, HD), "s2": _shape(B, T, D)}
-    return _model(nodes, consts, (B, T, D))
+    consts = {"Wqk": W_QK, "Wout": W_OUT, "head": HEAD, "s1": _shape(b, T, H, HD), "s2": _shape(b, T, D)}
+    return _model(nodes, consts, (b, T, D), (b, 3))
 
 
 def _ort(proto, x):
@@ -114,10 +114,16 @@ def test_sequence_first_attention_equals_onnxruntime_gradient_and_batch_first_mo
     np.testing.assert_allclose(e.relevance.sum((1, 2)) + absorbed, e.r_init.sum(1), rtol=1e-9)
 
 
-def test_views_keep_samples_apart_at_any_batch_size():
-    """The file fixes the batch (2) in its Reshape shapes; lrpflow's graph is per sample and takes any batch."""
-    model = convert(sequence_first())
+@pytest.mark.parametrize("file_batch", [2, 1])
+def test_views_keep_samples_apart_at_any_batch_size(file_batch):
+    """The file fixes the batch in its Reshape shapes; lrpflow's graph is per sample and takes any batch. With a batch
+    of 1 in the file each ONNX tensor is one sample (its batch axis of size 1 an ordinary axis)."""
+    model = convert(sequence_first(file_batch))
     x = rng.normal(size=(5, T, D))
+    ref = convert(batch_first())
+    for kw in (dict(composite="attnlrp", epsilon=0.0), dict(rule="gradient_x_input")):
+        np.testing.assert_allclose(lrpflow.explain(model, x, dtype="float64", target=1, **kw).relevance,
+                                   lrpflow.explain(ref, x, dtype="float64", target=1, **kw).relevance, rtol=1e-10)
     e = lrpflow.explain(model, x, composite="attnlrp", epsilon=0.0, dtype="float64", target=1)
     for i in range(5):
         one = lrpflow.explain(model, x[i:i + 1], composite="attnlrp", epsilon=0.0, dtype="float64", target=1)
@@ -162,6 +168,24 @@ def test_window_partition_merging_batch_and_windows():
     assert np.isfinite(e.relevance).all() and e.relevance.shape == (1, 2, 4, 4)
 
 
+def test_constant_concatenated_in_a_sequence_first_layout():
+    """A CLS token concatenated to a (T, N, D) tensor: the constant holds the batch axis too (one row per sample,
+    equal), mapped to the batch-first layout like the activation (it was taken as (N, D) rows before)."""
+    cls = np.tile(rng.normal(size=(1, 1, D)), (1, B, 1))
+    proto = _model([helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]),
+                    helper.make_node("Concat", ["cls", "xt"], ["c"], axis=0),
+                    helper.make_node("Transpose", ["c"], ["b"], perm=[1, 0, 2]),
+                    helper.make_node("Flatten", ["b"], ["f"]), helper.make_node("Gemm", ["f", "head"], ["y"])],
+                   {"cls": cls, "head": rng.normal(size=((T + 1) * D, 3))}, (B, T, D))
+    model = convert(proto)
+    x = rng.normal(size=(B, T, D))
+    np.testing.assert_allclose(model.run(x)[0], _ort(proto, x), rtol=1e-12)
+    assert [n.layer.type_name for n in model.nodes][0] == "ConcatConstant"
+    bad = np.concatenate([cls[:, :1], cls[:, :1] + 1], 1)  # a different row per sample is refused
+    with pytest.raises(LrpflowError, match="differs between the samples"):
+        convert(_model(list(proto.graph.node), {"cls": bad, "head": rng.normal(size=((T + 1) * D, 3))}, (B, T, D)))
+
+
 def _refused(nodes, consts, in_shape, match):
     with pytest.raises(LrpflowError, match=match):
         convert(_model(nodes, consts, in_shape))
@@ -188,6 +212,8 @@ def test_operations_across_the_batch_are_refused_naming_the_node():
               helper.make_node("Expand", ["xt", "s"], ["e"], name="expand_moved"),
               helper.make_node("Transpose", ["e"], ["y"], perm=[1, 0, 2])],
              {"s": _shape(T, B, D)}, (B, T, D), "expand_moved.*batch axis at ONNX axis 1")
-    # batch 1 in the file: the batch cannot be told from axes of size 1
-    _refused([helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2], name="moves_batch"),
-              helper.make_node("Transpose", ["xt"], ["y"], perm=[1, 0, 2])], {}, (1, T, D), "moves_batch.*batch size of at least 2")
+    # a batch of 1 in the file: a view-unaware operator on a tensor that does not lead with it
+    _refused([helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]),
+              helper.make_node("Expand", ["xt", "s"], ["e"], name="expand_one"),
+              helper.make_node("Transpose", ["e"], ["y"], perm=[1, 0, 2])],
+             {"s": _shape(T, 1, D)}, (1, T, D), "expand_one.*does not lead with the batch")

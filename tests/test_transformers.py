@@ -229,6 +229,23 @@ def test_family_logits_gradient_and_attnlrp(family, exporter):
         np.testing.assert_array_equal(img, render_heatmap(e.relevance[0].transpose(1, 2, 0), layout="NHWC"))
 
 
+@pytest.mark.parametrize("family,exporter", [(f, x) for f in ("vit", "swin") for x in ("legacy", "dynamo")])
+def test_vision_transformers_exported_with_a_batch_of_one(family, exporter):
+    """Exported with one image, each ONNX tensor is one sample (sequence-first and window layouts included): lrpflow
+    explains any batch with it, matching the float64 references sample by sample."""
+    path = os.path.join(FIX, f"{family}_{exporter}_batch1.onnx")
+    if not os.path.exists(path):
+        pytest.skip(f"{family} has no {exporter} export")
+    pytest.importorskip("onnx")
+    model, d = lrpflow.load_model(path), dict(np.load(os.path.join(FIX, f"{family}.npz")))
+    x, target = d["ids"], d["target"]
+    e = lrpflow.explain(model, x, composite="attnlrp", epsilon=0.0, dtype="float64", target=target)
+    assert np.abs(e.logits - d["logits"]).max() / np.abs(d["logits"]).max() < 1e-6
+    assert np.abs(e.relevance - d["attnlrp"]).max() / np.abs(d["attnlrp"]).max() < 1e-6
+    g = lrpflow.explain(model, x, rule="gradient_x_input", dtype="float64", target=target).relevance
+    np.testing.assert_allclose(g, d["gxi"], rtol=1e-6, atol=1e-6 * np.abs(d["gxi"]).max())
+
+
 # --- token heatmaps ------------------------------------------------------------------------------------------
 
 

@@ -15,8 +15,9 @@ ONNX axis holding the batch split into the atoms before and after it — and the
 on it with its axes and constants mapped there, so the lrpflow graph keeps samples apart and its
 rules are those of the batch-first model. An operator acting along the axis that holds the batch
 (a reduction, softmax, slice or matrix product over it) mixes samples and is refused, naming the
-node. Views need the batch size the file was exported with (≥ 2, so the batch axis can be told from
-axes of size 1).
+node. Views need the batch size the file was exported with. In a file exported with a batch of 1 every
+ONNX tensor is one sample: its batch axis of size 1 is an ordinary axis, the batch atom is in no
+ONNX axis (``batch_axis`` None), and nothing can mix samples.
 """
 from __future__ import annotations
 
@@ -56,12 +57,17 @@ class View:
         return tuple(math.prod(self.atoms[a] for a in ax) for ax in self.axes())
 
     @property
-    def batch_axis(self) -> int:
-        return next(k for k, ax in enumerate(self.axes()) if 0 in ax)
+    def batch_axis(self) -> int | None:
+        """The ONNX axis holding the batch; None in a file exported with a batch of 1 (each ONNX tensor is one
+        sample, its batch axis of size 1 an ordinary axis, and the batch atom in no ONNX axis)."""
+        return next((k for k, ax in enumerate(self.axes()) if 0 in ax), None)
 
     def plain(self) -> bool:
-        """``E`` is the ONNX tensor itself."""
-        return self.order == tuple(range(len(self.atoms))) and self.groups == (1,) * len(self.atoms)
+        """``E`` is the ONNX tensor itself (with a batch of 1: the ONNX tensor is ``E``'s sample with an axis of 1 before)."""
+        n = len(self.atoms)
+        if 0 in self.order:
+            return self.order == tuple(range(n)) and self.groups == (1,) * n
+        return self.order == tuple(range(1, n)) and self.groups == (0,) + (1,) * (n - 1)
 
 
 def _views(c: Converter) -> dict[str, View]:
@@ -69,9 +75,9 @@ def _views(c: Converter) -> dict[str, View]:
 
 
 def _batch(c: Converter, n: Any) -> int:
-    if c.batch is None or c.batch < 2:
+    if c.batch is None:
         raise c.fail(n, "moves the batch axis or merges it with others; lrpflow follows the batch through such "
-                        "layouts when the file fixes a batch size of at least 2 (export with a batch of 2 or more)")
+                        "layouts when the file fixes the batch size (export with fixed shapes)")
     return c.batch
 
 
@@ -79,7 +85,9 @@ def of_value(c: Converter, v: Value, n: Any) -> View:
     """A batch-first lrpflow value as a (plain) view."""
     v = c.as_plain(v, _base(n))
     r = len(v.shape) + 1
-    return View(v.node, (_batch(c, n), *v.shape), tuple(range(r)), (1,) * r)
+    if _batch(c, n) == 1:
+        return View(v.node, (1, *v.shape), tuple(range(1, r)), (0,) + (1,) * (r - 1))
+    return View(v.node, (c.batch, *v.shape), tuple(range(r)), (1,) * r)  # type: ignore[arg-type]
 
 
 def get(c: Converter, name: str, n: Any) -> View:
@@ -133,8 +141,10 @@ def canonical(c: Converter, v: View, base: str) -> tuple[View, bool, bool]:
     return hit
 
 
-def structure(node: str, atoms: Sequence[int], j: int, pre: bool, post: bool) -> View:
+def structure(node: str, atoms: Sequence[int], j: int | None, pre: bool, post: bool) -> View:
     """The canonical view of ``E`` = ``node`` (axes ``atoms``) whose ONNX axis ``j`` holds the batch."""
+    if j is None:
+        return View(node, tuple(int(a) for a in atoms), tuple(range(1, len(atoms))), (1,) * (len(atoms) - 1))
     rank = len(atoms) - 1 - pre - post + 1
     order, groups, e = [], [], 1
     for k in range(rank):
@@ -157,15 +167,22 @@ def structure(node: str, atoms: Sequence[int], j: int, pre: bool, post: bool) ->
     return View(node, tuple(int(a) for a in atoms), tuple(order), tuple(groups))
 
 
-def e_axis(k: int, j: int, pre: bool, post: bool) -> int:
+def e_axis(k: int, j: int | None, pre: bool, post: bool) -> int:
     """Axis of the canonical ``E`` (batch at 0) that holds ONNX axis ``k`` ≠ ``j``."""
-    return k + 1 if k < j else k + pre + post
+    return k + 1 if j is None or k < j else k + pre + post
 
 
 def materialize(c: Converter, name: str, n: Any) -> Value:
     """ONNX tensor ``name`` as a batch-first lrpflow value, for handlers that know no views; refused where
     the batch is not the ONNX tensor's leading axis of its own."""
     v = _views(c)[name]
+    if v.batch_axis is None:  # a file of batch 1: the leading ONNX axis must be the (size-1) batch
+        if not v.shape or v.shape[0] != 1:
+            raise c.fail(n, f"input {name!r} of shape {v.shape} does not lead with the batch axis (size 1 in this "
+                            f"file); lrpflow cannot apply {n.op_type} there", UnsupportedLayerError)
+        cv, _, _ = canonical(c, v, _base(n))
+        return Value(_reshape_node(c, cv.node, cv.atoms[1:], cv.atoms[2:], f"{_base(n)}.batch_first"), cv.atoms[2:],
+                     "plain")
     if v.batch_axis != 0 or v.axes()[0] != [0]:
         raise c.fail(n, f"input {name!r} has its batch axis at ONNX axis {v.batch_axis} of shape {v.shape}"
                         f"{' merged with other axes' if len(v.axes()[v.batch_axis]) > 1 else ''}; lrpflow keeps "
@@ -239,6 +256,8 @@ def _refine(v: View, target: tuple[int, ...]) -> tuple[list[list[int]], list[int
 
 def _apply_refinement(c: Converter, v: View, ref: Any, base: str) -> View:
     per_atom, counts, flat = ref
+    if 0 not in flat:  # a file of batch 1: the batch keeps its own axis of E
+        per_atom[0] = [v.atoms[0]]
     first = {}  # atom → index of its first new axis
     new_atoms: list[int] = []
     for a, ps in enumerate(per_atom):
@@ -259,6 +278,10 @@ def _coarse(c: Converter, v: View, base: str) -> View:
     node = v.node
     if perm != sorted(perm):
         node = c.add(f"{base}.to_onnx_order", Transpose([a - 1 for a in perm]), [node])
+    if 0 not in v.order:  # a file of batch 1: one axis of everything
+        size = math.prod(v.atoms[1:])
+        node = _reshape_node(c, node, tuple(v.atoms[a] for a in perm), (size,), f"{base}.merge")
+        return View(node, (v.atoms[0], size), (1,), (1,))
     i = v.order.index(0)
     pre = math.prod(v.atoms[a] for a in v.order[:i])
     post = math.prod(v.atoms[a] for a in v.order[i + 1:])
@@ -318,8 +341,8 @@ def _flatten(c: Converter, n: Any) -> None:
 
 # -- the other operators: the ordinary handler on the canonical layout --------------------------------------------
 
-#: operators whose constant operands broadcast against the activation (remapped to the canonical layout)
-BROADCAST = frozenset({"Add", "Sub", "Mul", "Div", "Where", "PRelu"})
+#: operators whose constant operands are laid out like the activation (remapped to the canonical layout)
+BROADCAST = frozenset({"Add", "Sub", "Mul", "Div", "Where", "PRelu", "Concat"})
 #: operators run on the canonical layout (their axes mapped there); the others get a batch-first value or a refusal
 GENERIC = BROADCAST | frozenset({
     "Softmax", "LogSoftmax", "Hardmax", "LayerNormalization", "RMSNormalization", "Concat", "Split", "Gather", "Slice",
@@ -327,13 +350,15 @@ GENERIC = BROADCAST | frozenset({
     "HardSigmoid", "HardSwish", "Clip", "Cast", "Identity", "Dropout", "Neg", "Pow", "Sqrt", "Exp", "Abs"})
 
 
-def _const_in(c: Converter, n: Any, k: numpy.ndarray, j: int, rank: int, pre: int, post: int) -> numpy.ndarray:
+def _const_in(c: Converter, n: Any, k: numpy.ndarray, j: int | None, rank: int, pre: int, post: int) -> numpy.ndarray:
     """A constant broadcast against an ONNX tensor of ``rank`` axes whose axis ``j`` holds the batch (with
     ``pre``/``post`` values of other axes before/after it), in the canonical layout (batch axis of size 1)."""
     k = numpy.asarray(k)
     if k.ndim > rank:
         raise c.fail(n, f"constant of shape {k.shape} has more axes than the rank-{rank} activation", ShapeError)
     k = k.reshape((1,) * (rank - k.ndim) + k.shape)
+    if j is None:  # a file of batch 1: the constant is per sample as it is
+        return k[None]
     b = c.batch or 1
     if k.shape[j] == 1:
         k = k.reshape(k.shape[:j] + (1, 1, 1) + k.shape[j + 1:])
@@ -347,7 +372,7 @@ def _const_in(c: Converter, n: Any, k: numpy.ndarray, j: int, rank: int, pre: in
     return numpy.moveaxis(k, j + 1, 0)  # (1, ..., pre, post, ...): the pre/post axes at j + 1, j + 2
 
 
-def _remap_axis(c: Converter, n: Any, k: int, rank: int, j: int, pre: bool, post: bool) -> int:
+def _remap_axis(c: Converter, n: Any, k: int, rank: int, j: int | None, pre: bool, post: bool) -> int:
     k = k + rank if k < 0 else k
     if not 0 <= k < rank:
         raise c.fail(n, f"axis {k} out of range for a rank-{rank} tensor", ShapeError)
@@ -363,9 +388,11 @@ def _generic(c: Converter, n: Any, handler: Callable[[Converter, Any], None]) ->
     acts = [k for k, i in enumerate(n.input) if i and not c.is_const(i)]
     first = get(c, n.input[acts[0]], n)
     rank, j = len(first.shape), first.batch_axis
-    batch_axes = first.axes()[j]
-    pre_n = math.prod(first.atoms[a] for a in batch_axes[:batch_axes.index(0)])
-    post_n = math.prod(first.atoms[a] for a in batch_axes[batch_axes.index(0) + 1:])
+    pre_n = post_n = 1
+    if j is not None:
+        batch_axes = first.axes()[j]
+        pre_n = math.prod(first.atoms[a] for a in batch_axes[:batch_axes.index(0)])
+        post_n = math.prod(first.atoms[a] for a in batch_axes[batch_axes.index(0) + 1:])
     inputs = list(n.input)
     base = _base(n)
     struct = None
@@ -399,7 +426,7 @@ def _generic(c: Converter, n: Any, handler: Callable[[Converter, Any], None]) ->
             raise c.fail(n, "Softmax below opset 13 flattens the axes after `axis`, batch included here")
         ax = int(attrs.get("axis", default))
         ax = ax + rank if ax < 0 else ax
-        if op in ("LayerNormalization", "RMSNormalization") and ax <= j:
+        if op in ("LayerNormalization", "RMSNormalization") and j is not None and ax <= j:
             raise c.fail(n, f"normalises over ONNX axes {ax}.., which include the batch axis {j}", UnsupportedLayerError)
         attrs["axis"] = _remap_axis(c, n, ax, rank, j, pre, post)
         if op == "Gather" and numpy.asarray(c.const(n.input[1], n, "indices")).ndim == 0:
@@ -415,7 +442,7 @@ def _generic(c: Converter, n: Any, handler: Callable[[Converter, Any], None]) ->
         else:
             axes = [k for k in range(rank) if k != j] if not int(attrs.get("noop_with_empty_axes", 0)) else []
         axes = [a + rank if a < 0 else a for a in axes]
-        if op == "Slice" and j in axes:  # a full slice of the batch axis selects nothing
+        if op == "Slice" and j is not None and j in axes:  # a full slice of the batch axis selects nothing
             starts, ends = (numpy.asarray(c.const(n.input[i], n, w)).ravel() for i, w in ((1, "starts"), (2, "ends")))
             steps = numpy.asarray(c.const(n.input[4], n, "steps")).ravel() if len(n.input) > 4 and n.input[4] else \
                 numpy.ones(len(axes), numpy.int64)
@@ -433,7 +460,7 @@ def _generic(c: Converter, n: Any, handler: Callable[[Converter, Any], None]) ->
             c.consts[inputs[k_axes]] = numpy.array(new, dtype=numpy.int64)
     if op == "MatMul":
         for k in acts:
-            if j >= rank - (2 if len(acts) == 2 else 1):
+            if j is not None and j >= rank - (2 if len(acts) == 2 else 1):
                 raise c.fail(n, "the matrix product runs over the ONNX axis that holds the batch", UnsupportedLayerError)
     outs = [f"{o}@views" if o else "" for o in n.output]
     for o, p in zip(n.output, outs):
@@ -445,12 +472,14 @@ def _generic(c: Converter, n: Any, handler: Callable[[Converter, Any], None]) ->
         if not o or p not in c.values:
             continue
         w = c.as_plain(c.values.pop(p), base)
-        jj = j - sum(1 for d in drop if d < j)
+        jj = None if j is None else j - sum(1 for d in drop if d < j)
         put(c, o, structure(w.node, (first.atoms[0], *w.shape), jj, pre, post))
 
 
-def _fit_const(k: numpy.ndarray, pre: bool, post: bool, j: int) -> numpy.ndarray:
+def _fit_const(k: numpy.ndarray, pre: bool, post: bool, j: int | None) -> numpy.ndarray:
     """Drop the constant's pre/post axes the canonical layout does not have (they have size 1 there)."""
+    if j is None:
+        return k
     drop = []
     if not pre:
         drop.append(j + 1)
@@ -465,7 +494,7 @@ def _gemm(c: Converter, n: Any) -> None:
 
     a = _attrs(n)
     v = get(c, n.input[0], n)
-    if int(a.get("transA", 0)) or len(v.shape) != 2 or v.batch_axis != 0:
+    if int(a.get("transA", 0)) or len(v.shape) != 2 or v.batch_axis not in (0, None):
         raise c.fail(n, f"Gemm on a tensor of shape {v.shape} with the batch on axis {v.batch_axis} (transA="
                         f"{int(a.get('transA', 0))}) is not supported", UnsupportedLayerError)
     cv, pre, post = canonical(c, v, _base(n))
@@ -483,7 +512,7 @@ def _gemm(c: Converter, n: Any) -> None:
         bias = (numpy.broadcast_to(cc.astype(numpy.float64).ravel(), (w.shape[1],)) * float(a.get("beta", 1.0))).astype(dtype)
     name = c.add(_base(n), Linear(w.shape[0], w.shape[1], weight=numpy.ascontiguousarray(w), bias=bias), [cv.node])
     c.foldable_bias.add(name)
-    put(c, n.output[0], structure(name, (*cv.atoms[:-1], w.shape[1]), 0, pre, post))
+    put(c, n.output[0], structure(name, (*cv.atoms[:-1], w.shape[1]), v.batch_axis, pre, post))
 
 
 def _pad(c: Converter, n: Any) -> bool:
@@ -518,7 +547,9 @@ def _creates_view(c: Converter, n: Any) -> bool:
         return bool(perm) and perm[0] != 0
     if n.op_type == "Unsqueeze":
         return 0 in [x + len(v.shape) + 1 + len(_axes_arg(c, n)) if x < 0 else x for x in _axes_arg(c, n)]
-    if n.op_type == "Reshape" and c.batch is not None and c.batch >= 2 and c.is_const(n.input[1]):
+    if n.op_type == "Squeeze":  # the batch axis of a file of batch 1 (an ordinary axis of size 1 there)
+        return c.batch == 1 and 0 in [x + len(v.shape) + 1 if x < 0 else x for x in _axes_arg(c, n)]
+    if n.op_type == "Reshape" and c.batch is not None and c.is_const(n.input[1]):
         rows = getattr(c, "token_rows", {})
         if n.input[0] in rows:
             return False
