@@ -13,6 +13,10 @@ shape (one sample) and how lrpflow stores it:
   (a Flatten after a convolution flattens H, W, C where ONNX flattens C, H, W; the
   next Gemm/MatMul absorbs ``perm`` into its weight rows, so no extra layer is needed).
 
+Tensors whose ONNX layout moves the batch axis or merges it with others (sequence-first attention,
+window partitions) are held apart, as views of batch-first lrpflow tensors (:mod:`lrpflow_onnx.views`,
+:mod:`lrpflow_onnx.ops_views`).
+
 Layout changes that cannot be absorbed become explicit, exact shape layers
 (:class:`~lrpflow_onnx.layers.Transpose`, :class:`~lrpflow_onnx.layers.Permute`,
 Reshape). Only nodes that lead to the graph output are converted. Constants
@@ -415,6 +419,6 @@ from lrpflow_onnx import ops as _ops, ops_cnn as _ops_cnn  # noqa: E402,F401 - r
 
 from lrpflow_onnx import ops_transformer as _ops_transformer  # noqa: E402,F401 - wraps handlers above
 
-from lrpflow_onnx import views as _views  # noqa: E402 - wraps every handler above for batch-moving layouts
+from lrpflow_onnx import ops_views as _ops_views  # noqa: E402 - wraps every handler above (layouts that move the batch)
 
-_views.install()
+_ops_views.install()
