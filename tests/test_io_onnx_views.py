@@ -186,6 +186,21 @@ def test_constant_concatenated_in_a_sequence_first_layout():
         convert(_model(list(proto.graph.node), {"cls": bad, "head": rng.normal(size=((T + 1) * D, 3))}, (B, T, D)))
 
 
+def test_pad_of_a_token_grid():
+    """Swin pads its (N, H, W, C) token grid to whole windows: a Pad of ONNX axes 1 and 2 of a tensor that is not an
+    NCHW image (refused as "padding the channel axis" before)."""
+    proto = _model([helper.make_node("Transpose", ["x"], ["hwc"], perm=[0, 2, 3, 1]),
+                    helper.make_node("Pad", ["hwc", "pads"], ["padded"]),
+                    helper.make_node("Flatten", ["padded"], ["f"]), helper.make_node("Gemm", ["f", "head"], ["y"])],
+                   {"pads": _shape(0, 0, 0, 0, 0, 1, 1, 0), "head": rng.normal(size=(4 * 4 * 2, 3))}, (B, 2, 3, 3))
+    model = convert(proto)
+    x = rng.normal(size=(B, 2, 3, 3))
+    np.testing.assert_allclose(model.run(model.to_nhwc(x))[0], _ort(proto, x), rtol=1e-12)
+    target = np.array([2, 1])
+    g = lrpflow.explain(model, x, rule="gradient", dtype="float64", target=target).relevance
+    np.testing.assert_allclose(g, _finite_diff_gradient(model, x, target), rtol=1e-6, atol=1e-8)
+
+
 def _refused(nodes, consts, in_shape, match):
     with pytest.raises(LrpflowError, match=match):
         convert(_model(nodes, consts, in_shape))
