@@ -131,6 +131,28 @@ def test_views_keep_samples_apart_at_any_batch_size(file_batch):
         np.testing.assert_allclose(one.logits[0], e.logits[i], rtol=1e-12)
 
 
+def test_dynamic_batch_axis_with_shapes_computed_from_it():
+    """A file with a dynamic batch axis whose Reshape shapes the graph computes from Shape(x) (what exporters write
+    for dynamic axes): read at batch 2 (automatically, or batch_size=), the model takes any batch like onnxruntime."""
+    shape_nodes = [helper.make_node("Shape", ["x"], ["shp"]), helper.make_node("Gather", ["shp", "zero"], ["nb0"], axis=0),
+                   helper.make_node("Unsqueeze", ["nb0", "zero1"], ["nb"]),
+                   helper.make_node("Mul", ["nb", "h"], ["nbh"]), helper.make_node("Mul", ["nb", "t"], ["nbt"]),
+                   helper.make_node("Concat", ["t", "nbh", "hd"], ["s1"], axis=0),
+                   helper.make_node("Concat", ["nbt", "d"], ["s2"], axis=0),
+                   helper.make_node("Concat", ["t", "nb", "d"], ["s3"], axis=0)]
+    nodes = shape_nodes + list(sequence_first().graph.node)
+    consts = {"Wqk": W_QK, "Wout": W_OUT, "head": HEAD, "zero": np.array(0, np.int64), "zero1": _shape(0),
+              "h": _shape(H), "t": _shape(T), "hd": _shape(HD), "d": _shape(D)}
+    proto = _model(nodes, consts, ("N", T, D), ("N", 3))
+    x = rng.normal(size=(3, T, D))
+    want = _ort(proto, x)
+    for kw in ({}, {"batch_size": 2}, {"batch_size": 5}):
+        model = convert(proto, **kw)
+        np.testing.assert_allclose(model.run(x)[0], want, rtol=1e-12, err_msg=str(kw))
+    with pytest.raises(LrpflowError, match="fixes the batch size 2; batch_size=3 does not apply"):
+        convert(sequence_first(), batch_size=3)
+
+
 def windows():
     """Swin's window partition: (N, C, 4, 4) → (N, 4, 4, C) → (N, 2, 2, 2, 2, C) → (N·4, 4, C) windows of 2×2 tokens,
     a per-window constant repeated per sample, softmax over the window's tokens, windows merged back."""

@@ -69,7 +69,7 @@ class Converter:
     """One conversion of an ONNX ``ModelProto``; use :func:`convert`."""
 
     def __init__(self, proto: Any, path: str = "<onnx>", input_shape: Sequence[int] | None = None,
-                 product_rule: str = "gate") -> None:
+                 product_rule: str = "gate", batch_size: int | None = None) -> None:
         self.proto = proto
         self.path = path
         self.graph = proto.graph
@@ -91,6 +91,10 @@ class Converter:
             raise LrpflowError(f"product_rule must be 'gate' or 'uniform', got {product_rule!r}")
         self.product_rule = product_rule
         self.user_input_shape = None if input_shape is None else tuple(int(s) for s in input_shape)
+        if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
+            raise LrpflowError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.user_batch = None if batch_size is None else int(batch_size)
+        self.dynamic_batch = False
 
     # -- errors -------------------------------------------------------------
     def fail(self, node: Any, msg: str, cls: type[LrpflowError] = UnsupportedLayerError) -> LrpflowError:
@@ -298,8 +302,14 @@ class Converter:
     def _input(self, vi: Any) -> tuple[tuple[int, ...], str]:
         t = vi.type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in t.shape.dim]
+        self.dynamic_batch = bool(dims) and dims[0] is None
         if dims and dims[0] is not None:
             self.batch = dims[0]
+            if self.user_batch is not None and self.user_batch != self.batch:
+                raise ModelFormatError(f"{self.path}: input {vi.name!r} fixes the batch size {self.batch}; "
+                                       f"batch_size={self.user_batch} does not apply (it sets a dynamic batch axis)")
+        elif self.user_batch is not None:
+            self.batch = self.user_batch  # the size the graph's shape arithmetic (Shape → Reshape) is evaluated at
         if self.user_input_shape is not None:
             sample = self.user_input_shape
         else:
@@ -370,14 +380,30 @@ def _base(n: Any) -> str:
 
 
 def convert(proto: Any, path: str = "<onnx>", fold_batchnorm: bool = False,
-            input_shape: Sequence[int] | None = None, product_rule: str = "gate") -> Model:
+            input_shape: Sequence[int] | None = None, product_rule: str = "gate", batch_size: int | None = None) -> Model:
     """An lrpflow model (layout NCHW) from an ``onnx.ModelProto``.
+
+    ``batch_size``: for a graph with a dynamic batch axis, the size at which its shape arithmetic is
+    evaluated (needed where the exporter computes Reshape shapes from the batch, e.g. sequence-first
+    attention or window partitions; the lrpflow model still takes any batch). Not given, such a graph
+    is read with the batch left open and, if that fails, once more at batch size 2.
 
     ``product_rule``: LRP of products of two activations (``Mul``): ``"gate"`` holds the
     gating operand (from Sigmoid/HardSigmoid/Erf/Tanh) constant, ``"uniform"`` splits 50/50
     (see :class:`lrpflow.layers.Multiply`).
     """
-    model = Converter(proto, path, input_shape, product_rule).run()
+    conv = Converter(proto, path, input_shape, product_rule, batch_size)
+    try:
+        model = conv.run()
+    except Exception as err:
+        if batch_size is not None or conv.batch is not None or not conv.dynamic_batch:
+            raise
+        try:  # shapes computed from the open batch axis (0 in lrpflow) may need its size: evaluate them at 2
+            model = Converter(proto, path, input_shape, product_rule, 2).run()
+        except LrpflowError as again:  # the further attempt says more
+            raise type(again)(f"{again} (read with the file's dynamic batch axis at 2)") from err
+        except Exception:  # noqa: BLE001
+            raise err from None
     if fold_batchnorm:
         from lrpflow.io.canonize import fold_batchnorm as fold
 
@@ -386,7 +412,7 @@ def convert(proto: Any, path: str = "<onnx>", fold_batchnorm: bool = False,
 
 
 def read(path: str | os.PathLike[str], fold_batchnorm: bool = False, input_shape: Sequence[int] | None = None,
-         product_rule: str = "gate", **_: Any) -> Model:
+         product_rule: str = "gate", batch_size: int | None = None, **_: Any) -> Model:
     """Read an ``.onnx`` file; ``explain()`` on the result takes and returns NCHW."""
     import onnx
 
@@ -406,7 +432,8 @@ def read(path: str | os.PathLike[str], fold_batchnorm: bool = False, input_shape
         except Exception as err:
             raise ModelFormatError(f"{path}: cannot load the model's external data: {err}") from err
     try:
-        return convert(proto, path, fold_batchnorm=fold_batchnorm, input_shape=input_shape, product_rule=product_rule)
+        return convert(proto, path, fold_batchnorm=fold_batchnorm, input_shape=input_shape, product_rule=product_rule,
+                       batch_size=batch_size)
     except LrpflowError:
         raise
     except RecursionError as err:

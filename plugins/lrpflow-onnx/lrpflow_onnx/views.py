@@ -77,7 +77,8 @@ def views_of(c: Converter) -> dict[str, View]:
 def _batch(c: Converter, n: Any) -> int:
     if c.batch is None:
         raise c.fail(n, "moves the batch axis or merges it with others; lrpflow follows the batch through such "
-                        "layouts when the file fixes the batch size (export with fixed shapes)")
+                        "layouts at a known batch size: the file's batch axis is dynamic, pass batch_size=N "
+                        "(e.g. load_model(path, batch_size=2)) or export with fixed shapes")
     return c.batch
 
 
