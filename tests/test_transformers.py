@@ -165,7 +165,7 @@ def test_composites_registered_and_epsilon_sets_every_epsilon():
 
 # --- real model families -------------------------------------------------------------------------------------
 
-FAMILIES = [(f, x) for f in ("bert", "gpt2", "llama") for x in ("legacy", "dynamo")]
+FAMILIES = [(f, x) for f in ("bert", "gpt2", "llama", "vit", "swin") for x in ("legacy", "dynamo")]
 
 
 def _fixture(family: str, exporter: str):
@@ -213,24 +213,37 @@ def test_family_logits_gradient_and_attnlrp(family, exporter):
             np.testing.assert_allclose(entry.leaving, entry.entering, atol=1e-9 * rinit.max(), err_msg=node.name)
     # the softmax bias (and positional constants, where the family adds them) absorb; the ledger adds up
     absorbed = sum(entry.absorbed for entry in e.ledger.values())
-    np.testing.assert_allclose(e.relevance.sum(1) + absorbed, e.r_init.sum(1), rtol=1e-9)
+    per_sample = e.relevance.reshape(len(x), -1).sum(1)
+    np.testing.assert_allclose(per_sample + absorbed, e.r_init.sum(1), rtol=1e-9)
     if family == "llama":  # no additive positions: only the softmaxes absorb, a few per cent
-        assert np.all(np.abs(e.relevance.sum(1) / e.r_init.sum(1) - 1) < 0.05)
+        assert np.all(np.abs(per_sample / e.r_init.sum(1) - 1) < 0.05)
     # float32 with LXT's default ε: finite and close to the exact float64 AttnLRP-0
     e32 = lrpflow.explain(model, x, composite="attnlrp", target=target)
     assert e32.relevance.dtype == np.float32 and np.isfinite(e32.relevance).all()
     assert np.corrcoef(e32.relevance.ravel(), ref.ravel())[0, 1] > 0.99
+    if not text:  # vision transformers: image-shaped relevance renders as any heatmap (NCHW as the model declares)
+        from lrpflow.render import render_heatmap
+
+        img = render_heatmap(e.relevance[0], layout="NCHW")
+        assert img.shape == (3 * x.shape[2], 3 * x.shape[3], 3)
+        np.testing.assert_array_equal(img, render_heatmap(e.relevance[0].transpose(1, 2, 0), layout="NHWC"))
 
 
-@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
-def test_vit_multihead_attention_is_refused_by_name(exporter):
-    """torchvision's ViT attends through nn.MultiheadAttention, which both exporters write sequence-first (the batch
-    axis moved to second place and merged with the heads); lrpflow keeps the batch axis first and says which node."""
+@pytest.mark.parametrize("family,exporter", [(f, x) for f in ("vit", "swin") for x in ("legacy", "dynamo")])
+def test_vision_transformers_exported_with_a_batch_of_one(family, exporter):
+    """Exported with one image, each ONNX tensor is one sample (sequence-first and window layouts included): lrpflow
+    explains any batch with it, matching the float64 references sample by sample."""
+    path = os.path.join(FIX, f"{family}_{exporter}_batch1.onnx")
+    if not os.path.exists(path):
+        pytest.skip(f"{family} has no {exporter} export")
     pytest.importorskip("onnx")
-    from lrpflow.errors import UnsupportedLayerError
-
-    with pytest.raises(UnsupportedLayerError, match="self_attention|batch"):
-        lrpflow.load_model(os.path.join(FIX, f"vit_{exporter}.onnx"))
+    model, d = lrpflow.load_model(path), dict(np.load(os.path.join(FIX, f"{family}.npz")))
+    x, target = d["ids"], d["target"]
+    e = lrpflow.explain(model, x, composite="attnlrp", epsilon=0.0, dtype="float64", target=target)
+    assert np.abs(e.logits - d["logits"]).max() / np.abs(d["logits"]).max() < 1e-6
+    assert np.abs(e.relevance - d["attnlrp"]).max() / np.abs(d["attnlrp"]).max() < 1e-6
+    g = lrpflow.explain(model, x, rule="gradient_x_input", dtype="float64", target=target).relevance
+    np.testing.assert_allclose(g, d["gxi"], rtol=1e-6, atol=1e-6 * np.abs(d["gxi"]).max())
 
 
 # --- token heatmaps ------------------------------------------------------------------------------------------

@@ -13,6 +13,10 @@ shape (one sample) and how lrpflow stores it:
   (a Flatten after a convolution flattens H, W, C where ONNX flattens C, H, W; the
   next Gemm/MatMul absorbs ``perm`` into its weight rows, so no extra layer is needed).
 
+Tensors whose ONNX layout moves the batch axis or merges it with others (sequence-first attention,
+window partitions) are held apart, as views of batch-first lrpflow tensors (:mod:`lrpflow_onnx.views`,
+:mod:`lrpflow_onnx.ops_views`).
+
 Layout changes that cannot be absorbed become explicit, exact shape layers
 (:class:`~lrpflow_onnx.layers.Transpose`, :class:`~lrpflow_onnx.layers.Permute`,
 Reshape). Only nodes that lead to the graph output are converted. Constants
@@ -65,7 +69,7 @@ class Converter:
     """One conversion of an ONNX ``ModelProto``; use :func:`convert`."""
 
     def __init__(self, proto: Any, path: str = "<onnx>", input_shape: Sequence[int] | None = None,
-                 product_rule: str = "gate") -> None:
+                 product_rule: str = "gate", batch_size: int | None = None) -> None:
         self.proto = proto
         self.path = path
         self.graph = proto.graph
@@ -81,10 +85,16 @@ class Converter:
         self.batch: int | None = None
         self.fold_limit: int | None = None
         self.merged: dict[str, Value] = {}  # tensors whose batch axis a Reshape merged away (see ops._gather)
+        self.views: dict[str, Any] = {}  # tensors whose ONNX layout moves the batch axis (lrpflow_onnx.views)
+        self.view_cache: dict[Any, Any] = {}
         if product_rule not in ("gate", "uniform"):
             raise LrpflowError(f"product_rule must be 'gate' or 'uniform', got {product_rule!r}")
         self.product_rule = product_rule
         self.user_input_shape = None if input_shape is None else tuple(int(s) for s in input_shape)
+        if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
+            raise LrpflowError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.user_batch = None if batch_size is None else int(batch_size)
+        self.dynamic_batch = False
 
     # -- errors -------------------------------------------------------------
     def fail(self, node: Any, msg: str, cls: type[LrpflowError] = UnsupportedLayerError) -> LrpflowError:
@@ -157,6 +167,10 @@ class Converter:
         return Value(name, shape, "flat", perm)
 
     def value(self, name: str, node: Any) -> Value:
+        if name in self.views:
+            from lrpflow_onnx.views import materialize
+
+            return materialize(self, name, node)
         if name in self.merged:
             raise self.fail(node, f"input {name!r} merges the batch axis into others (a Reshape to one axis); "
                                   f"lrpflow keeps samples apart (only a Gather that selects within each sample may follow)")
@@ -211,6 +225,9 @@ class Converter:
         for n in live:
             self._convert(n)
         out_name = g.output[0].name
+        if out_name in self.views:
+            producer = next(n for n in live if out_name in n.output)
+            self.values[out_name] = self.value(out_name, producer)
         if out_name not in self.values:
             raise ModelFormatError(f"{self.path}: the graph output {out_name!r} is a constant or not computed")
         out = self.as_plain(self.values[out_name], "output")
@@ -285,8 +302,14 @@ class Converter:
     def _input(self, vi: Any) -> tuple[tuple[int, ...], str]:
         t = vi.type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in t.shape.dim]
+        self.dynamic_batch = bool(dims) and dims[0] is None
         if dims and dims[0] is not None:
             self.batch = dims[0]
+            if self.user_batch is not None and self.user_batch != self.batch:
+                raise ModelFormatError(f"{self.path}: input {vi.name!r} fixes the batch size {self.batch}; "
+                                       f"batch_size={self.user_batch} does not apply (it sets a dynamic batch axis)")
+        elif self.user_batch is not None:
+            self.batch = self.user_batch  # the size the graph's shape arithmetic (Shape → Reshape) is evaluated at
         if self.user_input_shape is not None:
             sample = self.user_input_shape
         else:
@@ -303,7 +326,7 @@ class Converter:
 
     def _convert(self, n: Any) -> None:
         ins = list(n.input)
-        if n.op_type in SHAPE_OPS and ins and ins[0] in self.values:
+        if n.op_type in SHAPE_OPS and ins and (ins[0] in self.values or ins[0] in self.views):
             from lrpflow_onnx.ops_cnn import _shape_of
 
             _shape_of(self, n)
@@ -357,14 +380,30 @@ def _base(n: Any) -> str:
 
 
 def convert(proto: Any, path: str = "<onnx>", fold_batchnorm: bool = False,
-            input_shape: Sequence[int] | None = None, product_rule: str = "gate") -> Model:
+            input_shape: Sequence[int] | None = None, product_rule: str = "gate", batch_size: int | None = None) -> Model:
     """An lrpflow model (layout NCHW) from an ``onnx.ModelProto``.
+
+    ``batch_size``: for a graph with a dynamic batch axis, the size at which its shape arithmetic is
+    evaluated (needed where the exporter computes Reshape shapes from the batch, e.g. sequence-first
+    attention or window partitions; the lrpflow model still takes any batch). Not given, such a graph
+    is read with the batch left open and, if that fails, once more at batch size 2.
 
     ``product_rule``: LRP of products of two activations (``Mul``): ``"gate"`` holds the
     gating operand (from Sigmoid/HardSigmoid/Erf/Tanh) constant, ``"uniform"`` splits 50/50
     (see :class:`lrpflow.layers.Multiply`).
     """
-    model = Converter(proto, path, input_shape, product_rule).run()
+    conv = Converter(proto, path, input_shape, product_rule, batch_size)
+    try:
+        model = conv.run()
+    except Exception as err:
+        if batch_size is not None or conv.batch is not None or not conv.dynamic_batch:
+            raise
+        try:  # shapes computed from the open batch axis (0 in lrpflow) may need its size: evaluate them at 2
+            model = Converter(proto, path, input_shape, product_rule, 2).run()
+        except LrpflowError as again:  # the further attempt says more
+            raise type(again)(f"{again} (read with the file's dynamic batch axis at 2)") from err
+        except Exception:  # noqa: BLE001
+            raise err from None
     if fold_batchnorm:
         from lrpflow.io.canonize import fold_batchnorm as fold
 
@@ -373,7 +412,7 @@ def convert(proto: Any, path: str = "<onnx>", fold_batchnorm: bool = False,
 
 
 def read(path: str | os.PathLike[str], fold_batchnorm: bool = False, input_shape: Sequence[int] | None = None,
-         product_rule: str = "gate", **_: Any) -> Model:
+         product_rule: str = "gate", batch_size: int | None = None, **_: Any) -> Model:
     """Read an ``.onnx`` file; ``explain()`` on the result takes and returns NCHW."""
     import onnx
 
@@ -393,7 +432,8 @@ def read(path: str | os.PathLike[str], fold_batchnorm: bool = False, input_shape
         except Exception as err:
             raise ModelFormatError(f"{path}: cannot load the model's external data: {err}") from err
     try:
-        return convert(proto, path, fold_batchnorm=fold_batchnorm, input_shape=input_shape, product_rule=product_rule)
+        return convert(proto, path, fold_batchnorm=fold_batchnorm, input_shape=input_shape, product_rule=product_rule,
+                       batch_size=batch_size)
     except LrpflowError:
         raise
     except RecursionError as err:
@@ -405,3 +445,7 @@ def read(path: str | os.PathLike[str], fold_batchnorm: bool = False, input_shape
 from lrpflow_onnx import ops as _ops, ops_cnn as _ops_cnn  # noqa: E402,F401 - register their handlers
 
 from lrpflow_onnx import ops_transformer as _ops_transformer  # noqa: E402,F401 - wraps handlers above
+
+from lrpflow_onnx import ops_views as _ops_views  # noqa: E402 - wraps every handler above (layouts that move the batch)
+
+_ops_views.install()

@@ -25,12 +25,15 @@ from lrpflow_onnx.layers import Transpose
 
 
 def _shape_of(c: Converter, n: Any) -> None:
-    """``Shape``/``Size`` of an activation: a constant (lrpflow shapes are static; the batch is written 0,
-    which a later Reshape copies)."""
-    v = c.values[n.input[0]]
-    full = numpy.array([0, *v.shape], dtype=numpy.int64)
+    """``Shape``/``Size`` of an activation: a constant (lrpflow shapes are static; the batch is the file's, or
+    0 where the file leaves it open, which a later Reshape copies)."""
+    if n.input[0] in c.views:  # the batch is not axis 0 here: its size, as the file fixes it
+        full = numpy.array(c.views[n.input[0]].shape, dtype=numpy.int64)
+    else:  # the batch as the file fixes it (exporters compute Reshape shapes such as (N·windows, ...) from it)
+        full = numpy.array([c.batch or 0, *c.values[n.input[0]].shape], dtype=numpy.int64)
     if n.op_type == "Size":
-        c.consts[n.output[0]] = numpy.array(math.prod(v.shape) * (c.batch or 0), dtype=numpy.int64)
+        c.consts[n.output[0]] = numpy.array(math.prod(full[1:]) * (c.batch or 0) if full[0] == 0 else math.prod(full),
+                                            dtype=numpy.int64)
         return
     a = _attrs(n)
     rank = full.size
@@ -524,6 +527,9 @@ def _pad(c: Converter, n: Any) -> None:
     v = c.value(n.input[0], n)
     if len(v.shape) != 3 or len(pads) != 8:
         raise c.fail(n, f"only padding of (N, C, H, W) tensors is supported, got pads {pads} for sample shape {v.shape}")
+    if (pads[1] or pads[5]) and not (pads[0] or pads[4] or pads[3] or pads[7]) and min(pads) >= 0:
+        _pad_axes_1_2(c, n, v, pads, mode, value)  # e.g. (N, H, W, C) tensors (Swin pads to whole windows)
+        return
     if pads[0] or pads[1] or pads[4] or pads[5]:
         raise c.fail(n, f"padding the batch or channel axis is not supported (pads {pads})")
     if min(pads) < 0:
@@ -540,3 +546,21 @@ def _pad(c: Converter, n: Any) -> None:
     name = c.add(_base(n), layer, [v.node])
     ch, h, w = v.shape
     c.values[n.output[0]] = Value(name, (ch, h + pads[2] + pads[6], w + pads[3] + pads[7]), "nhwc")
+
+
+def _pad_axes_1_2(c: Converter, n: Any, v: Value, pads: list[int], mode: str, value: float) -> None:
+    """Padding of ONNX axes 1 and 2 of a rank-4 tensor: those are the spatial axes of lrpflow's pad layers when
+    the tensor is stored as in ONNX (``plain``), whatever the axes mean."""
+    v = c.as_plain(v, _base(n))
+    spec = (pads[1], pads[5], pads[2], pads[6])
+    if mode != "constant":
+        from lrpflow.layers import PadEdges
+
+        if mode == "reflect" and (max(spec[:2]) >= v.shape[0] or max(spec[2:]) >= v.shape[1]):
+            raise c.fail(n, f"reflect pads {pads} must be smaller than the padded axes {v.shape[:2]}", ShapeError)
+        layer: Any = PadEdges(spec, mode)
+    else:
+        layer = Pad(spec, value)
+    a, b, d = v.shape
+    c.values[n.output[0]] = Value(c.add(_base(n), layer, [v.node]), (a + spec[0] + spec[1], b + spec[2] + spec[3], d),
+                                  "plain")
