@@ -48,12 +48,49 @@ def check_launcher(launcher: Mapping[str, Any]) -> None:
     kind = launcher_kind(str(launcher.get("_target_", "")))
     if kind == "slurm" and shutil.which("srun") is None:
         raise LauncherError(SLURM_MISSING)
+    if kind == "slurm":
+        check_slurm_request(launcher)
     if kind == "ray":
         try:
             import ray  # noqa: F401
         except ImportError:
             raise LauncherError("Ray not found: the ray launcher needs `pip install lrpflow[ray]`; "
                                 "use hydra/launcher=joblib or slurm") from None
+
+
+def slurm_nodes(partition: str | None = None) -> list[tuple[int, int]]:
+    """(CPUs, memory in MB) of every node ``sinfo`` lists (of ``partition`` when given); [] if sinfo fails."""
+    cmd = ["sinfo", "-h", "-N", "-o", "%c %m"] + (["-p", str(partition)] if partition else [])
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    nodes = []
+    for line in out.stdout.splitlines() if out.returncode == 0 else []:
+        parts = line.split()
+        if len(parts) == 2 and parts[0].isdigit() and parts[1].rstrip("+").isdigit():
+            nodes.append((int(parts[0]), int(parts[1].rstrip("+"))))
+    return nodes
+
+
+def check_slurm_request(launcher: Mapping[str, Any]) -> None:
+    """Refuse a submitit request no SLURM node can hold: SLURM would leave such jobs pending for ever
+    (reason ``PartitionConfig``), and the multirun would wait with them."""
+    partition = launcher.get("partition")
+    nodes = slurm_nodes(partition)
+    if not nodes:
+        return  # sinfo gave nothing to compare with: SLURM decides
+    cpus = int(launcher.get("cpus_per_task") or 1) * int(launcher.get("tasks_per_node") or 1)
+    mem_gb = launcher.get("mem_gb")
+    mem_mb = None if mem_gb in (None, "null") else int(float(mem_gb) * 1024)
+    if any(c >= cpus and (mem_mb is None or m >= mem_mb) for c, m in nodes):
+        return
+    most_cpus, most_mem = max(c for c, _ in nodes), max(m for _, m in nodes)
+    where = f"partition {partition}" if partition else "this cluster"
+    want = f"{cpus} CPUs" + (f" and {mem_gb} GB" if mem_mb is not None else "")
+    raise LauncherError(f"SLURM: no node of {where} has {want} (hydra.launcher.cpus_per_task × tasks_per_node, "
+                        f"mem_gb); the largest has {most_cpus} CPUs and {most_mem // 1024} GB (sinfo). Ask for less, "
+                        f"e.g. hydra.launcher.cpus_per_task={most_cpus} hydra.launcher.mem_gb={max(1, most_mem // 1024)}")
 
 
 class LauncherCheck:

@@ -119,6 +119,45 @@ def test_slurm_launcher_without_srun_says_so_in_one_line(tmp_path):
     assert not (tmp_path / "sweep" / "0").exists()  # nothing was launched
 
 
+def fake_slurm(tmp_path: Path, nodes: str) -> dict:
+    """PATH with stand-ins: ``srun`` (never run here) and ``sinfo`` printing ``nodes`` ("CPUs MB" per line)."""
+    bindir = tmp_path / "fakebin"
+    bindir.mkdir()
+    (bindir / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (bindir / "sinfo").write_text(f"#!/bin/sh\nprintf '{nodes}'\n")
+    for f in bindir.iterdir():
+        f.chmod(0o755)
+    return dict(os.environ, PATH=os.pathsep.join([str(bindir), str(Path(sys.executable).parent), "/usr/bin", "/bin"]))
+
+
+def test_slurm_request_larger_than_every_node_is_refused_before_submitting(tmp_path, monkeypatch):
+    from lrpflow.launchers import LauncherError, check_launcher
+
+    env = fake_slurm(tmp_path, "2 3900\\n1 2000\\n")
+    monkeypatch.setenv("PATH", env["PATH"])
+    target = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    with pytest.raises(LauncherError) as err:  # the defaults of conf/hydra/launcher/slurm.yaml
+        check_launcher({"_target_": target, "cpus_per_task": 4, "tasks_per_node": 1, "mem_gb": 16})
+    assert str(err.value) == (
+        "SLURM: no node of this cluster has 4 CPUs and 16 GB (hydra.launcher.cpus_per_task × tasks_per_node, "
+        "mem_gb); the largest has 2 CPUs and 3 GB (sinfo). Ask for less, e.g. hydra.launcher.cpus_per_task=2 "
+        "hydra.launcher.mem_gb=3")
+    with pytest.raises(LauncherError, match="no node of this cluster has 2 CPUs and 4 GB"):  # memory alone
+        check_launcher({"_target_": target, "cpus_per_task": 2, "tasks_per_node": 1, "mem_gb": 4})
+    check_launcher({"_target_": target, "cpus_per_task": 2, "tasks_per_node": 1, "mem_gb": 3})  # fits the first node
+    check_launcher({"_target_": target, "cpus_per_task": 1, "tasks_per_node": 2, "mem_gb": None})
+
+
+def test_slurm_request_check_from_the_command_line(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    env = fake_slurm(tmp_path, "2 3900\\n")
+    proc = lrpflow_cli(tmp_path, "-m", *BASE, *SHARDS, "hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                       env=env, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().startswith("lrpflow: SLURM: no node of this cluster has 4 CPUs and 16 GB")
+    assert not (tmp_path / "sweep" / "0").exists()  # nothing was submitted
+
+
 def test_ray_launcher_without_ray_says_so_in_one_line(tmp_path):
     fake = tmp_path / "noray" / "ray"
     fake.mkdir(parents=True)
