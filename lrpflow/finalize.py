@@ -107,7 +107,7 @@ def finalize_outputs(run_dir: str | os.PathLike[str], store_path: str | os.PathL
     dict
         The summary written to ``summary.json`` (``objective``, ``metrics``, ``rows``, ...).
     """
-    from lrpflow.pipeline import _get, _plain
+    from lrpflow.steps import _get, _plain
     from lrpflow.store import StoreReader
     from lrpflow.store.faults import checkpoint
 
@@ -201,7 +201,7 @@ def _render_from_store(out: Path, r: Mapping[str, Any], shown: Mapping[str, nump
                        state: Any, model_layout: str, method: str, x: numpy.ndarray | None = None) -> list[str]:
     """Heatmaps of stored rows: relevance from the store, the input rows (for outlines) from the data
     (``x``: those rows, already read)."""
-    from lrpflow.pipeline import _get, open_source
+    from lrpflow.steps import _get, open_source
 
     index = numpy.asarray(shown["index"], dtype=numpy.int64)
     rel = shown["relevance"]

@@ -30,7 +30,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "lrpflow.io",
     "lrpflow.render",
     "lrpflow.evaluate",
-    "lrpflow.pipeline",
+    "lrpflow.steps",
 )
 
 #: Registry kinds, in the order ``lrpflow-info`` lists them (hook = lrpflow_register_<kind>).

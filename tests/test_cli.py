@@ -42,7 +42,7 @@ def test_info_name_shows_parameters_defaults_and_docstring():
     reader = _py(INFO, "--kind", "model_readers", "toolbox_txt").stdout
     assert reader.startswith("toolbox_txt (model_reader") and "suffixes: .txt" in reader
     step = _py(INFO, "save").stdout
-    assert step.startswith("save (step, plugin lrpflow.pipeline)")
+    assert step.startswith("save (step, plugin lrpflow.steps)")
     missing = _py(INFO, "epsilonn")
     assert missing.returncode == 2 and "did you mean epsilon" in missing.stderr and not missing.stdout
 
