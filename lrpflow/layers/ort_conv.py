@@ -108,33 +108,39 @@ def choose_forward(cin: int, cout: int, kernel: tuple[int, int], stride: tuple[i
                    forced: bool = False) -> bool:
     """True where the onnxruntime forward convolution is used.
 
-    Measured (1 thread, Xeon with AVX-512, ORT 1.32, interleaved medians, per layer): ≥ 16
-    input channels 0.36–0.76× the numpy time (VGG-11, ResNet-18, wide conv net); 1–10 input
-    channels (first layers, LeNet) 1.1–2.7×; outputs of 2×2 pixels ~1×.
+    Measured per layer with ``benchmarks/bench_conv_kernels.py`` (1 thread, Xeon with AVX-512,
+    ORT 1.32, ratios of interleaved medians to numpy's time, ±20% noise): outputs of ≥ 8×8
+    positions with C_out a multiple of 16 (MLAS's NCHWc block) 0.38–0.77× (wide net,
+    VGG-11, ResNet-18, the 7×7 stem included; VGG's 3→64 0.76–1.08×); 4×4 and 2×2 outputs
+    0.9–1.9×; 1×1 kernels (a plain GEMM in numpy) 1.0–2.4×; LeNet's C_out 10 and 25 1.0–1.45×.
     """
     if forced:
         return True
-    return cin >= 16 and out_hw[0] * out_hw[1] > 4
+    return kernel[0] * kernel[1] > 1 and out_hw[0] * out_hw[1] >= 64 and cout % 16 == 0
 
 
 def choose_transpose(cin: int, cout: int, kernel: tuple[int, int], stride: tuple[int, int],
                      pads: tuple[int, int, int, int], out_hw: tuple[int, int], forced: bool = False) -> str | None:
     """``"flip"`` (Conv with the flipped weight), ``"convT"`` (ONNX ConvTranspose) or None (numpy).
 
-    Measured as :func:`choose_forward`: the flipped Conv (its output has ``cin`` channels)
-    0.41–0.66× numpy for ``cin ≥ 16`` at stride 1, but 1.4–2.2× for ``cin < 16``; there
-    ConvTranspose gives 0.20–0.53× (LeNet, 3-channel inputs) at stride 1; at stride 2
-    ConvTranspose 0.61× for ``cin ≥ 16``, 2.1× for the 7×7 stem; 2×2 outputs lose (1.5–2.6×).
+    ``cout`` is the weight's output channels (the transpose's input: 2·C_out for α2β1).
+    Measured as :func:`choose_forward`, for ``out_hw`` (the transpose's input grid) of ≥ 8×8:
+    the flipped Conv 0.35–0.9× numpy at stride 1 with ``cin ≥ 16``; ConvTranspose for thin
+    inputs (``cin < 16``) 0.33–0.76× with ≤ 16 channels in or LeNet's 5×5 kernels (≤ 50 in),
+    but 0.9–1.6× with 32–128 channels in under 3×3 kernels; at stride 2 0.35–0.76×
+    (ResNet-18's stem and first downsampling, ±noise). Grids under 8×8: 0.8–3.6×, numpy.
     """
     kh, kw = kernel
     flip_ok = stride == (1, 1) and max(pads[0], pads[1]) <= kh - 1 and max(pads[2], pads[3]) <= kw - 1
     if forced:
         return "flip" if flip_ok else "convT"
-    if out_hw[0] * out_hw[1] <= 4:
+    if out_hw[0] * out_hw[1] < 64:
         return None
+    if stride != (1, 1):
+        return "convT"
     if cin >= 16:
         return "flip" if flip_ok else "convT"
-    if stride == (1, 1):
+    if cout <= 16 or (kh * kw >= 25 and cout <= 64):
         return "convT"
     return None
 
