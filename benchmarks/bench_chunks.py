@@ -4,9 +4,10 @@
     python benchmarks/bench_chunks.py --threads 2 --points lenet:64,lenet:256,vgg11:64,resnet18:32,wide:16
 
 For each point (network:batch) and rule, times the Explainer with ``workers=1`` (one chunk;
-BLAS and onnxruntime use ``--threads`` threads) and with the default plan (``workers`` =
-``--threads`` chunks, one thread each), interleaved in one process (see bench_lrp.measure),
-and prints the medians, the chunk plan and the ratio split / whole. Networks as in
+BLAS and onnxruntime use ``--threads`` threads), with the default plan (``chunks``: how many
+it makes; ``--threads`` workers, one thread each) and forced into ``--threads`` equal chunks
+(``chunk_size``), interleaved in one process (see bench_lrp.measure), and prints the medians
+and the ratios to the whole batch. Networks as in
 bench_lrp.py (vgg11, resnet18, wide need torch and lrpflow-onnx).
 """
 from __future__ import annotations
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     x_all = None
     print(f"threads {args.threads}, cpu_workers() = {cpu_workers()}")
-    print(f"{'point':<14} {'rule':<18} {'chunks':>7} {'whole ms':>9} {'split ms':>9} {'split/whole':>11}")
+    print(f"{'point':<14} {'rule':<18} {'chunks':>7} {'whole ms':>9} {'split ms':>9} {'split/whole':>11} {'forced ms':>9} {'forced/whole':>12}")
     for point in args.points.split(","):
         net, batch = point.split(":")
         n = int(batch)
@@ -51,12 +52,15 @@ def main(argv: list[str] | None = None) -> int:
         for rule in args.rules.split(","):
             whole = lrpflow.Explainer(model, dtype="float32", workers=1, **RULES[rule])
             split = lrpflow.Explainer(model, dtype="float32", **RULES[rule])
+            forced = lrpflow.Explainer(model, dtype="float32", chunk_size=-(-n // args.threads), **RULES[rule])
             plan = split._chunks(model.to_nhwc(x), split.default_method[1], split._workers(x))
             cases = [bench_lrp.Case(("whole",), lambda e=whole: e(x), lambda: None),
-                     bench_lrp.Case(("split",), lambda e=split: e(x), lambda: None)]
+                     bench_lrp.Case(("split",), lambda e=split: e(x), lambda: None),
+                     bench_lrp.Case(("forced",), lambda e=forced: e(x), lambda: None)]
             bench_lrp.measure(cases, args.min_time, args.min_runs, settle=0.1)
-            tw, ts = cases[0].median, cases[1].median
-            print(f"{point:<14} {rule:<18} {len(plan):>7} {tw * 1e3:>9.2f} {ts * 1e3:>9.2f} {ts / tw:>11.2f}", flush=True)
+            tw, ts, tf = (c.median for c in cases)
+            print(f"{point:<14} {rule:<18} {len(plan):>7} {tw * 1e3:>9.2f} {ts * 1e3:>9.2f} {ts / tw:>11.2f} "
+                  f"{tf * 1e3:>9.2f} {tf / tw:>12.2f}", flush=True)
     return 0
 
 

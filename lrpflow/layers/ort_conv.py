@@ -125,21 +125,23 @@ def choose_transpose(cin: int, cout: int, kernel: tuple[int, int], stride: tuple
 
     ``cout`` is the weight's output channels (the transpose's input: 2·C_out for α2β1).
     Measured as :func:`choose_forward`, for ``out_hw`` (the transpose's input grid) of ≥ 8×8:
-    the flipped Conv 0.35–0.9× numpy at stride 1 with ``cin ≥ 16``; ConvTranspose for thin
+    the flipped Conv 0.35–0.9× numpy at stride 1 with ``cin ≥ 16`` (4×4 grids: 0.48–1.3×,
+    0.9× on average over VGG-11 and ResNet-18, so used from 4×4 on); ConvTranspose for thin
     inputs (``cin < 16``) 0.33–0.76× with ≤ 16 channels in or LeNet's 5×5 kernels (≤ 50 in),
     but 0.9–1.6× with 32–128 channels in under 3×3 kernels; at stride 2 0.35–0.76×
-    (ResNet-18's stem and first downsampling, ±noise). Grids under 8×8: 0.8–3.6×, numpy.
+    (ResNet-18's stem and first downsampling, ±noise). Other grids under 8×8: 0.8–3.6×, numpy.
     """
     kh, kw = kernel
     flip_ok = stride == (1, 1) and max(pads[0], pads[1]) <= kh - 1 and max(pads[2], pads[3]) <= kw - 1
     if forced:
         return "flip" if flip_ok else "convT"
-    if out_hw[0] * out_hw[1] < 64:
+    cells = out_hw[0] * out_hw[1]
+    if cin >= 16 and flip_ok and cells >= 16:
+        return "flip"
+    if cells < 64:
         return None
-    if stride != (1, 1):
+    if stride != (1, 1) or cin >= 16:
         return "convT"
-    if cin >= 16:
-        return "flip" if flip_ok else "convT"
     if cout <= 16 or (kh * kw >= 25 and cout <= 64):
         return "convT"
     return None
