@@ -339,21 +339,7 @@ class AlphaBeta(Rule):
 
 
 def _shares(r: Any, p: Any, n: Any, alpha: float, beta: float, pos_div: Any, neg_div: Any) -> Any:
-    """``[α R/P, −β R/N]`` along the channels.
-
-    On numpy both halves are computed in place in the result (the same operations in the
-    same order as the divisions of :class:`_StabilizedDivision`, without their temporaries
-    and the concatenation).
-    """
-    if isinstance(r, numpy.ndarray) and type(p) is type(n) is numpy.ndarray \
-            and r.shape == p.shape == n.shape and r.dtype == p.dtype == n.dtype:
-        c = r.shape[-1]
-        out = numpy.empty((*r.shape[:-1], 2 * c), dtype=r.dtype)
-        for half, d, div, factor in ((out[..., :c], p, pos_div, alpha), (out[..., c:], n, neg_div, -beta)):
-            numpy.add(d, div.stabilizer, out=half)
-            numpy.divide(r, half, out=half, where=half != 0)  # 0 stays where the denominator is 0
-            half *= factor
-        return out
+    """``[α R/P, −β R/N]`` along the channels."""
     pos, neg = pos_div(r, p), neg_div(r, n)
     pos *= alpha
     neg *= -beta
