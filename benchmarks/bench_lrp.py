@@ -98,8 +98,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cpu-note", action="store_true",
                    help="print (and store in --json) the CPU model and the BLAS library, version and kernel "
                         "numpy uses (threadpoolctl)")
+    p.add_argument("--conv-kernels", default="auto", metavar="K[,K...]",
+                   help="lrpflow convolution kernels to time side by side in the same rounds: auto, onnxruntime, "
+                        "numpy (lrpflow.layers.ort_conv; default %(default)s); rows then carry the kernel's name")
     p.add_argument("--json", metavar="PATH", help="also write the rows (and run metadata) as JSON to PATH")
     args = p.parse_args(argv)
+    args.conv_kernels = _choices(args.conv_kernels, ("auto", "onnxruntime", "numpy"), "--conv-kernels")
     args.networks = _choices(args.networks, NETWORKS, "--networks")
     args.methods = _choices(args.methods, METHODS, "--methods")
     if "forward" not in args.methods:
@@ -461,6 +465,17 @@ def compare_zennit(name: str, method: str, explainer, znet, x32, tdev: str) -> t
 # --- timing -----------------------------------------------------------------------------
 
 
+def kernel_call(kernel: str, fn):
+    """``fn`` run with lrpflow's convolution kernels set to ``kernel`` (see lrpflow.layers.ort_conv)."""
+    from lrpflow.layers.ort_conv import use_conv_kernel
+
+    def call():
+        with use_conv_kernel(kernel):
+            return fn()
+
+    return call
+
+
 class Case:
     """One timed callable of a point (lrpflow method, torch floor, zennit method)."""
 
@@ -621,9 +636,11 @@ def main(argv: list[str] | None = None) -> int:
         for n in args.batches:
             x_np = net_input(net, x_all, n).astype(np.float32)
             x = xp.asarray(x_np)
-            cases: list[Case] = [Case(("lrpflow", "forward"), lambda x=x: model.run(model.to_nhwc(x)), sync)]
-            for m, exp in explainers.items():
-                cases.append(Case(("lrpflow", m), lambda exp=exp, x=x: exp(x), sync))
+            cases: list[Case] = []
+            for k in args.conv_kernels:
+                cases.append(Case(("lrpflow", "forward", k), kernel_call(k, lambda x=x: model.run(model.to_nhwc(x))), sync))
+                for m, exp in explainers.items():
+                    cases.append(Case(("lrpflow", m, k), kernel_call(k, lambda exp=exp, x=x: exp(x)), sync))
             zctx = []
             if tnet is not None:
                 xt = torch.from_numpy(to_torch_layout(net, x_np)).to(tdev)
@@ -666,24 +683,27 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 for a in zctx:
                     a.__exit__(None, None, None)
-            mem = {m: explain_memory(exp, model, x) for m, exp in explainers.items()}
             med = {c.key: c.median for c in cases}
             info = {c.key: (len(c.samples), c.inner) for c in cases}
-            fwd = med[("lrpflow", "forward")]
-            for m in args.methods:
-                t = med[("lrpflow", m)]
+            mems = {k: {m: kernel_call(k, lambda exp=exp: explain_memory(exp, model, x))() for m, exp in explainers.items()}
+                    for k in args.conv_kernels}
+            for k, m in ((k, m) for k in args.conv_kernels for m in args.methods):
+                mem = mems[k]
+                fwd = med[("lrpflow", "forward", k)]
+                t = med[("lrpflow", m, k)]
                 floor_key = ("torch", "forward") if m == "forward" else ("torch", "grad_x_input")
                 floor = med.get(floor_key)
                 z = med.get(("zennit", m))
                 rows.append({
-                    "network": net, "batch": n, "method": m, "heatmaps_per_s": n / t, "ms_per_batch": t * 1e3,
+                    "network": net, "batch": n, "method": m if len(args.conv_kernels) == 1 else f"{m}[{k}]",
+                    "conv_kernel": k, "heatmaps_per_s": n / t, "ms_per_batch": t * 1e3,
                     "floor": None if floor is None else ("torch forward" if m == "forward" else "torch grad×input"),
                     "floor_ms": None if floor is None else floor * 1e3,
                     "ratio_to_floor": None if floor is None else t / floor,
                     "ratio_to_forward": t / fwd,
                     "zennit_ms": None if z is None else z * 1e3,
                     "ratio_to_zennit": None if z is None else t / z,
-                    "runs": info[("lrpflow", m)][0], "inner": info[("lrpflow", m)][1],
+                    "runs": info[("lrpflow", m, k)][0], "inner": info[("lrpflow", m, k)][1],
                     "peak_rss_mib": peak_rss_mib(), "other_cpu_cores": others,
                     "explain_peak_mib": (mem.get(m) or (None, None))[0],
                     "explain_peak_x_trace": (mem.get(m) or (None, None))[1],
@@ -712,7 +732,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_row(r: dict, header: bool, zennit: bool) -> None:
-    cols = [("network", 8, "{}"), ("batch", 5, "{}"), ("method", 17, "{}"), ("heatmaps/s", 11, "{:.1f}"),
+    cols = [("network", 8, "{}"), ("batch", 5, "{}"), ("method", 29, "{}"), ("heatmaps/s", 11, "{:.1f}"),
             ("ms/batch", 9, "{:.3f}"), ("floor ms", 9, "{:.3f}"), ("x floor", 7, "{:.2f}"), ("x fwd", 7, "{:.2f}")]
     keys = ["network", "batch", "method", "heatmaps_per_s", "ms_per_batch", "floor_ms", "ratio_to_floor",
             "ratio_to_forward"]

@@ -18,7 +18,12 @@ from typing import Any, TypeVar
 #: Bytes of forward trace per chunk when no chunk size is given (per thread on the CPU).
 TRACE_BUDGET_BYTES = 1 << 30
 #: Fewest samples per chunk when a batch is split only to feed the threads.
-MIN_CHUNK = 16
+MIN_CHUNK = 4
+#: Fewest bytes of trace per chunk when a batch is split only to feed the threads: below that,
+#: per-call overheads (Python, thread hand-offs) outweigh the second core. Measured with
+#: benchmarks/bench_chunks.py (2 threads, Xeon): LeNet-5 chunks of 0.8 MiB (batch 16) took
+#: 1.1–1.3× the time of the whole batch on one worker, of 1.5 MiB (batch 32) 0.73–0.93×.
+MIN_CHUNK_BYTES = 1 << 20
 
 T = TypeVar("T")
 
@@ -62,10 +67,10 @@ def plan(n: int, per_sample_bytes: int, workers: int, chunk_size: int | None = N
 
     ``chunk_size`` given: chunks of at most that many rows. Otherwise chunks hold at most
     ``budget_bytes`` of trace, and with ``workers > 1`` there are at least ``workers``
-    chunks, as long as each keeps ≥ :data:`MIN_CHUNK` rows and at least as many bytes of
-    trace as the model has parameters (``param_bytes``): every chunk reads all weights,
-    so splitting a small batch of a dense network would only multiply weight traffic.
-    Chunk sizes differ by ≤ 1 row.
+    chunks, as long as each keeps ≥ :data:`MIN_CHUNK` rows, ≥ :data:`MIN_CHUNK_BYTES` of
+    trace and at least as many bytes of trace as ``param_bytes`` (the weights each chunk
+    reads once per sample, i.e. of dense layers: splitting a small batch of a dense network
+    would only multiply weight traffic). Chunk sizes differ by ≤ 1 row.
     """
     if n <= 0:
         return [slice(0, max(n, 0))]
@@ -74,7 +79,8 @@ def plan(n: int, per_sample_bytes: int, workers: int, chunk_size: int | None = N
     else:
         count = -(-n // max(1, budget_bytes // max(1, per_sample_bytes)))
         if workers > 1:  # one chunk per worker at least, unless that leaves chunks too small
-            min_rows = max(MIN_CHUNK, -(-param_bytes // max(1, per_sample_bytes)))
+            per = max(1, per_sample_bytes)
+            min_rows = max(MIN_CHUNK, -(-MIN_CHUNK_BYTES // per), -(-param_bytes // per))
             count = max(count, min(workers, n // min_rows))
     base, extra = divmod(n, count)  # equal chunks: the slowest thread sets the pace
     out, start = [], 0

@@ -595,8 +595,11 @@ class Explainer:
         if sizes is None:
             shapes = self.model.infer_shapes(tuple(x.shape[1:]))
             per_sample = sum(math.prod(s) for s in shapes.values()) * x.dtype.itemsize
-            params = sum(math.prod(v.shape) for layer in self.model.layers for v in layer.params().values()
-                         if v is not None) * x.dtype.itemsize
+            # weights read once per sample; a convolution's are reused at every output position, so
+            # their traffic is small next to its work (ResNet-18 at batch 32 in 2 chunks: 0.6–0.75×
+            # the time of one chunk, though its 45 MB of weights outweigh each chunk's trace)
+            params = sum(math.prod(v.shape) for layer in self.model.layers if "conv" not in layer.kinds
+                         for v in layer.params().values() if v is not None) * x.dtype.itemsize
             sizes = self._sizes[key] = (per_sample, params)
         return plan(n, sizes[0], workers, self.chunk_size, param_bytes=sizes[1])
 

@@ -19,13 +19,15 @@ def covers(slices, n):
 
 @pytest.mark.parametrize("n", [1, 2, 15, 16, 17, 31, 33, 64, 100, 257])
 @pytest.mark.parametrize("workers", [1, 2, 3, 8])
-def test_plan_covers_the_batch_in_equal_chunks(n, workers):
-    slices = chunks.plan(n, per_sample_bytes=1000, workers=workers)
+@pytest.mark.parametrize("per_sample", [1000, 1 << 18, 1 << 21])
+def test_plan_covers_the_batch_in_equal_chunks(n, workers, per_sample):
+    slices = chunks.plan(n, per_sample_bytes=per_sample, workers=workers)
     assert covers(slices, n)
     sizes = [sl.stop - sl.start for sl in slices]
     assert max(sizes) - min(sizes) <= 1
-    # a chunk per worker, but never chunks under MIN_CHUNK rows only to feed the workers
-    assert len(slices) == max(1, min(workers, n // chunks.MIN_CHUNK))
+    # a chunk per worker, but never chunks under MIN_CHUNK rows or MIN_CHUNK_BYTES only to feed the workers
+    min_rows = max(chunks.MIN_CHUNK, -(-chunks.MIN_CHUNK_BYTES // per_sample))
+    assert len(slices) == max(1, min(workers, n // min_rows))
 
 
 def test_plan_respects_chunk_size_and_memory_budget():
@@ -44,10 +46,28 @@ def test_plan_does_not_split_small_batches_of_weight_heavy_models():
     mlp = {"per_sample_bytes": 8_600 * 4, "param_bytes": 4_400_000 * 4}
     assert len(chunks.plan(256, workers=2, **mlp)) == 1  # each chunk would re-read 17 MB of weights
     assert len(chunks.plan(1024, workers=2, **mlp)) == 2
-    # LeNet-5: ~48 k weights, ~25 k trace values per sample: split at the usual MIN_CHUNK
-    lenet = {"per_sample_bytes": 25_000 * 4, "param_bytes": 48_000 * 4}
+    # LeNet-5: ~25 k trace values per sample: split once each chunk holds ≥ 1 MiB of trace
+    # (batch 32: 0.73–0.93× the time of one chunk; batch 16: 1.1–1.3×)
+    lenet = {"per_sample_bytes": 25_000 * 4, "param_bytes": 0}
     assert len(chunks.plan(256, workers=2, **lenet)) == 2
-    assert len(chunks.plan(31, workers=2, **lenet)) == 1
+    assert len(chunks.plan(32, workers=2, **lenet)) == 2
+    assert len(chunks.plan(16, workers=2, **lenet)) == 1
+    # wide images (4 MiB of trace a sample): batch 16 in 2 chunks (0.55–0.64× the one-chunk time)
+    assert len(chunks.plan(16, workers=2, per_sample_bytes=4 << 20)) == 2
+
+
+def test_only_dense_weights_hold_back_the_split(rng):
+    """A convolution's weights are reused at every position: they do not count as per-sample traffic."""
+    from lrpflow.layers import Conv2d, Flatten, Linear
+
+    conv = Conv2d(3, 3, 64, 512, padding=1, rng=0)  # 1.2 MB of float32 weights
+    net = lrpflow.Sequential([conv, Flatten(), Linear(8 * 8 * 512, 2, rng=0)])
+    exp = lrpflow.Explainer(net, dtype="float32", workers=2, rule="epsilon")
+    x = numpy.zeros((16, 8, 8, 64), dtype=numpy.float32)
+    exp._chunks(x, exp.default_method[1], 2)
+    per_sample, dense = exp._sizes[(8, 8, 64, 4)]
+    assert dense == (8 * 8 * 512 * 2 + 2) * 4  # the Linear layer's weights only
+    assert per_sample == (8 * 8 * 64 + 8 * 8 * 512 * 2 + 2) * 4
 
 
 def test_map_chunks_keeps_order_holds_blas_to_one_thread_and_restores_it():
@@ -150,7 +170,7 @@ def test_chunked_explanation_equals_one_piece(rng, method, chunk_size, workers):
     keep = [net.nodes[2].name, "input"]
     whole = lrpflow.Explainer(net, dtype="float64", workers=1, keep=keep, **method)
     part = lrpflow.Explainer(net, dtype="float64", chunk_size=chunk_size, workers=workers, keep=keep, **method)
-    if chunk_size is None:  # 19 rows, 2 workers: one piece (chunks would fall below MIN_CHUNK)
+    if chunk_size is None:  # 19 rows, 2 workers: one piece (chunks would fall below MIN_CHUNK_BYTES)
         xx = whole.prepare(x)
         assert len(part._chunks(xx, part.default_method[1], part._workers(xx))) == 1
     labels = rng.integers(0, 4, 19)

@@ -9,6 +9,7 @@ import numpy
 from lrpflow.backend import get_namespace
 from lrpflow.errors import ShapeError
 from lrpflow.layers import _windows as win
+from lrpflow.layers import ort_conv
 from lrpflow.layers.base import LinearLike, Shape, check_rank
 
 
@@ -71,13 +72,19 @@ class Conv2d(LinearLike):
         """Banded weights of this layer's (modified) weights, kept across calls (cleared by :meth:`invalidate`)."""
         return self.__dict__.setdefault("_band_cache", {})
 
+    def _sessions(self) -> dict:
+        """onnxruntime sessions of this layer's (modified) weights (:mod:`lrpflow.layers.ort_conv`)."""
+        return self.__dict__.setdefault("_ort_cache", {})
+
     def invalidate(self) -> None:
         self.__dict__.pop("_band_cache", None)
+        self.__dict__.pop("_ort_cache", None)
         super().invalidate()
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         state.pop("_band_cache", None)
+        state.pop("_ort_cache", None)
         return state
 
     @property
@@ -91,7 +98,9 @@ class Conv2d(LinearLike):
     def apply(self, xs: Sequence[Any], weight: Any, bias: Any | None) -> Any:
         x = xs[0]
         if self.groups == 1:
-            z = win.conv_forward(x, weight, self.stride, self.pads, self._bands())
+            z = ort_conv.conv_forward(x, weight, self.stride, self.pads, self._sessions())
+            if z is None:
+                z = win.conv_forward(x, weight, self.stride, self.pads, self._bands())
         elif self.depthwise:
             z = win.depthwise_forward(x, weight, self.stride, self.pads)
         else:
@@ -103,7 +112,10 @@ class Conv2d(LinearLike):
     def apply_transpose(self, s: Any, weight: Any, xs: Sequence[Any]) -> list[Any]:
         shape = xs[0].shape
         if self.groups == 1:
-            return [win.conv_transpose(s, weight, self.stride, self.pads, shape, self._bands())]
+            g = ort_conv.conv_transpose(s, weight, self.stride, self.pads, shape, self._sessions())
+            if g is None:
+                g = win.conv_transpose(s, weight, self.stride, self.pads, shape, self._bands())
+            return [g]
         if self.depthwise:
             return [win.depthwise_transpose(s, weight, self.stride, self.pads, shape)]
         xp = get_namespace(s, weight)

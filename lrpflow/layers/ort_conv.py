@@ -1,0 +1,282 @@
+"""Optional convolution kernels from onnxruntime (MLAS) for float32 numpy arrays.
+
+When ``onnxruntime`` and ``onnx`` import (the ``fast`` extra), a 2-D convolution and its
+transpose on float32 numpy arrays can run as a one-node ONNX graph: ``Transpose → Conv →
+Transpose`` (NHWC in and out), which onnxruntime's optimiser turns into MLAS's blocked
+(NCHWc) convolution with channels-last reorders, weights prepacked once. The transpose
+``Wᵀ s`` (the backward pass) is either a ``Conv`` of ``s`` with the spatially flipped,
+channel-swapped weight (stride 1)::
+
+    (Wᵀ s)[n, i, j, c] = Σ_{a,b,k} s_pad[n, i + a, j + b, k] · W[kh−1−a, kw−1−b, c, k]
+
+with ``s`` padded by ``kh−1−top`` / ``kw−1−left``, or an ONNX ``ConvTranspose`` (any
+stride). Sessions are built once per layer, weight array (identity, as the banded-weight
+cache), input size and thread count, and kept in a dict the layer owns; the batch axis is
+symbolic. Results agree with the numpy kernels up to float32 rounding (different order of
+summation); float64, cupy, grouped convolutions and geometries where the numpy kernels are
+faster (see :func:`choose_forward`, :func:`choose_transpose`) stay on numpy.
+
+Switch: environment variable ``LRPFLOW_CONV_KERNEL`` = ``auto`` (default: onnxruntime where
+measured faster), ``onnxruntime`` (wherever supported; for tests) or ``numpy`` (never), or
+:func:`set_conv_kernel` / :func:`use_conv_kernel` in code (these take precedence).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import numpy
+
+from lrpflow.errors import ConfigError
+
+#: environment variable choosing the convolution kernels
+KERNEL_ENV = "LRPFLOW_CONV_KERNEL"
+KERNELS = ("auto", "onnxruntime", "numpy")
+#: sessions a layer keeps at most before its cache starts over
+SESSION_CACHE_ENTRIES = 32
+
+_override: str | None = None
+_modules: Any = None  # (onnxruntime, onnx.helper, onnx.numpy_helper, TensorProto) or False
+_lock = threading.Lock()
+
+
+def set_conv_kernel(kernel: str | None) -> None:
+    """Choose the convolution kernels for this process: ``auto``, ``onnxruntime``, ``numpy``
+    (None: back to ``$LRPFLOW_CONV_KERNEL``, default ``auto``)."""
+    global _override
+    _override = None if kernel is None else _check(kernel, "set_conv_kernel")
+
+
+@contextlib.contextmanager
+def use_conv_kernel(kernel: str) -> Iterator[None]:
+    """Context manager form of :func:`set_conv_kernel` (restores the previous choice)."""
+    global _override
+    previous, _override = _override, _check(kernel, "use_conv_kernel")
+    try:
+        yield
+    finally:
+        _override = previous
+
+
+def _check(kernel: str, where: str) -> str:
+    name = str(kernel).strip().lower()
+    if name not in KERNELS:
+        raise ConfigError(f"{where}: convolution kernel must be one of {KERNELS}, got {kernel!r}")
+    return name
+
+
+def conv_kernel() -> str:
+    """The kernel choice in force: :func:`set_conv_kernel`'s, else ``$LRPFLOW_CONV_KERNEL``, else ``auto``."""
+    if _override is not None:
+        return _override
+    return _check(os.environ.get(KERNEL_ENV, "auto") or "auto", f"${KERNEL_ENV}")
+
+
+def _load() -> Any:
+    global _modules
+    if _modules is None:
+        with _lock:
+            if _modules is None:
+                try:
+                    import onnxruntime
+                    from onnx import TensorProto, helper, numpy_helper
+
+                    _modules = (onnxruntime, helper, numpy_helper, TensorProto)
+                except Exception:  # ImportError, or a broken native library
+                    _modules = False
+    return _modules or None
+
+
+def available() -> bool:
+    """True if onnxruntime and onnx import."""
+    return _load() is not None
+
+
+def _eligible(a: Any, weight: Any) -> bool:
+    return type(a) is numpy.ndarray and type(weight) is numpy.ndarray and a.dtype == numpy.float32 \
+        and weight.dtype == numpy.float32
+
+
+# --- where onnxruntime pays --------------------------------------------------------------
+
+
+def choose_forward(cin: int, cout: int, kernel: tuple[int, int], stride: tuple[int, int], out_hw: tuple[int, int],
+                   forced: bool = False) -> bool:
+    """True where the onnxruntime forward convolution is used.
+
+    Measured per layer with ``benchmarks/bench_conv_kernels.py`` (1 thread, Xeon with AVX-512,
+    ORT 1.32, ratios of interleaved medians to numpy's time, ±20% noise): outputs of ≥ 8×8
+    positions with C_out a multiple of 16 (MLAS's NCHWc block) 0.38–0.77× (wide net,
+    VGG-11, ResNet-18, the 7×7 stem included; VGG's 3→64 0.76–1.08×); 4×4 and 2×2 outputs
+    0.9–1.9×; 1×1 kernels (a plain GEMM in numpy) 1.0–2.4×; LeNet's C_out 10 and 25 1.0–1.45×.
+    """
+    if forced:
+        return True
+    return kernel[0] * kernel[1] > 1 and out_hw[0] * out_hw[1] >= 64 and cout % 16 == 0
+
+
+def choose_transpose(cin: int, cout: int, kernel: tuple[int, int], stride: tuple[int, int],
+                     pads: tuple[int, int, int, int], out_hw: tuple[int, int], forced: bool = False) -> str | None:
+    """``"flip"`` (Conv with the flipped weight), ``"convT"`` (ONNX ConvTranspose) or None (numpy).
+
+    ``cout`` is the weight's output channels (the transpose's input: 2·C_out for α2β1).
+    Measured as :func:`choose_forward`, for ``out_hw`` (the transpose's input grid) of ≥ 8×8:
+    the flipped Conv 0.35–0.9× numpy at stride 1 with ``cin ≥ 16`` (4×4 grids: 0.48–1.3×,
+    0.9× on average over VGG-11 and ResNet-18, so used from 4×4 on); ConvTranspose for thin
+    inputs (``cin < 16``) 0.33–0.76× with ≤ 16 channels in or LeNet's 5×5 kernels (≤ 50 in),
+    but 0.9–1.6× with 32–128 channels in under 3×3 kernels; at stride 2 0.35–0.76×
+    (ResNet-18's stem and first downsampling, ±noise). Other grids under 8×8: 0.8–3.6×, numpy.
+    """
+    kh, kw = kernel
+    flip_ok = stride == (1, 1) and max(pads[0], pads[1]) <= kh - 1 and max(pads[2], pads[3]) <= kw - 1
+    if forced:
+        return "flip" if flip_ok else "convT"
+    cells = out_hw[0] * out_hw[1]
+    if cin >= 16 and flip_ok and cells >= 16:
+        return "flip"
+    if cells < 64:
+        return None
+    if stride != (1, 1) or cin >= 16:
+        return "convT"
+    if cout <= 16 or (kh * kw >= 25 and cout <= 64):
+        return "convT"
+    return None
+
+
+# --- sessions ------------------------------------------------------------------------------
+
+
+def _threads() -> int:
+    from lrpflow.chunks import cpu_workers
+
+    return cpu_workers()  # BLAS's thread count; 1 inside a chunk worker (no nested pools)
+
+
+def _session(graph_nodes: list[Any], x_shape: tuple[int, ...], weight_oihw: numpy.ndarray, threads: int) -> Any:
+    ort, helper, numpy_helper, tensor = _load()
+    x_info = helper.make_tensor_value_info("x", tensor.FLOAT, ["N", *x_shape])
+    y_info = helper.make_tensor_value_info("y", tensor.FLOAT, None)
+    graph = helper.make_graph(graph_nodes, "lrpflow_conv", [x_info], [y_info],
+                              [numpy_helper.from_array(weight_oihw, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # NCHWc + channels-last reorders
+    opts.enable_cpu_mem_arena = False  # no arena holding the largest activation after the call
+    opts.log_severity_level = 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # numpy works between calls
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def _attrs(kernel: tuple[int, int], stride: tuple[int, int], pads: tuple[int, int, int, int]) -> dict[str, Any]:
+    t, b, l, r = pads
+    return {"kernel_shape": list(kernel), "strides": list(stride), "pads": [t, l, b, r]}
+
+
+def _forward_session(weight: numpy.ndarray, stride: tuple[int, int], pads: tuple[int, int, int, int],
+                     in_hwc: tuple[int, int, int], threads: int) -> Any:
+    from onnx import helper
+
+    kh, kw = weight.shape[:2]
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["xt", "w"], ["yt"], **_attrs((kh, kw), stride, pads)),
+             helper.make_node("Transpose", ["yt"], ["y"], perm=[0, 2, 3, 1])]
+    return _session(nodes, in_hwc, numpy.ascontiguousarray(weight.transpose(3, 2, 0, 1)), threads)
+
+
+def _transpose_session(how: str, weight: numpy.ndarray, stride: tuple[int, int], pads: tuple[int, int, int, int],
+                       out_hwc: tuple[int, int, int], in_hw: tuple[int, int], threads: int) -> Any:
+    from onnx import helper
+
+    kh, kw = weight.shape[:2]
+    t, b, l, r = pads
+    if how == "flip":  # Conv: output channels = cin, input channels = cout, kernel flipped
+        w = numpy.ascontiguousarray(weight[::-1, ::-1].transpose(2, 3, 0, 1))
+        op = helper.make_node("Conv", ["xt", "w"], ["yt"],
+                              **_attrs((kh, kw), (1, 1), (kh - 1 - t, kh - 1 - b, kw - 1 - l, kw - 1 - r)))
+    else:  # ConvTranspose: weight (C_in of the transpose = cout, C_out = cin, kh, kw)
+        w = numpy.ascontiguousarray(weight.transpose(3, 2, 0, 1))
+        ho, wo = out_hwc[:2]
+        extra = [in_hw[0] - ((ho - 1) * stride[0] + kh - t - b), in_hw[1] - ((wo - 1) * stride[1] + kw - l - r)]
+        op = helper.make_node("ConvTranspose", ["xt", "w"], ["yt"], output_padding=extra,
+                              **_attrs((kh, kw), stride, pads))
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 3, 1, 2]), op,
+             helper.make_node("Transpose", ["yt"], ["y"], perm=[0, 2, 3, 1])]
+    return _session(nodes, out_hwc, w, threads)
+
+
+def _cached(cache: dict | None, key: tuple, weight: numpy.ndarray, build: Any) -> Any:
+    """The session under ``key`` (its first element the weight's id), built on a miss.
+
+    The entry holds the weight array itself, so an id cannot be reused while its entry lives
+    (as :func:`lrpflow.layers._windows.cached_banded_weight`). A weight seen for the first time
+    is also looked up by its content (a 128-bit BLAKE2 digest of its bytes): the modified
+    weights of a new Explainer (``lrpflow.explain`` builds one per call) are new arrays with
+    the contents of the last one's, and a session costs far more to build than to find.
+    """
+    if cache is None:
+        return build()
+    hit = cache.get(key)
+    if hit is not None and hit[0] is weight:
+        return hit[1]
+    digest = hashlib.blake2b(numpy.ascontiguousarray(weight).data, digest_size=16).digest()
+    content_key = ("content", digest, weight.shape, *key[1:])
+    session = cache.get(content_key)
+    if session is None:
+        session = build()
+    if len(cache) >= 2 * SESSION_CACHE_ENTRIES:
+        cache.clear()
+    cache[key] = (weight, session)
+    cache[content_key] = session
+    return session
+
+
+def _run(session: Any, a: numpy.ndarray) -> numpy.ndarray:
+    return session.run(None, {"x": numpy.ascontiguousarray(a)})[0]
+
+
+# --- the kernels -----------------------------------------------------------------------------
+
+
+def conv_forward(x: Any, weight: Any, stride: tuple[int, int], pads: tuple[int, int, int, int],
+                 cache: dict | None = None) -> Any | None:
+    """:func:`lrpflow.layers._windows.conv_forward` through onnxruntime, or None where it does not apply."""
+    mode = conv_kernel()
+    if mode == "numpy" or not _eligible(x, weight) or not available():
+        return None
+    kh, kw, cin, cout = weight.shape
+    hp, wp = x.shape[1] + pads[0] + pads[1], x.shape[2] + pads[2] + pads[3]
+    ho, wo = (hp - kh) // stride[0] + 1, (wp - kw) // stride[1] + 1
+    if not choose_forward(cin, cout, (kh, kw), stride, (ho, wo), forced=mode == "onnxruntime"):
+        return None
+    threads = _threads()
+    in_hwc = tuple(int(d) for d in x.shape[1:])
+    key = (id(weight), "fwd", tuple(stride), tuple(pads), in_hwc, threads)
+    session = _cached(cache, key, weight, lambda: _forward_session(weight, stride, pads, in_hwc, threads))
+    return _run(session, x)
+
+
+def conv_transpose(s: Any, weight: Any, stride: tuple[int, int], pads: tuple[int, int, int, int],
+                   in_shape: tuple[int, ...], cache: dict | None = None) -> Any | None:
+    """:func:`lrpflow.layers._windows.conv_transpose` through onnxruntime, or None where it does not apply."""
+    mode = conv_kernel()
+    if mode == "numpy" or not _eligible(s, weight) or not available():
+        return None
+    kh, kw, cin, cout = weight.shape
+    out_hwc = tuple(int(d) for d in s.shape[1:])
+    how = choose_transpose(cin, cout, (kh, kw), tuple(stride), tuple(pads), out_hwc[:2], forced=mode == "onnxruntime")
+    if how is None:
+        return None
+    threads = _threads()
+    in_hw = (int(in_shape[1]), int(in_shape[2]))
+    key = (id(weight), how, tuple(stride), tuple(pads), out_hwc, in_hw, threads)
+    session = _cached(cache, key, weight,
+                      lambda: _transpose_session(how, weight, stride, pads, out_hwc, in_hw, threads))
+    return _run(session, s)

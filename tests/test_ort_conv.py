@@ -1,0 +1,173 @@
+"""onnxruntime convolution kernels (lrpflow/layers/ort_conv.py) against the numpy kernels and brute force."""
+from __future__ import annotations
+
+import pickle
+import sys
+
+import numpy
+import pytest
+
+import lrpflow
+from lrpflow.errors import ConfigError
+from lrpflow.graph import Sequential
+from lrpflow.layers import Conv2d, Flatten, Linear, MaxPool, ReLU
+from lrpflow.layers import _windows as win
+from lrpflow.layers import ort_conv
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+from test_layers import brute_conv, brute_transpose  # noqa: E402
+
+
+def geometry(rng, max_channels=20):
+    while True:
+        kh, kw = (int(v) for v in rng.integers(1, 6, 2))
+        stride = tuple(int(v) for v in rng.integers(1, 4, 2))
+        pads = tuple(int(v) for v in rng.integers(0, 3, 4))
+        h, w = (int(v) for v in rng.integers(1, 13, 2))
+        if h + pads[0] + pads[1] >= kh and w + pads[2] + pads[3] >= kw:
+            cin, cout = (int(v) for v in rng.integers(1, max_channels + 1, 2))
+            return (kh, kw, cin, cout), stride, pads, (int(rng.integers(1, 4)), h, w, cin)
+
+
+def close32(a, ref):
+    """float32 rounding of sums of ≤ a few hundred terms: relative to the largest value."""
+    assert a.dtype == numpy.float32 and a.shape == ref.shape
+    numpy.testing.assert_allclose(a, ref, rtol=0, atol=2e-5 * max(1.0, float(numpy.abs(ref).max())))
+
+
+@pytest.mark.parametrize("how", ["choice", "convT"])
+def test_forward_and_transpose_match_brute_force(rng, monkeypatch, how):
+    """Forced onnxruntime kernels on random geometries (stride, asymmetric padding, channels, batch)
+    against float64 brute force; ``convT``: ConvTranspose even where the flipped Conv would be used."""
+    if how == "convT":
+        monkeypatch.setattr(ort_conv, "choose_transpose", lambda *a, **k: "convT")
+    cache: dict = {}
+    with ort_conv.use_conv_kernel("onnxruntime"):
+        for _ in range(40):
+            wshape, stride, pads, xshape = geometry(rng)
+            x = rng.normal(size=xshape).astype(numpy.float32)
+            w = rng.normal(size=wshape).astype(numpy.float32)
+            y = ort_conv.conv_forward(x, w, stride, pads, cache)
+            close32(y, brute_conv(x.astype(float), w.astype(float), stride, pads))
+            s = rng.normal(size=y.shape).astype(numpy.float32)
+            g = ort_conv.conv_transpose(s, w, stride, pads, x.shape, cache)
+            close32(g, brute_transpose(s.astype(float), w.astype(float), stride, pads, x.shape))
+    assert cache  # sessions were built and kept
+
+
+def test_transpose_choices_cover_both_graphs():
+    assert ort_conv.choose_transpose(3, 8, (3, 3), (1, 1), (1, 1, 1, 1), (8, 8), forced=True) == "flip"
+    assert ort_conv.choose_transpose(3, 8, (3, 3), (2, 2), (1, 1, 1, 1), (8, 8), forced=True) == "convT"
+    # padding wider than the kernel: the flipped Conv would need negative pads
+    assert ort_conv.choose_transpose(3, 8, (2, 2), (1, 1), (2, 0, 0, 0), (8, 8), forced=True) == "convT"
+
+
+def by_id(layer):
+    return {k: v for k, v in layer._sessions().items() if k[0] != "content"}
+
+
+def test_sessions_are_cached_per_weight_and_dropped_with_the_layer_cache(rng):
+    layer = Conv2d(3, 3, 16, 16, padding=1, weight=rng.normal(size=(3, 3, 16, 16)), rng=0)
+    x = rng.random((2, 6, 6, 16)).astype(numpy.float32)
+    w32 = layer.lrp_params([x])[0]
+    with ort_conv.use_conv_kernel("onnxruntime"):
+        layer.apply([x], w32, None)
+        (key, (held, session)), = by_id(layer).items()
+        assert held is w32 and key[0] == id(w32)
+        layer.apply([x], w32, None)
+        assert layer._sessions()[key][1] is session  # reused, not rebuilt
+        w2 = w32 * 2  # another (modified) weight: its own session
+        numpy.testing.assert_allclose(layer.apply([x], w2, None), 2 * layer.apply([x], w32, None), rtol=1e-5, atol=1e-5)
+        assert len(by_id(layer)) == 2 and len({id(v[1]) for v in by_id(layer).values()}) == 2
+        w3 = w32.copy()  # a new array with the same contents (a new Explainer's modified weight): same session
+        layer.apply([x], w3, None)
+        assert by_id(layer)[(id(w3), *key[1:])][1] is session
+    clone = pickle.loads(pickle.dumps(layer))
+    assert "_ort_cache" not in clone.__dict__
+    layer.invalidate()
+    assert "_ort_cache" not in layer.__dict__
+
+
+def test_numpy_switch_float64_and_groups_stay_on_numpy(rng, monkeypatch):
+    x = rng.random((2, 8, 8, 16)).astype(numpy.float32)
+    w = rng.normal(size=(3, 3, 16, 32)).astype(numpy.float32)
+    with ort_conv.use_conv_kernel("numpy"):
+        assert ort_conv.conv_forward(x, w, (1, 1), (1, 1, 1, 1), {}) is None
+    monkeypatch.setenv(ort_conv.KERNEL_ENV, "numpy")
+    assert ort_conv.conv_kernel() == "numpy"
+    assert ort_conv.conv_forward(x, w, (1, 1), (1, 1, 1, 1), {}) is None
+    monkeypatch.setenv(ort_conv.KERNEL_ENV, "onnxruntime")
+    assert ort_conv.conv_forward(x, w, (1, 1), (1, 1, 1, 1), {}) is not None
+    assert ort_conv.conv_forward(x.astype(float), w.astype(float), (1, 1), (1, 1, 1, 1), {}) is None
+    assert ort_conv.conv_transpose(x.astype(float), w.astype(float), (1, 1), (1, 1, 1, 1), x.shape, {}) is None
+    grouped = Conv2d(3, 3, 16, 32, padding=1, groups=2, rng=0)
+    z = grouped.forward(x)
+    assert "_ort_cache" not in grouped.__dict__ or not grouped._sessions()
+    monkeypatch.setenv(ort_conv.KERNEL_ENV, "numpy")
+    numpy.testing.assert_array_equal(grouped.forward(x), z)
+
+
+def test_bad_kernel_names_raise(monkeypatch):
+    with pytest.raises(ConfigError, match="must be one of"):
+        ort_conv.set_conv_kernel("mkl")
+    monkeypatch.setenv(ort_conv.KERNEL_ENV, "fastest")
+    with pytest.raises(ConfigError, match="LRPFLOW_CONV_KERNEL"):
+        ort_conv.conv_kernel()
+
+
+def test_missing_onnxruntime_falls_back_to_numpy(rng, monkeypatch):
+    monkeypatch.setattr(ort_conv, "_modules", None)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now raises ImportError
+    assert not ort_conv.available()
+    layer = Conv2d(3, 3, 16, 16, padding=1, rng=0)
+    x = rng.random((2, 6, 6, 16)).astype(numpy.float32)
+    with ort_conv.use_conv_kernel("onnxruntime"):
+        y = layer.forward(x)
+    assert not layer._sessions()
+    numpy.testing.assert_array_equal(y, win.conv_forward(x, layer.lrp_params([x])[0], (1, 1), (1, 1, 1, 1)))
+
+
+def test_chunk_workers_get_one_thread_each():
+    from lrpflow.chunks import map_chunks
+
+    assert map_chunks(lambda _: ort_conv._threads(), [0, 1], 2) == [1, 1]
+
+
+def small_cnn(rng):
+    """Channels ≥ 16 so that ``auto`` takes onnxruntime in the forward and the transposes."""
+    def conv(cin, cout, **kw):
+        return Conv2d(3, 3, cin, cout, weight=rng.normal(0, (9 * cin) ** -0.5, (3, 3, cin, cout)),
+                      bias=rng.normal(0, 0.1, cout), **kw)
+
+    return Sequential([conv(3, 16, padding=1), ReLU(), conv(16, 32, padding=1), ReLU(), MaxPool(2, 2),
+                       conv(32, 32, stride=2, padding=(1, 0, 1, 0)), ReLU(), Flatten(),
+                       Linear(32 * 4 * 4, 5, weight=rng.normal(0, 0.1, (512, 5)), bias=numpy.zeros(5))])
+
+
+@pytest.mark.parametrize("method", [dict(rule="epsilon", epsilon=0.01), dict(rule="alpha_beta", alpha=2.0, beta=1.0),
+                                    dict(composite="epsilon_plus_flat"), dict(rule="gamma", gamma=0.25)])
+@pytest.mark.parametrize("kernel", ["auto", "onnxruntime"])
+def test_explanations_agree_with_the_numpy_kernels(rng, method, kernel):
+    model = small_cnn(rng)
+    x = rng.random((5, 16, 16, 3)).astype(numpy.float32)
+    with ort_conv.use_conv_kernel("numpy"):
+        ref = lrpflow.Explainer(model, dtype="float32", workers=1, **method)(x)
+    assert not any(getattr(layer, "_ort_cache", None) for layer in model.modules)
+    with ort_conv.use_conv_kernel(kernel):
+        out = lrpflow.Explainer(model, dtype="float32", workers=1, **method)(x)
+    assert any(getattr(layer, "_ort_cache", None) for layer in model.modules)  # the onnxruntime path ran
+    numpy.testing.assert_allclose(out.logits, ref.logits, rtol=1e-5, atol=1e-5)
+    r, r_ref = numpy.asarray(out.relevance), numpy.asarray(ref.relevance)
+    numpy.testing.assert_allclose(r, r_ref, rtol=0, atol=1e-4 * numpy.abs(r_ref).max())
+    numpy.testing.assert_allclose(out.conservation, ref.conservation, atol=1e-4)
+
+
+def test_float64_explanations_never_use_onnxruntime(rng):
+    model = small_cnn(rng)
+    x = rng.random((3, 16, 16, 3))
+    with ort_conv.use_conv_kernel("onnxruntime"):
+        out = lrpflow.Explainer(model, dtype="float64", rule="epsilon", epsilon=0.01)(x)
+    assert out.relevance.dtype == numpy.float64
+    assert not any(getattr(layer, "_ort_cache", None) for layer in model.modules)
