@@ -10,6 +10,8 @@ import logging
 import os
 from typing import Any
 
+import h5py
+
 from lrpflow.errors import LrpflowError, StoreError
 
 logger = logging.getLogger("lrpflow.store")
@@ -36,13 +38,15 @@ def write_error(path: str, err: BaseException, doing: str) -> StoreError:
     return StoreError(f"cannot write result store {path} while {doing}: {cause}")
 
 
-def abandon(f: Any) -> None:
+def abandon(f: Any, objects: Any = ()) -> None:
     """Close a store whose write failed, leaving the file as its last successful flush left it.
 
     libhdf5 keeps a file open if its final flush fails (a full disk), and crashes when it
     flushes again at exit (a segfault). Pointing the file's descriptor at ``/dev/null``
     first lets that flush succeed without touching the file: what was committed stays, and
-    the resumed run recovers the rest as after a kill.
+    the resumed run recovers the rest as after a kill. ``objects``: low-level ids of the
+    file (datasets) the caller holds; they are released here, after the descriptor is
+    detached and before the file is closed.
     """
     try:
         fd = f.id.get_vfd_handle()
@@ -53,15 +57,25 @@ def abandon(f: Any) -> None:
             os.close(null)
     except Exception as err:  # noqa: BLE001 - not the sec2 driver, or already closed: close as it is
         logger.debug("could not detach %s after a write error: %s", getattr(f, "filename", f), err)
+    for obj in objects:
+        try:
+            while obj.valid:
+                h5py.h5i.dec_ref(obj)
+        except Exception as err:  # noqa: BLE001 - released after an error already raised
+            logger.debug("releasing %r after a write error failed: %s", obj, err)
     close_quietly(f)
 
 
 def close_quietly(f: Any) -> None:
     """Close an h5py file after a failure; a second failure (its final flush) is only logged."""
+    try:  # read before closing: a half-closed file's name is not safe to read
+        name = str(f.filename)
+    except Exception:  # noqa: BLE001 - already invalid
+        name = repr(f)
     try:
         f.close()
     except Exception as err:  # noqa: BLE001 - the file is being abandoned after an error already raised
-        logger.debug("closing %s after an error failed too: %s", getattr(f, "filename", f), err)
+        logger.debug("closing %s after an error failed too: %s", name, err)
 
 
 def publish(tmp: str, partial: str) -> None:
