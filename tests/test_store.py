@@ -612,3 +612,21 @@ def test_join_main(tmp_path, writer, capsys):
     assert "lrpflow-join" in capsys.readouterr().err
     assert join_main([str(tmp_path / "x.h5"), str(tmp_path / "missing.h5")]) == 2
     assert "missing.h5 does not exist" in capsys.readouterr().err
+
+
+def test_read_only_attrs_are_read_once_and_handed_out_as_copies(tmp_path, monkeypatch):
+    from lrpflow.store import StoreReader, write_results
+    from lrpflow.store import reader as reader_module
+
+    rel = numpy.ones((2, 3), dtype=numpy.float32)
+    exp = type("E", (), {"relevance": rel, "logits": numpy.zeros((2, 4)), "target": numpy.array([0, 1]),
+                         "ledger": {}, "intermediate": {}, "method": "m"})()
+    write_results(exp, tmp_path / "r.h5", attrs={"rows": [0, 2]})
+    calls = []
+    real = reader_module.read_attrs
+    monkeypatch.setattr(reader_module, "read_attrs", lambda obj: calls.append(1) or real(obj))
+    with StoreReader.open(tmp_path / "r.h5") as s:
+        first = s.attrs
+        first["rows"].append(99)  # a caller's change stays its own
+        assert s.attrs["rows"] == [0, 2] and s.attrs["method"] == "m"
+    assert len(calls) == 1

@@ -211,16 +211,17 @@ def _legacy(f: h5py.File) -> bool:
     return int(f.attrs["schema_version"]) == 1
 
 
-def read_attr(obj: Any, name: str, default: Any = None) -> Any:
+def read_attr(obj: Any, name: str, default: Any = None, legacy: bool | None = None) -> Any:
     """One attribute of an HDF5 object as plain Python, or ``default`` if it is absent.
 
     In a version-2 store no attribute is variable-length: one that claims to be is damage
     (libhdf5 can loop forever reading a damaged global heap), so it raises
-    :class:`StoreError` instead of being read.
+    :class:`StoreError` instead of being read. ``legacy``: whether the file is a version-1
+    store, if the caller knows (else it is read from the file).
     """
     if name not in obj.attrs:
         return default
-    if not _legacy(obj.file):
+    if not (_legacy(obj.file) if legacy is None else legacy):
         tid = h5py.h5a.open(obj.id, name.encode("utf-8")).get_type()
         if _variable_length(tid):
             raise StoreError(f"{obj.file.filename}: attribute {name!r} of {obj.name} has a variable-length type; "
@@ -230,7 +231,8 @@ def read_attr(obj: Any, name: str, default: Any = None) -> Any:
 
 def read_attrs(obj: Any) -> dict[str, Any]:
     """Every attribute of an HDF5 object as plain Python (see :func:`read_attr`)."""
-    return {name: read_attr(obj, name) for name in obj.attrs}
+    legacy = _legacy(obj.file)
+    return {name: read_attr(obj, name, legacy=legacy) for name in obj.attrs}
 
 
 def set_attrs(attrs: Any, values: Mapping[str, Any]) -> None:

@@ -7,6 +7,7 @@ naming the file and the damaged part.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections.abc import Iterable, Iterator
@@ -215,9 +216,14 @@ class StoreReader:
 
     @property
     def attrs(self) -> dict[str, Any]:
-        """The root attributes as plain Python values."""
+        """The root attributes as plain Python values (read once while the store is open read-only)."""
+        if self._mode == "r" and getattr(self, "_attrs_read", None) is not None and self._attrs_read[0] is self._file:
+            return copy.deepcopy(self._attrs_read[1])
         with damaged(self._path, "the root attributes"):
-            return read_attrs(self._require_open())
+            values = read_attrs(self._require_open())
+        if self._mode == "r":
+            self._attrs_read = (self._file, values)
+        return copy.deepcopy(values)
 
     @property
     def config(self) -> str:
