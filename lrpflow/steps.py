@@ -258,8 +258,7 @@ class Forward:
     def setup(self, state: State) -> None:
         state.explainer = explainer_from_config(state.model, state.cfg)
         steps = [str(s) for s in state.cfg.get("pipeline") or []]
-        self.fused = "forward" in steps and steps.index("forward") + 1 < len(steps) \
-            and steps[steps.index("forward") + 1] == "lrp"
+        self.fused = ("forward", "lrp") in zip(steps, steps[1:])
 
     def process(self, state: State) -> None:
         x = state.batch.x
@@ -268,7 +267,7 @@ class Forward:
         if x.ndim == 4 and data_layout != model_layout:  # e.g. NHWC images into an NCHW (ONNX) model
             x = x.transpose(0, 3, 1, 2) if model_layout == "NCHW" else x.transpose(0, 2, 3, 1)
             state.batch = state.batch._replace(x=numpy.ascontiguousarray(x))
-        state.trace = None if getattr(self, "fused", False) else state.explainer.forward(x)
+        state.trace = None if self.fused else state.explainer.forward(x)
 
 
 class Lrp:
@@ -360,15 +359,15 @@ class Render:
                  "logits": numpy.stack(head["logits"]), "label": numpy.asarray(head["label"], dtype=numpy.int64)}
         if head["source"]:
             shown["source"] = numpy.asarray(head["source"], dtype=object)
+        token_ids = Save._token_ids(state)
         for key in ("mask", "tokens"):  # token data: what the store keeps of these rows (Save.process)
             values = getattr(state.source, key, None)
-            if values is not None and Save._token_ids(state):
+            if values is not None and token_ids:
                 shown[key] = numpy.asarray(values)[shown["index"]]
         if "tokens" in shown:  # cut as the store cuts them
-            from lrpflow.store.layout import TOKEN_BYTES
-            from lrpflow.store.writer import _cut_utf8
+            from lrpflow.store.layout import cut_token
 
-            shown["tokens"] = numpy.array([[_cut_utf8(str(t), TOKEN_BYTES).decode("utf-8") for t in row]
+            shown["tokens"] = numpy.array([[cut_token(str(t)).decode("utf-8") for t in row]
                                            for row in shown["tokens"]], dtype=object)
         x = numpy.asarray(state.source[shown["index"]])  # the input rows, read here: the source is not shared
         state.extras["render_job"] = RenderJob(state.output_dir, r, shown, x, _plain(state.cfg),
@@ -415,6 +414,7 @@ class Save:
         from lrpflow.curve_store import CURVE
 
         exp = state.explanation
+        ids = self._token_ids(state)
         attrs: dict[str, Any] = {"rows": list(state.rows), "method": exp.method,
                                  "model_layout": str(getattr(state.model, "layout", "NHWC"))}
         details = {m: d for m, d in (state.extras.get("metric_details") or {}).items() if CURVE in d}
@@ -430,7 +430,7 @@ class Save:
             compression=self.settings.get("compression", "gzip"), resume=False,
             overwrite=bool(self.settings.get("overwrite", False)), source=source_files(state.source) is not None,
             curves={m: int(numpy.asarray(d[CURVE]).shape[1]) for m, d in details.items()},
-            ids=self._token_ids(state), tokens=self._token_ids(state) and getattr(state.source, "tokens", None) is not None)
+            ids=ids, tokens=ids and getattr(state.source, "tokens", None) is not None)
 
     @staticmethod
     def _token_ids(state: State) -> bool:

@@ -33,14 +33,14 @@ def brute_transpose(s, w, stride, pads, in_shape):
     return acc[:, t : t + h, l : l + wd, :]
 
 
-def random_geometry(rng):
+def random_geometry(rng, max_channels=4):
     while True:
         kh, kw = (int(v) for v in rng.integers(1, 6, 2))
         stride = tuple(int(v) for v in rng.integers(1, 4, 2))
         pads = tuple(int(v) for v in rng.integers(0, 3, 4))
         h, w = (int(v) for v in rng.integers(1, 13, 2))
         if h + pads[0] + pads[1] >= kh and w + pads[2] + pads[3] >= kw:
-            cin, cout = (int(v) for v in rng.integers(1, 5, 2))
+            cin, cout = (int(v) for v in rng.integers(1, max_channels + 1, 2))
             return (kh, kw, cin, cout), stride, pads, (int(rng.integers(1, 4)), h, w, cin)
 
 

@@ -17,18 +17,7 @@ from lrpflow.layers import ort_conv
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from test_layers import brute_conv, brute_transpose  # noqa: E402
-
-
-def geometry(rng, max_channels=20):
-    while True:
-        kh, kw = (int(v) for v in rng.integers(1, 6, 2))
-        stride = tuple(int(v) for v in rng.integers(1, 4, 2))
-        pads = tuple(int(v) for v in rng.integers(0, 3, 4))
-        h, w = (int(v) for v in rng.integers(1, 13, 2))
-        if h + pads[0] + pads[1] >= kh and w + pads[2] + pads[3] >= kw:
-            cin, cout = (int(v) for v in rng.integers(1, max_channels + 1, 2))
-            return (kh, kw, cin, cout), stride, pads, (int(rng.integers(1, 4)), h, w, cin)
+from test_layers import brute_conv, brute_transpose, random_geometry  # noqa: E402
 
 
 def close32(a, ref):
@@ -46,7 +35,7 @@ def test_forward_and_transpose_match_brute_force(rng, monkeypatch, how):
     cache: dict = {}
     with ort_conv.use_conv_kernel("onnxruntime"):
         for _ in range(40):
-            wshape, stride, pads, xshape = geometry(rng)
+            wshape, stride, pads, xshape = random_geometry(rng, max_channels=20)
             x = rng.normal(size=xshape).astype(numpy.float32)
             w = rng.normal(size=wshape).astype(numpy.float32)
             y = ort_conv.conv_forward(x, w, stride, pads, cache)

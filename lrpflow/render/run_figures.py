@@ -168,11 +168,7 @@ def render_run(x: numpy.ndarray, rel: numpy.ndarray, out_dir: str | os.PathLike[
             "overlay": render.overlay(_as_map(rel[i], x[i]), grid_x[i], cmap=cmap, alpha=0.6, weighted=True,
                                       scaling=big, image_range=(0.0, 1.0)),
         }
-        entry = {"row": int(rows[i]), "name": stem, "source": None if sources is None else str(sources[i]),
-                 "pred": None if pred[i] is None else int(pred[i]), "true": None if true[i] is None else int(true[i]),
-                 "pred_name": None if pred[i] is None else _name(int(pred[i]), names),
-                 "true_name": None if true[i] is None or true[i] < 0 else _name(int(true[i]), names),
-                 "relevance_sum": float(numpy.sum(rel[i])), "relevance_absmax": float(numpy.max(numpy.abs(rel[i])))}
+        entry = _sample_entry(rows[i], stem, None if sources is None else sources[i], pred[i], true[i], names, rel[i])
         for kind, img in triple.items():
             path = sample_dir / f"{stem}_{kind}.png"
             render.save_image([img], str(path), gap=0)
@@ -199,6 +195,16 @@ def render_run(x: numpy.ndarray, rel: numpy.ndarray, out_dir: str | os.PathLike[
     return files
 
 
+def _sample_entry(row: Any, stem: str, source: Any, pred: Any, true: Any, names: Sequence[str] | None,
+                  rel: numpy.ndarray) -> dict[str, Any]:
+    """One sample of ``samples.json``: its row, file, predicted and true class (with names), ΣR and max|R|."""
+    return {"row": int(row), "name": stem, "source": None if source is None else str(source),
+            "pred": None if pred is None else int(pred), "true": None if true is None else int(true),
+            "pred_name": None if pred is None else _name(int(pred), names),
+            "true_name": None if true is None or true < 0 else _name(int(true), names),
+            "relevance_sum": float(numpy.sum(rel)), "relevance_absmax": float(numpy.max(numpy.abs(rel)))}
+
+
 def _render_token_run(ids: numpy.ndarray, rel: numpy.ndarray, out: Path, r: Mapping[str, Any], *, rows: list[int],
                       pred: list[Any], true: list[Any], names: Sequence[str] | None, tokens: Any, mask: Any,
                       method: str) -> list[str]:
@@ -222,11 +228,7 @@ def _render_token_run(ids: numpy.ndarray, rel: numpy.ndarray, out: Path, r: Mapp
         page.write_text(f"<!DOCTYPE html><meta charset='utf-8'><title>row {rows[i]}</title>{snippet}\n",
                         encoding="utf-8")
         files += [str(png), str(page)]
-        index.append({"row": int(rows[i]), "name": stem, "source": None, "kind": "tokens",
-                      "pred": None if pred[i] is None else int(pred[i]), "true": None if true[i] is None else int(true[i]),
-                      "pred_name": None if pred[i] is None else _name(int(pred[i]), names),
-                      "true_name": None if true[i] is None or true[i] < 0 else _name(int(true[i]), names),
-                      "relevance_sum": float(numpy.sum(values)), "relevance_absmax": float(numpy.max(numpy.abs(values))),
+        index.append({**_sample_entry(rows[i], stem, None, pred[i], true[i], names, values), "kind": "tokens",
                       "heatmap": os.path.relpath(png, out), "tokens_html": snippet})
     (out / "samples.json").write_text(json.dumps({"method": method, "cmap": cmap, "outline": False,
                                                   "samples": index}, indent=1))

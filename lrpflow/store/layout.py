@@ -60,6 +60,12 @@ TOKEN_BYTES = 128
 TOKEN = numpy.dtype(f"S{TOKEN_BYTES}")
 
 
+def cut_token(text: str, limit: int = TOKEN_BYTES) -> bytes:
+    """A token's text as the ``tokens`` dataset keeps it: UTF-8, at most ``limit`` bytes, cut at a character boundary."""
+    raw = text.encode("utf-8")
+    return raw if len(raw) <= limit else raw[:limit].decode("utf-8", "ignore").encode("utf-8")
+
+
 # --------------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from lrpflow.store.files import abandon, close_quietly, publish, remove_quietly,
 from lrpflow.store.layout import (
     _CHUNK_CACHE, _FLOAT_FILL, _IGNORED_KEYS, _LIBVER, _RESERVED, COMPRESSIONS, SCHEMA,
     SCHEMA_VERSION, StoreLayout, _attr_value, _chunk_plan, _create_datasets, _dtype_name, _final, _fsync, _now,
-    _partial, config_diff, config_text, damaged, fixed, read_attr,
+    _partial, config_diff, config_text, cut_token, damaged, fixed, read_attr,
 )
 from lrpflow.store.reader import StoreReader
 from lrpflow.store.recovery import repair_eoa, salvage, salvageable, usable_rows
@@ -54,8 +54,6 @@ class ResultStore(StoreReader):
     >>> data = load("results.h5", fields=["relevance", "target"])
     """
 
-    #: the open file appends were checked against (not finished)
-    _open_for_rows: Any = None
     #: the open file the low-level dataset ids of :meth:`_row_writers` belong to, and those ids
     _writers_for: Any = None
     _writers: dict[str, Any] = {}
@@ -412,10 +410,8 @@ class ResultStore(StoreReader):
         flushes again, so the counter only counts rows that are completely in the file.
         """
         f = self._require_writable()
-        if self._open_for_rows is not f:  # checked once per open file: only finish() completes a store
-            if self.complete:
-                raise LrpflowError(f"result store {self._path} is finished; it takes no more rows")
-            self._open_for_rows = f
+        if self._writers_for is not f and self.complete:  # read once per open file: only finish() completes a store
+            raise LrpflowError(f"result store {self._path} is finished; it takes no more rows")
         data = self._rows_of(batch, extras)
         n = int(next(iter(data.values())).shape[0])
         first = self.next_row
@@ -547,7 +543,7 @@ class ResultStore(StoreReader):
                 else:
                     raise ConfigError(f"append(): the batch has no {field!r} (the store declares it)")
             if field == "tokens":  # display text: cut, never refused
-                arr = numpy.array([[_cut_utf8(str(t), dt.itemsize) for t in row] for row in flat[field]], dtype=dt)
+                arr = numpy.array([[cut_token(str(t), dt.itemsize) for t in row] for row in flat[field]], dtype=dt)
             elif dt.kind == "S":  # text: one UTF-8 str per row, at most dt.itemsize bytes
                 encoded = [str(v).encode("utf-8") for v in flat[field]]
                 long_ = [v for v in encoded if len(v) > dt.itemsize]
@@ -615,9 +611,3 @@ class ResultStore(StoreReader):
         self._path, self._mode = final, "r"
         self._file = h5py.File(final, "r", rdcc_nbytes=_CHUNK_CACHE)
         return final
-
-
-def _cut_utf8(text: str, limit: int) -> bytes:
-    """``text`` as UTF-8, at most ``limit`` bytes, cut at a character boundary."""
-    raw = text.encode("utf-8")
-    return raw if len(raw) <= limit else raw[:limit].decode("utf-8", "ignore").encode("utf-8")

@@ -106,17 +106,14 @@ def _vector(c: Converter, n: Any, v: Value) -> tuple[str, numpy.ndarray | None]:
     return v.node, None
 
 
-@handles("Gemm")
-def _gemm(c: Converter, n: Any) -> None:
+def gemm_params(c: Converter, n: Any, width: int, what: str) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """``Gemm``'s constant weight ``alpha · B`` (transposed for ``transB``) and bias ``beta · C`` for inputs of
+    ``width`` features (``what`` names them in errors)."""
     a = _attrs(n)
-    if int(a.get("transA", 0)):
-        raise c.fail(n, "transA=1 is not supported")
-    v = c.value(n.input[0], n)
-    node, perm = _vector(c, n, v)
     b = numpy.asarray(c.const(n.input[1], n, "B (the weights)"))
     w = b.T if int(a.get("transB", 0)) else b
-    if w.ndim != 2 or w.shape[0] != v.shape[0]:
-        raise c.fail(n, f"weights of shape {b.shape} do not fit inputs of length {v.shape[0]}", ShapeError)
+    if w.ndim != 2 or w.shape[0] != width:
+        raise c.fail(n, f"weights of shape {b.shape} do not fit {what} {width}", ShapeError)
     dtype = w.dtype if w.dtype.kind == "f" else numpy.dtype("float32")
     w = (w.astype(numpy.float64) * float(a.get("alpha", 1.0))).astype(dtype)
     bias = numpy.zeros(w.shape[1], dtype=dtype)
@@ -125,6 +122,16 @@ def _gemm(c: Converter, n: Any) -> None:
         if cc.size not in (1, w.shape[1]) or (cc.ndim == 2 and cc.shape[0] != 1):
             raise c.fail(n, f"C of shape {cc.shape} is not a bias of {w.shape[1]} outputs")
         bias = (numpy.broadcast_to(cc.astype(numpy.float64).ravel(), (w.shape[1],)) * float(a.get("beta", 1.0))).astype(dtype)
+    return w, bias
+
+
+@handles("Gemm")
+def _gemm(c: Converter, n: Any) -> None:
+    if int(_attrs(n).get("transA", 0)):
+        raise c.fail(n, "transA=1 is not supported")
+    v = c.value(n.input[0], n)
+    node, perm = _vector(c, n, v)
+    w, bias = gemm_params(c, n, v.shape[0], "inputs of length")
     if perm is not None:
         w = w[perm]
     name = c.add(_base(n), Linear(w.shape[0], w.shape[1], weight=numpy.ascontiguousarray(w), bias=bias), [node])

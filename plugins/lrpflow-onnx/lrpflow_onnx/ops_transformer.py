@@ -15,6 +15,7 @@ import numpy
 
 from lrpflow.layers import AddConstant, ConcatConstant, Embedding, MatMul, MulConstant, Power, RMSNorm, Where
 from lrpflow_onnx.convert import HANDLERS, Converter, Value, _attrs, _base, handles
+from lrpflow_onnx.ops_cnn import gemm_params
 
 _matmul_weight = HANDLERS["MatMul"]
 _arith_cnn = HANDLERS["Add"]
@@ -241,16 +242,7 @@ def _gemm(c: Converter, n: Any) -> None:
     v = rows[n.input[0]]
     if int(a.get("transA", 0)):
         raise c.fail(n, "transA=1 is not supported")
-    b = numpy.asarray(c.const(n.input[1], n, "B (the weights)"))
-    w = b.T if int(a.get("transB", 0)) else b
-    if w.ndim != 2 or w.shape[0] != v.shape[-1]:
-        raise c.fail(n, f"weights of shape {b.shape} do not fit tokens of width {v.shape[-1]}")
-    dtype = w.dtype if w.dtype.kind == "f" else numpy.dtype("float32")
-    w = (w.astype(numpy.float64) * float(a.get("alpha", 1.0))).astype(dtype)
-    bias = numpy.zeros(w.shape[1], dtype=dtype)
-    if len(n.input) > 2 and n.input[2]:
-        cc = numpy.asarray(c.const(n.input[2], n, "C (the bias)"))
-        bias = (numpy.broadcast_to(cc.astype(numpy.float64).ravel(), (w.shape[1],)) * float(a.get("beta", 1.0))).astype(dtype)
+    w, bias = gemm_params(c, n, v.shape[-1], "tokens of width")
     name = c.add(_base(n), Linear(w.shape[0], w.shape[1], weight=numpy.ascontiguousarray(w), bias=bias), [v.node])
     rows[n.output[0]] = Value(name, (*v.shape[:-1], w.shape[1]), "plain")
 

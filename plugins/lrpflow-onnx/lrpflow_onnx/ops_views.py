@@ -18,6 +18,7 @@ import numpy
 
 from lrpflow.errors import ShapeError, UnsupportedLayerError
 from lrpflow_onnx.convert import HANDLERS, Converter, Value, _attrs, _base
+from lrpflow_onnx.ops_cnn import gemm_params
 from lrpflow_onnx.views import (
     BOOKKEEPING, axes_arg, canonical, e_axis, get, put, structure, target_shape, views_of,
 )
@@ -181,18 +182,7 @@ def _gemm(c: Converter, n: Any) -> None:
         raise c.fail(n, f"Gemm on a tensor of shape {v.shape} with the batch on axis {v.batch_axis} (transA="
                         f"{int(a.get('transA', 0))}) is not supported", UnsupportedLayerError)
     cv, pre, post = canonical(c, v, _base(n))
-    b = numpy.asarray(c.const(n.input[1], n, "B (the weights)"))
-    w = b.T if int(a.get("transB", 0)) else b
-    if w.ndim != 2 or w.shape[0] != v.shape[1]:
-        raise c.fail(n, f"weights of shape {b.shape} do not fit rows of width {v.shape[1]}", ShapeError)
-    dtype = w.dtype if w.dtype.kind == "f" else numpy.dtype("float32")
-    w = (w.astype(numpy.float64) * float(a.get("alpha", 1.0))).astype(dtype)
-    bias = numpy.zeros(w.shape[1], dtype=dtype)
-    if len(n.input) > 2 and n.input[2]:
-        cc = numpy.asarray(c.const(n.input[2], n, "C (the bias)"))
-        if cc.size not in (1, w.shape[1]):
-            raise c.fail(n, f"C of shape {cc.shape} is not a bias of {w.shape[1]} outputs")
-        bias = (numpy.broadcast_to(cc.astype(numpy.float64).ravel(), (w.shape[1],)) * float(a.get("beta", 1.0))).astype(dtype)
+    w, bias = gemm_params(c, n, v.shape[1], "rows of width")
     name = c.add(_base(n), Linear(w.shape[0], w.shape[1], weight=numpy.ascontiguousarray(w), bias=bias), [cv.node])
     c.foldable_bias.add(name)
     put(c, n.output[0], structure(name, (*cv.atoms[:-1], w.shape[1]), v.batch_axis, pre, post))
