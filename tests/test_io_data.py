@@ -152,6 +152,58 @@ def test_preprocessing_is_applied_per_batch(tmp_path, shared, mnist):
     numpy.testing.assert_array_equal(b.labels, labels[9990:])
 
 
+def _stepwise(x, dtype, divide, scale, shift, reshape, pad, pad_value):
+    """The preprocessing formula one step at a time: cast, ÷, ×, +, reshape, pad (slow reference)."""
+    x = x.astype(dtype)
+    for op, v in ((numpy.divide, divide), (numpy.multiply, scale), (numpy.add, shift)):
+        if v is not None:
+            x = op(x, numpy.asarray(v, dtype=dtype))
+    x = x.reshape((len(x), *reshape))
+    t, b, l, r = pad
+    return numpy.pad(x, ((0, 0), (t, b), (l, r), (0, 0)), constant_values=pad_value)
+
+
+@pytest.mark.parametrize("src_dtype", ["uint8", "int64", "float64"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("steps", [(127.5, None, -1.0), (None, 0.3, None), (3.0, 0.7, 0.25)])
+def test_one_pass_preprocessing_equals_the_stepwise_formula(rng, src_dtype, dtype, steps):
+    from lrpflow.io import Preprocess
+
+    x = (rng.random((5, 12)) * 255).astype(src_dtype)
+    prep = Preprocess.from_options(dtype, *steps, reshape=(3, 4, 1), pad=(1, 2, 0, 3), pad_value=-1.0)
+    got = prep(x)
+    want = _stepwise(x, dtype, *steps, (3, 4, 1), (1, 2, 0, 3), -1.0)
+    assert got.dtype == want.dtype and got.shape == (5, 6, 7, 1)
+    numpy.testing.assert_array_equal(got, want)  # bitwise: each step rounds in dtype as the formula does
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_mat5_numeric_variables_equal_scipys(tmp_path, rng, compressed):
+    """Plain numeric matrices are read from the checked (inflated) elements, others through scipy:
+    the same values, dtype and shape as scipy.io.loadmat, as writable copies independent of the file."""
+    import scipy.io
+
+    from lrpflow.io._mat5 import read_mat5
+
+    variables = {"f8": rng.random((5, 7)), "f4": rng.random((3, 4, 2)).astype("f4"), "u1": numpy.arange(6, dtype="u1"),
+                 "i2": numpy.array([[-3, 4]], dtype="i2"), "u8": numpy.arange(4, dtype="u8").reshape(2, 2),
+                 "b": numpy.eye(2, dtype=bool), "empty": numpy.zeros((0, 4)), "c": numpy.array([1 + 2j, 3j]),
+                 "text": "abc"}
+    path = tmp_path / "v.mat"
+    scipy.io.savemat(path, variables, do_compression=compressed)
+    reference = scipy.io.loadmat(path)
+    found = read_mat5(str(path), list(variables), lrpflow.DataFormatError)
+    assert set(found) == set(variables) - {"c", "text"}  # complex and char are left to scipy
+    path.unlink()
+    for name, arr in found.items():
+        assert arr.dtype == reference[name].dtype and arr.flags.writeable and arr.flags.c_contiguous
+        numpy.testing.assert_array_equal(arr, reference[name])
+    scipy.io.savemat(path, variables, do_compression=compressed)
+    numpy.testing.assert_array_equal(load_data(path, key="f4"), reference["f4"])
+    with pytest.raises(lrpflow.DataFormatError, match="variable 'c' has dtype complex128"):  # read by scipy
+        load_data(path, key="c")
+
+
 def test_mnist_idx_files(tmp_path, shared):
     images = load_data(shared / "data" / "MNIST" / "test_images.mat")[:50].reshape(-1, 28, 28)
     labels = numpy.load(shared / "data" / "MNIST" / "test_labels.npy").ravel()[:50].astype(numpy.uint8)

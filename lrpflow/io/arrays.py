@@ -307,14 +307,16 @@ def read_mat(path: str, key: str = "data", labels_key: str | None = None) -> Dat
     else:
         import scipy.io
 
-        from lrpflow.io._mat5 import check_mat5
+        from lrpflow.io._mat5 import read_mat5
 
-        check_mat5(path, DataFormatError)  # scipy's C reader crashes on some corrupt files
         names = [key] + ([labels_key] if labels_key else [])
-        try:
-            content = scipy.io.loadmat(path, variable_names=names)
-        except Exception as err:
-            raise DataFormatError(f"{path}: not a readable .mat file: {err}") from err
+        # checked first: scipy's C reader crashes on some corrupt files; plain matrices come back read
+        content: dict[str, Any] = read_mat5(path, names, DataFormatError)
+        if any(name not in content for name in names):
+            try:
+                content = scipy.io.loadmat(path, variable_names=names)
+            except Exception as err:
+                raise DataFormatError(f"{path}: not a readable .mat file: {err}") from err
         if key not in content:
             try:
                 found = [w[0] for w in scipy.io.whosmat(path)]

@@ -79,27 +79,35 @@ class Preprocess:
             raise DataFormatError(f"invalid preprocessing option: {err}") from err
 
     def __call__(self, x: numpy.ndarray) -> numpy.ndarray:
+        """One pass into one new buffer (the padded one when padding): each arithmetic step runs
+        in ``dtype`` in place, so the result equals casting first, then each step in turn."""
+        arithmetic = [(op, v) for op, v in ((numpy.divide, self.divide), (numpy.multiply, self.scale),
+                                            (numpy.add, self.shift)) if v is not None]
         dtype = self.dtype
-        if dtype is None and any(v is not None for v in (self.divide, self.scale, self.shift, self.pad)):
+        if dtype is None and (arithmetic or self.pad is not None):
             dtype = "float32" if x.dtype.kind not in "f" else x.dtype.name
-        if dtype is not None:
-            x = x.astype(dtype, copy=False)
-        if self.divide is not None:
-            x = x / numpy.asarray(self.divide, dtype=x.dtype)
-        if self.scale is not None:
-            x = x * numpy.asarray(self.scale, dtype=x.dtype)
-        if self.shift is not None:
-            x = x + numpy.asarray(self.shift, dtype=x.dtype)
+        shape = x.shape
         if self.reshape is not None:
-            if math.prod(x.shape[1:]) != math.prod(self.reshape):
-                raise DataFormatError(f"cannot reshape samples of shape {x.shape[1:]} to {self.reshape}")
-            x = x.reshape((x.shape[0], *self.reshape))
-        if self.pad is not None:
-            if x.ndim != 4:
-                raise DataFormatError(f"pad needs (N, H, W, C) samples, got shape {x.shape}; use reshape= first")
+            if math.prod(shape[1:]) != math.prod(self.reshape):
+                raise DataFormatError(f"cannot reshape samples of shape {shape[1:]} to {self.reshape}")
+            shape = (shape[0], *self.reshape)
+        if self.pad is None and not arithmetic:
+            return (x if dtype is None else x.astype(dtype, copy=False)).reshape(shape)
+        if self.pad is None:
+            out = target = numpy.empty(shape, dtype)
+        else:
+            if len(shape) != 4:
+                raise DataFormatError(f"pad needs (N, H, W, C) samples, got shape {shape}; use reshape= first")
             t, b, l, r = self.pad
-            x = numpy.pad(x, ((0, 0), (t, b), (l, r), (0, 0)), constant_values=self.pad_value)
-        return x
+            out = numpy.full((shape[0], shape[1] + t + b, shape[2] + l + r, shape[3]), self.pad_value, dtype)
+            target = out[:, t:t + shape[1], l:l + shape[2]]
+        src = x.reshape(shape)
+        if not arithmetic:
+            target[...] = src
+        for op, value in arithmetic:
+            op(src, numpy.asarray(value, dtype=out.dtype), out=target, dtype=out.dtype, casting="unsafe")
+            src = target
+        return out
 
 
 class DataSource:
