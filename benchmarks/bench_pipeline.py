@@ -7,14 +7,17 @@ float32, LRP-ε) through :func:`lrpflow.pipeline.run` in three settings — eval
 rendering off, pixel flipping on (rendering off), and the experiment's defaults — and
 times ``Explainer.explain(x)`` on the same rows, model, batch and dtype (the data already
 in memory); extra arguments are Hydra overrides for every run (e.g. ``store.compression=lzf``).
-Prints one line per setting with heatmaps/s and the pipeline/explain ratio, and
-a JSON line. No pass/fail: the numbers depend on the machine (see benchmarks/README.md).
+Prints per setting the whole run's heatmaps/s and its ratio to explain(x) (best times,
+and the median and range of each round's ratio to the bare run just before it), the same
+for the batch loop alone (``timings.batches`` in ``summary.json``: no model or data
+loading, no store finalisation or report), and a JSON line. No pass/fail: the numbers depend on the machine (see benchmarks/README.md).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -67,14 +70,16 @@ class BareExplain:
         return time.perf_counter() - t0
 
 
-def pipeline(overrides: list[str], out: Path) -> float:
-    """Seconds of one whole ``run(cfg)`` (model and data loading, store, finalisation, report)."""
+def pipeline(overrides: list[str], out: Path) -> tuple[float, float]:
+    """Seconds of one whole ``run(cfg)`` (model and data loading, store, finalisation, report),
+    and of its batch loop alone (``timings.batches`` of its ``summary.json``)."""
     from lrpflow.pipeline import run
 
     cfg = compose([*overrides, f"paths.output_dir={out}", "store.overwrite=true"])
     t0 = time.perf_counter()
     run(cfg)
-    return time.perf_counter() - t0
+    whole = time.perf_counter() - t0
+    return whole, float(json.loads((out / "summary.json").read_text())["timings"]["batches"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,11 +98,14 @@ def main(argv: list[str] | None = None) -> int:
         cfg = compose(base)
         bare = BareExplain(cfg, args.rows)
         times: dict[str, list[float]] = {"explain": [], "forward": [], **{k: [] for k in settings}}
+        loops: dict[str, list[float]] = {k: [] for k in settings}
         for r in range(args.repeat):  # interleaved rounds: load drifting over the run hits every setting alike
             times["explain"].append(bare.seconds("explain"))
             times["forward"].append(bare.seconds("forward"))
             for k, (name, extra) in enumerate(settings.items()):
-                times[name].append(pipeline([*base, *extra], Path(tmp) / f"{k}_{r}"))
+                whole, loop = pipeline([*base, *extra], Path(tmp) / f"{k}_{r}")
+                times[name].append(whole)
+                loops[name].append(loop)
         best = {k: min(v) for k, v in times.items()}
         explain_s, forward_s = best["explain"], best["forward"]
         steps = int(cfg.evaluate.params.pixel_flipping.steps)
@@ -110,13 +118,20 @@ def main(argv: list[str] | None = None) -> int:
         for name, extra in settings.items():
             s = best[name]
             ratio = explain_s / s
-            line = f"{name:<44} {args.rows / s:8.0f} heatmaps/s   {ratio:5.2f} × explain(x)"
+            # each round's pipeline against the bare explain(x) timed just before it: robust to drifting load
+            paired = sorted(e / p for e, p in zip(times["explain"], times[name]))
+            line = (f"{name:<44} {args.rows / s:8.0f} heatmaps/s   {ratio:5.2f} × explain(x)   "
+                    f"(per round: median {statistics.median(paired):4.2f}, {paired[0]:4.2f}–{paired[-1]:4.2f})")
+            steady = sorted(e / p for e, p in zip(times["explain"], loops[name]))
             result[name] = {"seconds": s, "per_second": args.rows / s, "ratio_to_explain": ratio,
-                            "all_seconds": times[name]}
+                            "ratio_per_round": paired, "all_seconds": times[name], "loop_seconds": loops[name],
+                            "loop_ratio_per_round": steady}
             if "evaluate=none" not in extra:
                 result[name]["cost_over_flip_work"] = s / flip_budget
                 line += f"   cost {s / flip_budget:4.2f} × (explain + {steps + 1} forwards)"
             print(line)
+            print(f"{'':<4}{'batch loop alone':<40} {args.rows / min(loops[name]):8.0f} heatmaps/s   "
+                  f"(per round: median {statistics.median(steady):4.2f}, {steady[0]:4.2f}–{steady[-1]:4.2f} × explain(x))")
     print(json.dumps({"rows": args.rows, "results": result}))
     return 0
 

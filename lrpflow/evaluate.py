@@ -45,7 +45,11 @@ RUNNING_STATISTICS = ("mean", "var", "running_mean", "running_var")
 
 
 class Metric(Protocol):
-    """What ``lrpflow_register_metrics`` registers: one value per sample."""
+    """What ``lrpflow_register_metrics`` registers: one value per sample.
+
+    A metric computed from the explanation alone may set the attribute ``uses_input = False``;
+    the pipeline then passes ``x=None`` instead of bringing every batch to the model's layout.
+    """
 
     def __call__(self, model: Model, x: Any, explanation: Any, **params: Any) -> Any:  # pragma: no cover
         ...
@@ -531,6 +535,10 @@ def _metric_topk(model: Model, x: Any, explanation: Any, **params: Any) -> Any:
     if "mask" not in params or "k" not in params:
         raise ConfigError("metric 'topk_intersection' needs mask= (ground truth) and k=")
     return topk_intersection(explanation, **params)
+
+
+for _fn in (_metric_conservation, _metric_sparseness, _metric_complexity, _metric_topk):
+    _fn.uses_input = False  # type: ignore[attr-defined]  # computed from the explanation alone
 
 
 #: Built-in metrics: registry name → ``metric(model, x, explanation, **params) -> (N,)``.

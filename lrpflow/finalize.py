@@ -170,6 +170,7 @@ def finalize_outputs(run_dir: str | os.PathLike[str], store_path: str | os.PathL
         objective = means[obj_name]
     summary = {"objective": objective, "metrics": means, "rows": rows,
                "seconds": time.perf_counter() - started if started is not None else None,
+               "timings": dict(state.timings) if state is not None else {},
                "outputs": outputs, "lrp": cfg.get("lrp"), "model": _get(cfg, "model.name"),
                "data": _get(cfg, "data.name")}
     _write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str))

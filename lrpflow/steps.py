@@ -72,6 +72,8 @@ class State:
     objective: float | None = None
     outputs: dict[str, Any] = field(default_factory=dict)  #: files written, for the summary
     extras: dict[str, Any] = field(default_factory=dict)  #: room for third-party steps
+    #: seconds of the run's phases (setup, batches, finish) and rows computed, for the summary
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 # --- building blocks ------------------------------------------------------------------
@@ -299,8 +301,10 @@ class Evaluate:
         if not names:
             state.metrics = {}
             return
-        x_in = state.trace.input if state.trace is not None else state.explainer.prepare(state.batch.x)
-        x = x_in if state.model.layout == "NHWC" else state.model.from_nhwc(x_in)
+        x = None
+        if any(getattr(_metric(n), "uses_input", True) for n in names):
+            x_in = state.trace.input if state.trace is not None else state.explainer.prepare(state.batch.x)
+            x = x_in if state.model.layout == "NHWC" else state.model.from_nhwc(x_in)
         details = state.extras["metric_details"] = {}  # perturbation curves, stored per row by the save step
         state.metrics = {k: to_numpy(v) for k, v in evaluate(names, state.model, x, state.explanation, details=details,
                                                              **params).items()}
@@ -308,6 +312,14 @@ class Evaluate:
             tot = state.totals.setdefault(k, [0.0, 0])
             tot[0] += float(numpy.sum(v))
             tot[1] += int(numpy.size(v))
+
+
+def _metric(name: str) -> Any:
+    """The registered metric ``name`` (or alias); None for an unknown name (evaluate() reports it)."""
+    from lrpflow.plugins import registries
+
+    metrics = registries().metrics
+    return metrics.get(name) if name in metrics else None
 
 
 class Render:

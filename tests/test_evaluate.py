@@ -375,3 +375,32 @@ def test_randomization_bad_arguments(rng):
         ev.randomization_sanity(lambda m: lrpflow.Explainer(m), model, x, layers=["1_relu"])
     with pytest.raises(ShapeError, match="same shape"):
         ev.spearman(numpy.zeros((2, 3)), numpy.zeros((2, 4)))
+
+
+def test_the_evaluate_step_prepares_the_batch_only_for_metrics_that_read_it(rng, tmp_path):
+    """Metrics marked ``uses_input = False`` get x=None; the batch is brought to the model only when one reads it."""
+    from lrpflow.io.source import Batch
+    from lrpflow.steps import Evaluate, State
+
+    model = nets.mlp(rng, sizes=(10, 8, 3))
+    x = rng.normal(0, 1, (4, 10)).astype(numpy.float32)
+    explainer = lrpflow.Explainer(model, rule="epsilon", epsilon=0.01)
+    prepared = []
+
+    class Counting:
+        def prepare(self, batch):
+            prepared.append(batch)
+            return explainer.prepare(batch)
+
+    for names, reads in ((["conservation", "gini", "complexity"], False), (["conservation", "pixel_flipping"], True)):
+        state = State(cfg={"evaluate": {"metrics": names, "params": {"pixel_flipping": {"steps": 2}}}},
+                      output_dir=tmp_path, model=model, explainer=Counting(), batch=Batch(0, x, None),
+                      explanation=explainer.explain(x))
+        prepared.clear()
+        Evaluate().process(state)
+        assert len(prepared) == int(reads)
+        numpy.testing.assert_array_equal(state.metrics["conservation"], to_numpy(ev.conservation(state.explanation)))
+        numpy.testing.assert_array_equal(state.metrics["sparseness" if not reads else "pixel_flipping"],
+                                         ev.sparseness(state.explanation) if not reads else
+                                         ev.pixel_flipping(model, x, state.explanation.relevance,
+                                                           state.explanation.target, steps=2).aopc)

@@ -83,6 +83,8 @@ def outputs(out):
     """Everything a job leaves that must not depend on interruptions: store rows, summary, images."""
     summary = json.loads((out / "summary.json").read_text())
     summary.pop("seconds")
+    timings = summary.pop("timings")  # wall times, and the rows this process computed (fewer after a resume)
+    assert set(timings) <= {"setup", "batches", "rows computed", "finish"} and timings["setup"] >= 0
     summary["outputs"] = {k: (sorted(os.path.basename(p) for p in v) if isinstance(v, list) else os.path.basename(v))
                           for k, v in summary["outputs"].items() if k != "model"}
     images = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*.png"))}

@@ -99,8 +99,11 @@ class Preprocess:
             if len(shape) != 4:
                 raise DataFormatError(f"pad needs (N, H, W, C) samples, got shape {shape}; use reshape= first")
             t, b, l, r = self.pad
-            out = numpy.full((shape[0], shape[1] + t + b, shape[2] + l + r, shape[3]), self.pad_value, dtype)
-            target = out[:, t:t + shape[1], l:l + shape[2]]
+            out = numpy.empty((shape[0], shape[1] + t + b, shape[2] + l + r, shape[3]), dtype)
+            h, w = shape[1] + t, shape[2] + l
+            for border in (out[:, :t], out[:, h:], out[:, t:h, :l], out[:, t:h, w:]):  # the frame only
+                border.fill(self.pad_value)
+            target = out[:, t:h, l:w]
         src = x.reshape(shape)
         if not arithmetic:
             target[...] = src

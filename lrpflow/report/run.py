@@ -44,6 +44,7 @@ def read_store(path: Path) -> dict[str, Any]:
     if not path.exists():
         return out
     with h5py.File(path, "r") as f:
+        has_curves = "metrics" in f and any(key.endswith("_curve") for key in f["metrics"])
         out["attrs"] = {k: _attr(v) for k, v in f.attrs.items() if k not in _SKIP_ATTRS}
         out["config"] = str(_attr(f.attrs.get("config", "")))
         out["rows"] = int(f["relevance"].shape[0]) if "relevance" in f else 0
@@ -56,9 +57,10 @@ def read_store(path: Path) -> dict[str, Any]:
             g = f["ledger"]
             nodes = [str(_attr(n)) for n in g.attrs.get("nodes", [])]
             out["ledger"] = {"nodes": nodes, "entering": g["entering"][()], "leaving": g["leaving"][()]}
-    from lrpflow.curve_store import read_curves
+    if has_curves:  # opens the store once more, through its reader
+        from lrpflow.curve_store import read_curves
 
-    out["curves"] = read_curves(path)
+        out["curves"] = read_curves(path)
     return out
 
 
@@ -155,7 +157,7 @@ def write_run_report(run_dir: str | os.PathLike[str]) -> str:
     provenance = dict(store["attrs"])
     timings = {"total (s)": summary.get("seconds")}
     for k, v in (summary.get("timings") or {}).items():
-        timings[f"{k} (s)"] = v
+        timings[k if k.startswith("rows") else f"{k} (s)"] = v
     config = store["config"]
     if not config and (root / ".hydra" / "config.yaml").exists():
         config = (root / ".hydra" / "config.yaml").read_text()
