@@ -53,6 +53,26 @@ def test_transpose_choices_cover_both_graphs():
     assert ort_conv.choose_transpose(3, 8, (2, 2), (1, 1), (2, 0, 0, 0), (8, 8), forced=True) == "convT"
 
 
+def test_small_grids_go_to_onnxruntime_only_with_several_threads_and_small_batches():
+    """The measured rules: 4×4 and 2×2 grids stay on numpy in one thread or at large batches; with 2
+    threads, forward convolutions at batch 1 and flipped transposes at batches ≤ 4 go to onnxruntime."""
+    fwd = ort_conv.choose_forward
+    assert not fwd(512, 512, (3, 3), (1, 1), (4, 4))
+    assert not fwd(512, 512, (3, 3), (1, 1), (4, 4), threads=2, batch=4)
+    assert fwd(512, 512, (3, 3), (1, 1), (2, 2), threads=2, batch=1)
+    assert not fwd(512, 512, (1, 1), (1, 1), (2, 2), threads=2, batch=1)  # 1×1 kernels: numpy's plain GEMM
+    assert not fwd(25, 100, (4, 4), (1, 1), (2, 2), threads=2, batch=1)  # C_out off MLAS's 16-channel blocks
+    assert fwd(64, 128, (3, 3), (1, 1), (16, 16))  # large grids as before, any thread count
+    tr = ort_conv.choose_transpose
+    same = (1, 1, 1, 1)
+    assert tr(512, 512, (3, 3), (1, 1), same, (2, 2)) is None
+    assert tr(512, 512, (3, 3), (1, 1), same, (2, 2), threads=2, batch=4) == "flip"
+    assert tr(512, 512, (3, 3), (1, 1), same, (2, 2), threads=2, batch=64) is None
+    assert tr(256, 512, (3, 3), (2, 2), same, (2, 2), threads=2, batch=1) == "convT"
+    assert tr(256, 512, (3, 3), (2, 2), same, (2, 2), threads=2, batch=4) is None
+    assert tr(256, 512, (1, 1), (2, 2), (0, 0, 0, 0), (4, 4), threads=2, batch=1) is None
+
+
 def by_id(layer):
     return {k: v for k, v in layer._sessions().items() if k[0] != "content"}
 

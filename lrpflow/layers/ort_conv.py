@@ -104,8 +104,12 @@ def _eligible(a: Any, weight: Any) -> bool:
 # --- where onnxruntime pays --------------------------------------------------------------
 
 
+#: batches up to this size count as "latency" calls for the several-thread rules below
+SMALL_BATCH = 4
+
+
 def choose_forward(cin: int, cout: int, kernel: tuple[int, int], stride: tuple[int, int], out_hw: tuple[int, int],
-                   forced: bool = False) -> bool:
+                   forced: bool = False, threads: int = 1, batch: int = 0) -> bool:
     """True where the onnxruntime forward convolution is used.
 
     Measured per layer with ``benchmarks/bench_conv_kernels.py`` (1 thread, Xeon with AVX-512,
@@ -113,14 +117,19 @@ def choose_forward(cin: int, cout: int, kernel: tuple[int, int], stride: tuple[i
     positions with C_out a multiple of 16 (MLAS's NCHWc block) 0.38–0.77× (wide net,
     VGG-11, ResNet-18, the 7×7 stem included; VGG's 3→64 0.76–1.08×); 4×4 and 2×2 outputs
     0.9–1.9×; 1×1 kernels (a plain GEMM in numpy) 1.0–2.4×; LeNet's C_out 10 and 25 1.0–1.45×.
+    With 2 threads at batch 1 (numpy's GEMM has only H·W rows to share out), the 4×4 and 2×2
+    outputs of VGG-11 and ResNet-18 take 0.56–0.86× (at batch 4 0.82–1.5×: numpy again).
     """
     if forced:
         return True
-    return kernel[0] * kernel[1] > 1 and out_hw[0] * out_hw[1] >= 64 and cout % 16 == 0
+    if kernel[0] * kernel[1] == 1 or cout % 16:
+        return False
+    return out_hw[0] * out_hw[1] >= 64 or (threads > 1 and batch == 1)
 
 
 def choose_transpose(cin: int, cout: int, kernel: tuple[int, int], stride: tuple[int, int],
-                     pads: tuple[int, int, int, int], out_hw: tuple[int, int], forced: bool = False) -> str | None:
+                     pads: tuple[int, int, int, int], out_hw: tuple[int, int], forced: bool = False,
+                     threads: int = 1, batch: int = 0) -> str | None:
     """``"flip"`` (Conv with the flipped weight), ``"convT"`` (ONNX ConvTranspose) or None (numpy).
 
     ``cout`` is the weight's output channels (the transpose's input: 2·C_out for α2β1).
@@ -130,6 +139,10 @@ def choose_transpose(cin: int, cout: int, kernel: tuple[int, int], stride: tuple
     inputs (``cin < 16``) 0.33–0.76× with ≤ 16 channels in or LeNet's 5×5 kernels (≤ 50 in),
     but 0.9–1.6× with 32–128 channels in under 3×3 kernels; at stride 2 0.35–0.76×
     (ResNet-18's stem and first downsampling, ±noise). Other grids under 8×8: 0.8–3.6×, numpy.
+    With 2 threads and batches ≤ 4 (:data:`SMALL_BATCH`), numpy's GEMMs have too few rows to
+    share out: the flipped Conv takes 0.29–0.83× on 2×2 grids (VGG-11, LeNet-5's 25→100:
+    0.61×), and at batch 1 ConvTranspose 0.5–0.78× on ResNet-18's stride-2 3×3 layers with
+    4×4 and 2×2 outputs (1.15–1.7× at batch 4); 1×1 kernels stay on numpy (0.9–3.1×).
     """
     kh, kw = kernel
     flip_ok = stride == (1, 1) and max(pads[0], pads[1]) <= kh - 1 and max(pads[2], pads[3]) <= kw - 1
@@ -138,6 +151,11 @@ def choose_transpose(cin: int, cout: int, kernel: tuple[int, int], stride: tuple
     cells = out_hw[0] * out_hw[1]
     if cin >= 16 and flip_ok and cells >= 16:
         return "flip"
+    if cells < 64 and threads > 1 and kh * kw > 1 and 0 < batch <= SMALL_BATCH:
+        if cin >= 16 and flip_ok:
+            return "flip"
+        if batch == 1 and stride != (1, 1):
+            return "convT"
     if cells < 64:
         return None
     if stride != (1, 1) or cin >= 16:
@@ -254,9 +272,10 @@ def conv_forward(x: Any, weight: Any, stride: tuple[int, int], pads: tuple[int, 
     kh, kw, cin, cout = weight.shape
     hp, wp = x.shape[1] + pads[0] + pads[1], x.shape[2] + pads[2] + pads[3]
     ho, wo = (hp - kh) // stride[0] + 1, (wp - kw) // stride[1] + 1
-    if not choose_forward(cin, cout, (kh, kw), stride, (ho, wo), forced=mode == "onnxruntime"):
-        return None
     threads = _threads()
+    if not choose_forward(cin, cout, (kh, kw), stride, (ho, wo), forced=mode == "onnxruntime", threads=threads,
+                          batch=int(x.shape[0])):
+        return None
     in_hwc = tuple(int(d) for d in x.shape[1:])
     key = (id(weight), "fwd", tuple(stride), tuple(pads), in_hwc, threads)
     session = _cached(cache, key, weight, lambda: _forward_session(weight, stride, pads, in_hwc, threads))
@@ -271,10 +290,11 @@ def conv_transpose(s: Any, weight: Any, stride: tuple[int, int], pads: tuple[int
         return None
     kh, kw, cin, cout = weight.shape
     out_hwc = tuple(int(d) for d in s.shape[1:])
-    how = choose_transpose(cin, cout, (kh, kw), tuple(stride), tuple(pads), out_hwc[:2], forced=mode == "onnxruntime")
+    threads = _threads()
+    how = choose_transpose(cin, cout, (kh, kw), tuple(stride), tuple(pads), out_hwc[:2], forced=mode == "onnxruntime",
+                           threads=threads, batch=int(s.shape[0]))
     if how is None:
         return None
-    threads = _threads()
     in_hw = (int(in_shape[1]), int(in_shape[2]))
     key = (id(weight), how, tuple(stride), tuple(pads), out_hwc, in_hw, threads)
     session = _cached(cache, key, weight,

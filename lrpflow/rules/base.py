@@ -165,7 +165,7 @@ class NodeContext:
         """``(ρ(W), β(b))`` for this node, cached by modifier and dtype/backend."""
         x0 = xs[0]
         key = (self.name, id(layer), getattr(layer, "_version", 0), weight_fn, bias_fn,
-               type(x0).__module__, str(x0.dtype), tuple(x0.shape[1:]))
+               type(x0).__module__, x0.dtype, tuple(x0.shape[1:]))
         hit = self.cache.get(key)
         if hit is None:
             w, b = layer.lrp_params(xs)  # type: ignore[attr-defined]
