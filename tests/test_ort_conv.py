@@ -71,6 +71,9 @@ def test_small_grids_go_to_onnxruntime_only_with_several_threads_and_small_batch
     assert tr(256, 512, (3, 3), (2, 2), same, (2, 2), threads=2, batch=1) == "convT"
     assert tr(256, 512, (3, 3), (2, 2), same, (2, 2), threads=2, batch=4) is None
     assert tr(256, 512, (1, 1), (2, 2), (0, 0, 0, 0), (4, 4), threads=2, batch=1) is None
+    assert tr(6, 32, (3, 3), (1, 1), same, (128, 128)) is None  # thin inputs, 32 channels out: numpy ...
+    assert tr(6, 32, (3, 3), (1, 1), same, (128, 128), threads=2, batch=1) == "convT"  # ... but at batch 1
+    assert tr(6, 32, (3, 3), (1, 1), same, (128, 128), threads=2, batch=16) is None
 
 
 def by_id(layer):

@@ -142,7 +142,9 @@ def choose_transpose(cin: int, cout: int, kernel: tuple[int, int], stride: tuple
     With 2 threads and batches ≤ 4 (:data:`SMALL_BATCH`), numpy's GEMMs have too few rows to
     share out: the flipped Conv takes 0.29–0.83× on 2×2 grids (VGG-11, LeNet-5's 25→100:
     0.61×), and at batch 1 ConvTranspose 0.5–0.78× on ResNet-18's stride-2 3×3 layers with
-    4×4 and 2×2 outputs (1.15–1.7× at batch 4); 1×1 kernels stay on numpy (0.9–3.1×).
+    4×4 and 2×2 outputs (1.15–1.7× at batch 4); 1×1 kernels stay on numpy (0.9–3.1×). At
+    batch 1 with 2 threads ConvTranspose also takes thin inputs with 32–128 channels out
+    (0.72–0.93×: VGG-11's 3→64, the wide net's α2β1 6→16; 1.3× at batch 16).
     """
     kh, kw = kernel
     flip_ok = stride == (1, 1) and max(pads[0], pads[1]) <= kh - 1 and max(pads[2], pads[3]) <= kw - 1
@@ -160,7 +162,7 @@ def choose_transpose(cin: int, cout: int, kernel: tuple[int, int], stride: tuple
         return None
     if stride != (1, 1) or cin >= 16:
         return "convT"
-    if cout <= 16 or (kh * kw >= 25 and cout <= 64):
+    if cout <= 16 or (kh * kw >= 25 and cout <= 64) or (threads > 1 and batch == 1 and kh * kw > 1):
         return "convT"
     return None
 
