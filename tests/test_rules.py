@@ -244,3 +244,14 @@ def test_single_rule_puts_norm_on_pools_end_to_end(rng):
     r = ref.avgpool_rule(a, r, (2, 2), (2, 2), "z")  # norm: z_j + 1e-16·sign(z_j)
     want = ref.conv2d_rule(x, conv.weight, conv.bias, r, (1, 1), (1, 1), "epsilon", epsilon=0.25)
     assert close(out.relevance, want)
+
+
+def test_flat_on_token_rows_spreads_each_rows_relevance_over_its_inputs(rng, xp):
+    """(N, T, m) inputs: each token's relevance goes to its own m inputs, R_i = Σ_j R_j / m (by hand)."""
+    layer = Linear(6, 4, rng=rng)
+    x = signed(rng, (2, 3, 6))
+    r = rng.normal(0, 1, (2, 3, 4))
+    got = engine(layer, [x], r, "flat", {}, xp)[0]
+    assert got.shape == x.shape
+    numpy.testing.assert_allclose(got, numpy.repeat(r.sum(axis=-1, keepdims=True) / 6, 6, axis=-1), rtol=1e-12)
+    numpy.testing.assert_allclose(got.sum(axis=-1), r.sum(axis=-1), rtol=1e-12)  # conserved per token

@@ -17,6 +17,7 @@ import numpy
 from lrpflow.backend import get_namespace
 from lrpflow.errors import ConfigError, UnsupportedLayerError
 from lrpflow.layers.base import Layer
+from lrpflow.layers.dense import Linear
 from lrpflow.rules.base import (
     Constant,
     Contribution,
@@ -461,6 +462,12 @@ class Flat(Rule):
     """LRP-flat: ``R_i = Σ_j R_j / |window(j)|`` — uniform over each receptive field."""
 
     def linear(self, layer: Layer, xs: Sequence[Any], y: Any, r: Any, ctx: NodeContext) -> list[Any]:
+        if isinstance(layer, Linear) and len(xs) == 1:
+            # a dense layer's window is all m inputs: R_i = Σ_j R_j / m, the same for every i (no GEMM with ones)
+            share = (r / layer.m).sum(axis=-1, keepdims=True)
+            out = get_namespace(r).empty(xs[0].shape, dtype=r.dtype)
+            out[...] = share
+            return [out]
         return modified_gradient(layer, xs, r, [Contribution(ones, ones, None)], ctx, safe_divide)
 
     def maxpool(self, layer: Layer, xs: Sequence[Any], y: Any, r: Any, ctx: NodeContext) -> list[Any]:
