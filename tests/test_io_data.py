@@ -403,3 +403,24 @@ def test_python2_npy_headers_are_read_without_a_warning(shared):
         warnings.simplefilter("error")
         labels = load_data(path)
     assert len(labels) == 10000 and numpy.array_equal(numpy.asarray(labels[:]), numpy.load(path))
+
+
+@pytest.mark.parametrize("inflater", ["default", "zlib"])
+def test_mat5_with_a_corrupt_compressed_element_is_refused(tmp_path, rng, monkeypatch, inflater):
+    """A damaged deflate stream is one DataFormatError naming the file, with ISA-L's inflate or zlib's."""
+    import zlib
+
+    import scipy.io
+
+    from lrpflow.io import _mat5
+
+    if inflater == "zlib":
+        monkeypatch.setattr(_mat5, "_inflater", zlib)
+    path = tmp_path / "c.mat"
+    scipy.io.savemat(path, {"data": rng.random((40, 30))}, do_compression=True)
+    numpy.testing.assert_array_equal(load_data(path), scipy.io.loadmat(path)["data"])
+    raw = bytearray(path.read_bytes())
+    raw[150:170] = bytes(20)  # inside the first compressed element's deflate stream
+    path.write_bytes(bytes(raw))
+    with pytest.raises(lrpflow.DataFormatError, match=r"c\.mat: damaged MATLAB file: corrupt compressed element"):
+        load_data(path)

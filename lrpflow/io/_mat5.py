@@ -21,6 +21,11 @@ import numpy
 
 from lrpflow.errors import LrpflowError
 
+try:  # Intel ISA-L's inflate (the ``fast`` extra): the same deflate streams, about 2x faster
+    from isal import isal_zlib as _inflater
+except ImportError:  # pragma: no cover - depends on the install
+    _inflater = zlib
+
 VALID_TYPES = frozenset({1, 2, 3, 4, 5, 6, 7, 9, 12, 13, 14, 15, 16, 17, 18})
 MI_INT8, MI_UINT8, MI_INT32, MI_UINT32, MI_MATRIX, MI_COMPRESSED = 1, 2, 5, 6, 14, 15
 #: storage type of a numeric data element -> numpy type code
@@ -38,10 +43,10 @@ class _Bad(Exception):
 
 
 def _inflate(data: bytes | memoryview) -> bytes:
-    d = zlib.decompressobj()
+    d = _inflater.decompressobj()
     try:
         out = d.decompress(data, MAX_DEFLATE_RATIO * len(data) + (1 << 20))
-    except zlib.error as err:
+    except (zlib.error, _inflater.error) as err:
         raise _Bad(f"corrupt compressed element: {err}") from None
     if d.unconsumed_tail:
         raise _Bad("compressed element inflates beyond any valid size")
