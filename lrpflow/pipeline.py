@@ -42,7 +42,7 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         Naming the config field and the names lrpflow knows.
     """
     from lrpflow.errors import UnknownNameError
-    from lrpflow.explain import is_multi_target
+    from lrpflow.targets import is_multi_target
     from lrpflow.plugins import registries
 
     regs = registries()
