@@ -79,7 +79,7 @@ def _walk(buf: bytes | memoryview, pos: int, end: int, order: str, depth: int, t
             raise _Bad(f"element at byte {pos} declares {size} bytes but only {end - start} remain")
         payload = buf[start : start + size]
         if mtype == MI_COMPRESSED:
-            inner = _inflate(payload)
+            inner = memoryview(_inflate(payload))  # slices of a view do not copy the inflated data
             items = _walk(inner, 0, len(inner), order, depth + 1, False)
             if len(items) != 1:
                 raise _Bad(f"compressed element at byte {pos} holds {len(items)} elements, expected 1")
