@@ -13,8 +13,9 @@ bench_lrp.py (vgg11, resnet18, wide need torch and lrpflow-onnx).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+
+import bench_lrp  # this script's folder is on sys.path when it runs
 
 RULES = {"epsilon": dict(rule="epsilon", epsilon=0.01), "alpha2beta1": dict(rule="alpha_beta", alpha=2.0, beta=1.0),
          "epsilon_plus_flat": dict(composite="epsilon_plus_flat")}
@@ -27,12 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rules", default="epsilon,alpha2beta1")
     p.add_argument("--min-runs", type=int, default=7)
     p.add_argument("--min-time", type=float, default=0.5)
-    p.add_argument("--shared", default=os.environ.get("LRPFLOW_SHARED") or
-                   os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared"))
+    p.add_argument("--shared", default=bench_lrp.DEFAULT_SHARED)
     args = p.parse_args(argv)
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import bench_lrp
-
     bench_lrp.set_threads(args.threads)
     import numpy as np
 

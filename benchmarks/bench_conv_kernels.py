@@ -13,8 +13,9 @@ prints each ratio to numpy and what ``auto`` picks. These ratios set ``choose_fo
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+
+import bench_lrp  # this script's folder is on sys.path when it runs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,12 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--points", default="lenet:16,lenet:256,vgg11:64,resnet18:32,wide:16")
     p.add_argument("--min-runs", type=int, default=5)
     p.add_argument("--min-time", type=float, default=0.2)
-    p.add_argument("--shared", default=os.environ.get("LRPFLOW_SHARED") or
-                   os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared"))
+    p.add_argument("--shared", default=bench_lrp.DEFAULT_SHARED)
     args = p.parse_args(argv)
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import bench_lrp
-
     bench_lrp.set_threads(args.threads)
     import numpy as np
 

@@ -62,14 +62,15 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VE
 TARGET_SAMPLE_S = 0.1  # one timed sample (inner repeats of a call) lasts about this long
 MAX_POINT_S = 20.0  # stop adding rounds to a point after this long (once min-runs are in)
 NOISY_CORES = 0.2  # other processes using more CPU than this during a point make it "noisy"
+#: the folder with models/ and data/ (``$LRPFLOW_SHARED``, else ``shared/`` beside the checkout)
+DEFAULT_SHARED = os.environ.get("LRPFLOW_SHARED") or os.path.normpath(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared"))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    here = os.path.dirname(os.path.abspath(__file__))
-    default_shared = os.environ.get("LRPFLOW_SHARED") or os.path.normpath(os.path.join(here, "..", "..", "shared"))
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shared", default=default_shared,
+    p.add_argument("--shared", default=DEFAULT_SHARED,
                    help="folder with models/MNIST/LeNet-5.txt and data/MNIST (default: $LRPFLOW_SHARED or ../shared "
                         "beside the checkout; now %(default)s)")
     p.add_argument("--networks", default=",".join(NETWORKS), help="comma-separated subset of %(default)s")

@@ -21,7 +21,8 @@ import os
 import subprocess
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+import bench_lrp  # this script's folder is on sys.path when it runs
+
 
 
 def _status_kib(field: str) -> int:
@@ -50,10 +51,8 @@ def _measure(fn) -> float:
 
 def one(impl: str, net: str, batch: int, method: str, shared: str) -> dict:
     """The measurement of one point, in this (fresh) process."""
-    sys.path.insert(0, HERE)
     import numpy as np
 
-    import bench_lrp
     import lrpflow
 
     model = bench_lrp.build_lrpflow(net, shared)
@@ -84,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--points", default="lenet:256,vgg11:64,resnet18:32,wide:16,mlp:256,vgg11:1,resnet18:1,wide:1")
     p.add_argument("--methods", default="epsilon")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--shared", default=os.environ.get("LRPFLOW_SHARED") or os.path.join(HERE, "..", "..", "shared"))
+    p.add_argument("--shared", default=bench_lrp.DEFAULT_SHARED)
     p.add_argument("--one", nargs=4, metavar=("IMPL", "NET", "BATCH", "METHOD"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:

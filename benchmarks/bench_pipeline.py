@@ -82,6 +82,15 @@ def pipeline(overrides: list[str], out: Path) -> tuple[float, float]:
     return whole, float(json.loads((out / "summary.json").read_text())["timings"]["batches"])
 
 
+def per_round(bare: list[float], runs: list[float]) -> list[float]:
+    """Each round's ratio of the bare explain(x) to the run timed just after it, sorted (robust to drifting load)."""
+    return sorted(e / p for e, p in zip(bare, runs))
+
+
+def spread(ratios: list[float]) -> str:
+    return f"per round: median {statistics.median(ratios):4.2f}, {ratios[0]:4.2f}–{ratios[-1]:4.2f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shared", default=os.environ.get("LRPFLOW_SHARED", str(REPO.parent / "shared")))
@@ -118,11 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, extra in settings.items():
             s = best[name]
             ratio = explain_s / s
-            # each round's pipeline against the bare explain(x) timed just before it: robust to drifting load
-            paired = sorted(e / p for e, p in zip(times["explain"], times[name]))
-            line = (f"{name:<44} {args.rows / s:8.0f} heatmaps/s   {ratio:5.2f} × explain(x)   "
-                    f"(per round: median {statistics.median(paired):4.2f}, {paired[0]:4.2f}–{paired[-1]:4.2f})")
-            steady = sorted(e / p for e, p in zip(times["explain"], loops[name]))
+            paired, steady = per_round(times["explain"], times[name]), per_round(times["explain"], loops[name])
+            line = f"{name:<44} {args.rows / s:8.0f} heatmaps/s   {ratio:5.2f} × explain(x)   ({spread(paired)})"
             result[name] = {"seconds": s, "per_second": args.rows / s, "ratio_to_explain": ratio,
                             "ratio_per_round": paired, "all_seconds": times[name], "loop_seconds": loops[name],
                             "loop_ratio_per_round": steady}
@@ -131,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                 line += f"   cost {s / flip_budget:4.2f} × (explain + {steps + 1} forwards)"
             print(line)
             print(f"{'':<4}{'batch loop alone':<40} {args.rows / min(loops[name]):8.0f} heatmaps/s   "
-                  f"(per round: median {statistics.median(steady):4.2f}, {steady[0]:4.2f}–{steady[-1]:4.2f} × explain(x))")
+                  f"({spread(steady)} × explain(x))")
     print(json.dumps({"rows": args.rows, "results": result}))
     return 0
 

@@ -130,8 +130,7 @@ def _run_steps(state: State, steps: list[tuple[str, Any]], save: Save | None) ->
         if hasattr(step, "setup"):
             log.debug("setup %s", name)
             step.setup(state)
-    t1 = time.perf_counter()
-    state.timings["setup"] = t1 - t0
+    state.timings["setup"] = time.perf_counter() - t0
     processing = [(n, s) for n, s in steps if hasattr(s, "process")]
     complete = False
     if processing:
@@ -146,7 +145,7 @@ def _run_steps(state: State, steps: list[tuple[str, Any]], save: Save | None) ->
             lo, hi = state.rows
             bs = int(_get(cfg, "data.batch_size", 64))
             bar = ProgressBar(hi - start, enabled=bool(cfg.get("progress", True)), label="explaining")
-            t1 = time.perf_counter()
+            t_loop = time.perf_counter()
             try:
                 for batch in state.source.batches(bs, start=start, stop=hi):
                     state.batch = batch
@@ -156,14 +155,14 @@ def _run_steps(state: State, steps: list[tuple[str, Any]], save: Save | None) ->
             finally:
                 bar.close()
             # the batches' wall time: heatmaps/s = rows computed / batches (the store's last writes are in finish)
-            state.timings["batches"] = time.perf_counter() - t1
+            state.timings["batches"] = time.perf_counter() - t_loop
             state.timings["rows computed"] = hi - start
-    t2 = time.perf_counter()
+    t_finish = time.perf_counter()
     if not complete:
         for name, step in steps:
             if hasattr(step, "finish"):
                 step.finish(state)
-    state.timings["finish"] = time.perf_counter() - t2
+    state.timings["finish"] = time.perf_counter() - t_finish
     store_path = save.path if save is not None and save.path.exists() else None
     summary = finalize_outputs(state.output_dir, store_path, cfg, state=state, started=t0)
     return summary["objective"]

@@ -302,7 +302,7 @@ class Evaluate:
             state.metrics = {}
             return
         x = None
-        if any(getattr(_metric(n), "uses_input", True) for n in names):
+        if self._reads_input(names):
             x_in = state.trace.input if state.trace is not None else state.explainer.prepare(state.batch.x)
             x = x_in if state.model.layout == "NHWC" else state.model.from_nhwc(x_in)
         details = state.extras["metric_details"] = {}  # perturbation curves, stored per row by the save step
@@ -313,13 +313,19 @@ class Evaluate:
             tot[0] += float(numpy.sum(v))
             tot[1] += int(numpy.size(v))
 
+    def _reads_input(self, names: list[str]) -> bool:
+        """Whether a requested metric reads the batch (``uses_input``, default True); looked up once per run.
 
-def _metric(name: str) -> Any:
-    """The registered metric ``name`` (or alias); None for an unknown name (evaluate() reports it)."""
-    from lrpflow.plugins import registries
+        An unknown name counts as reading it (``evaluate()`` then names the metrics it knows).
+        """
+        from lrpflow.plugins import registries
 
-    metrics = registries().metrics
-    return metrics.get(name) if name in metrics else None
+        key = tuple(names)
+        if getattr(self, "_reads", (None, True))[0] != key:
+            metrics = registries().metrics
+            self._reads = (key, any(getattr(metrics.get(n), "uses_input", True) if n in metrics else True
+                                    for n in names))
+        return self._reads[1]
 
 
 class Render:

@@ -94,14 +94,19 @@ def _finite_diff_gradient(model, x, target):
     return g
 
 
+def _check_outputs_and_gradient(model, proto, x, target):
+    """The converted model's logits equal onnxruntime's; its gradient equals finite differences."""
+    np.testing.assert_allclose(model.run(model.to_nhwc(x))[0], _ort(proto, x), rtol=1e-12)
+    g = lrpflow.explain(model, x, rule="gradient", dtype="float64", target=target).relevance
+    np.testing.assert_allclose(g, _finite_diff_gradient(model, x, target), rtol=1e-6, atol=1e-8)
+
+
 def test_sequence_first_attention_equals_onnxruntime_gradient_and_batch_first_model():
     proto = sequence_first()
     model = convert(proto)
     x = rng.normal(size=(B, T, D))
-    np.testing.assert_allclose(model.run(model.to_nhwc(x))[0], _ort(proto, x), rtol=1e-12)
     target = np.array([0, 2])
-    g = lrpflow.explain(model, x, rule="gradient", dtype="float64", target=target).relevance
-    np.testing.assert_allclose(g, _finite_diff_gradient(model, x, target), rtol=1e-6, atol=1e-8)
+    _check_outputs_and_gradient(model, proto, x, target)
     ref = convert(batch_first())
     np.testing.assert_allclose(ref.run(x)[0], _ort(proto, x), rtol=1e-12)
     for kw in (dict(composite="attnlrp", epsilon=0.0), dict(composite="attnlrp"), dict(rule="gradient_x_input")):
@@ -181,10 +186,7 @@ def test_window_partition_merging_batch_and_windows():
     proto, mask = windows()
     model = convert(proto)
     x = rng.normal(size=(B, 2, 4, 4))
-    np.testing.assert_allclose(model.run(model.to_nhwc(x))[0], _ort(proto, x), rtol=1e-12)
-    target = np.array([1, 0])
-    g = lrpflow.explain(model, x, rule="gradient", dtype="float64", target=target).relevance
-    np.testing.assert_allclose(g, _finite_diff_gradient(model, x, target), rtol=1e-6, atol=1e-8)
+    _check_outputs_and_gradient(model, proto, x, np.array([1, 0]))
     assert "AddConstant" in {n.layer.type_name for n in model.nodes}  # the per-window constant, once per sample
     e = lrpflow.explain(model, x[:1], composite="attnlrp", epsilon=0.0, dtype="float64", target=0)
     assert np.isfinite(e.relevance).all() and e.relevance.shape == (1, 2, 4, 4)
@@ -217,10 +219,7 @@ def test_pad_of_a_token_grid():
                    {"pads": _shape(0, 0, 0, 0, 0, 1, 1, 0), "head": rng.normal(size=(4 * 4 * 2, 3))}, (B, 2, 3, 3))
     model = convert(proto)
     x = rng.normal(size=(B, 2, 3, 3))
-    np.testing.assert_allclose(model.run(model.to_nhwc(x))[0], _ort(proto, x), rtol=1e-12)
-    target = np.array([2, 1])
-    g = lrpflow.explain(model, x, rule="gradient", dtype="float64", target=target).relevance
-    np.testing.assert_allclose(g, _finite_diff_gradient(model, x, target), rtol=1e-6, atol=1e-8)
+    _check_outputs_and_gradient(model, proto, x, np.array([2, 1]))
 
 
 def _refused(nodes, consts, in_shape, match):

@@ -163,9 +163,9 @@ def _check(buf: memoryview) -> tuple[list[tuple[int, bytes]], str]:
         subsys = struct.unpack_from(order + "Q", buf, 116)[0]
         items = _walk(buf, 128, len(buf), order, 0, True)
         if 128 <= subsys < len(buf):
-            items = _walk(buf, subsys, len(buf), order, 0, True)
-            if items and items[0][0] == MI_MATRIX:
-                parts = _walk(items[0][1], 0, len(items[0][1]), order, 1, False)
+            sub = _walk(buf, subsys, len(buf), order, 0, True)  # the subsystem (MCOS) data, walked again from its offset
+            if sub and sub[0][0] == MI_MATRIX:
+                parts = _walk(sub[0][1], 0, len(sub[0][1]), order, 1, False)
                 if len(parts) >= 4 and parts[3][0] == MI_UINT8:
                     stream = parts[3][1]
                     if len(stream) >= 8:
