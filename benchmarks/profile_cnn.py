@@ -4,7 +4,7 @@
     python benchmarks/profile_cnn.py --case resnet18 --batch 32 --rule alpha2beta1 [--threads 1] [--top 15]
 
 One untimed call, then ``--calls`` profiled calls of ``Explainer.explain`` with ``workers=1``
-(cProfile sees only the calling thread), sorted by self time. Rules: epsilon (ε = 0.01),
+(cProfile sees only the calling thread), sorted by self time (``--sort cumtime``: with callees). Rules: epsilon (ε = 0.01),
 alpha2beta1, epsilon_plus_flat.
 """
 from __future__ import annotations
@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="BLAS threads (default %(default)s)")
     p.add_argument("--calls", type=int, default=3)
     p.add_argument("--top", type=int, default=15)
+    p.add_argument("--sort", default="tottime", choices=("tottime", "cumtime"),
+                   help="order of the rows: self time or time with callees (default %(default)s)")
     args = p.parse_args(argv)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.calls):
         explainer.explain(x)
     prof.disable()
-    pstats.Stats(prof).sort_stats("tottime").print_stats(args.top)
+    pstats.Stats(prof).sort_stats(args.sort).print_stats(args.top)
     return 0
 
 

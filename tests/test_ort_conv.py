@@ -74,6 +74,12 @@ def test_small_grids_go_to_onnxruntime_only_with_several_threads_and_small_batch
     assert tr(6, 32, (3, 3), (1, 1), same, (128, 128)) is None  # thin inputs, 32 channels out: numpy ...
     assert tr(6, 32, (3, 3), (1, 1), same, (128, 128), threads=2, batch=1) == "convT"  # ... but at batch 1
     assert tr(6, 32, (3, 3), (1, 1), same, (128, 128), threads=2, batch=16) is None
+    # a thin transpose with ≤ 16 channels in (ε on the wide net's 3→16) at batch 1 on a large grid: numpy, for
+    # memory; on a small grid or at larger batches ConvTranspose as before
+    assert tr(3, 16, (3, 3), (1, 1), same, (128, 128), threads=2, batch=1) is None
+    assert tr(3, 16, (3, 3), (1, 1), same, (128, 128), threads=1, batch=1) is None
+    assert tr(3, 16, (3, 3), (1, 1), same, (32, 32), threads=2, batch=1) == "convT"
+    assert tr(3, 16, (3, 3), (1, 1), same, (128, 128), threads=2, batch=2) == "convT"
 
 
 def by_id(layer):

@@ -106,6 +106,8 @@ def _eligible(a: Any, weight: Any) -> bool:
 
 #: batches up to this size count as "latency" calls for the several-thread rules below
 SMALL_BATCH = 4
+#: input grids (cells) from which a thin ConvTranspose at batch 1 stays on numpy (memory; see choose_transpose)
+THIN_TRANSPOSE_CELLS = 64 * 64
 
 
 def choose_forward(cin: int, cout: int, kernel: tuple[int, int], stride: tuple[int, int], out_hw: tuple[int, int],
@@ -144,7 +146,11 @@ def choose_transpose(cin: int, cout: int, kernel: tuple[int, int], stride: tuple
     0.61×), and at batch 1 ConvTranspose 0.5–0.78× on ResNet-18's stride-2 3×3 layers with
     4×4 and 2×2 outputs (1.15–1.7× at batch 4); 1×1 kernels stay on numpy (0.9–3.1×). At
     batch 1 with 2 threads ConvTranspose also takes thin inputs with 32–128 channels out
-    (0.72–0.93×: VGG-11's 3→64, the wide net's α2β1 6→16; 1.3× at batch 16).
+    (0.72–0.93×: VGG-11's 3→64, the wide net's α2β1 6→16; 1.3× at batch 16). At batch 1 a
+    thin transpose with ≤ 16 channels in on a grid of ≥ :data:`THIN_TRANSPOSE_CELLS` stays on
+    numpy for memory: the wide net's 16→3 (ε) took 1.07× the explanation's time there but
+    3.4 MiB less peak RSS (12.2 → 8.6–8.9 MiB; the column buffer is 27 floats per cell
+    against the trace's 16 + 16 + 4).
     """
     kh, kw = kernel
     flip_ok = stride == (1, 1) and max(pads[0], pads[1]) <= kh - 1 and max(pads[2], pads[3]) <= kw - 1
@@ -162,6 +168,8 @@ def choose_transpose(cin: int, cout: int, kernel: tuple[int, int], stride: tuple
         return None
     if stride != (1, 1) or cin >= 16:
         return "convT"
+    if batch == 1 and cout <= 16 and cells >= THIN_TRANSPOSE_CELLS:
+        return None  # memory: ConvTranspose's column buffer (cin·kh·kw per cell) outweighs one image's trace
     if cout <= 16 or (kh * kw >= 25 and cout <= 64) or (threads > 1 and batch == 1 and kh * kw > 1):
         return "convT"
     return None
