@@ -173,3 +173,9 @@ def tune_host_allocator(mmap_threshold: int = 32 << 20, trim_threshold: int = 51
         return False
     _allocator_tuned = ok
     return ok
+
+
+def can_overwrite(a: Any) -> bool:
+    """True for a C-contiguous array an operation may write into (numpy: writeable; cupy has no such flag)."""
+    flags = getattr(a, "flags", None)
+    return flags is not None and bool(flags.c_contiguous) and bool(getattr(flags, "writeable", True))

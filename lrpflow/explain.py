@@ -160,6 +160,7 @@ def propagate(model: Model, trace: Trace, r_init: Any, rules: Mapping[str, Rule]
     xp = get_namespace(r_init)
     scale, init_finite = _unit_scale(r_init)  # rules are linear in R: propagate R / 2^k, multiply back at the end
     pending: dict[str, Any] = {start: r_init / scale.reshape((-1,) + (1,) * (r_init.ndim - 1))}
+    pending_sum: dict[str, Any] = {}  # per-sample sums of pending arrays that came from one consumer
     finite: list[tuple[str | None, Any]] = [(None, init_finite)]  # read once after the pass: no sync per node
     book: dict[str, LedgerEntry] = {}
     kept: dict[str, Any] = {}
@@ -183,18 +184,24 @@ def propagate(model: Model, trace: Trace, r_init: Any, rules: Mapping[str, Rule]
         except KeyError:
             raise ConfigError(f"no rule for node {node.name!r}") from None
         r_ins = rule.backward(layer, xs, y, r, ctx)
-        leaving = _per_sample_sum(r_ins[0])
-        for extra in r_ins[1:]:
-            leaving = leaving + _per_sample_sum(extra)
+        sums = [_per_sample_sum(ri) for ri in r_ins]
+        leaving = sums[0]
+        for extra in sums[1:]:
+            leaving = leaving + extra
         finite.append((node.name, xp.isfinite(leaving).all()))  # a NaN/Inf anywhere makes its sample's sum one
         finite.extend((node.name, flag) for flag in ctx.finite)  # overflowed denominators (R / inf = silent 0)
-        if ledger:
-            book[node.name] = LedgerEntry(_per_sample_sum(r), leaving)
+        entering = pending_sum.pop(node.name, None)
+        if ledger:  # what entered is what one consumer handed over: its sum is known already
+            book[node.name] = LedgerEntry(_per_sample_sum(r) if entering is None else entering, leaving)
         del xs, y, z, ctx
         if release:
             trace.values.pop(node.name, None)
-        for name, ri in zip(node.inputs, r_ins):
-            pending[name] = ri if name not in pending else pending[name] + ri
+        for name, ri, si in zip(node.inputs, r_ins, sums):
+            if name in pending:
+                pending[name] = pending[name] + ri
+                pending_sum.pop(name, None)
+            else:
+                pending[name], pending_sum[name] = ri, si
         del r, r_ins
     r_in = pending.get(model.input_name)
     if r_in is None:

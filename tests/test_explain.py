@@ -140,6 +140,10 @@ def test_residual_net_conserves_through_both_branches(rng):
     # stem_relu collects from both consumers
     numpy.testing.assert_allclose(per_sample(out.intermediate["stem_relu"]),
                                   out.ledger["b1_relu"].leaving + via_skip, rtol=1e-9)
+    # what entered a node is the per-sample sum of its relevance: handed over by one consumer (b2, add) or
+    # summed from two (stem_relu)
+    for name in ("b2", "add", "stem_relu"):
+        numpy.testing.assert_allclose(out.ledger[name].entering, per_sample(out.intermediate[name]), rtol=1e-12)
 
 
 def test_concat_batchnorm_net(rng):
@@ -301,3 +305,17 @@ def test_in_place_products_never_touch_arrays_a_layer_hands_back(rng):
         ref = lrpflow.Explainer(lrpflow.Sequential([plain]), dtype="float64", **rule)(x, target=r)
         numpy.testing.assert_allclose(got.relevance, ref.relevance, rtol=1e-12, atol=1e-12)
         numpy.testing.assert_array_equal(got.r_init, r)  # R_init was not overwritten in place
+
+
+@pytest.mark.parametrize("rule,params", [("alpha_beta", {}), ("alpha_beta", {"alpha": 1.0}), ("epsilon", {"epsilon": 0.1})])
+def test_a_reused_trace_is_left_as_it_was(rng, rule, params):
+    """The rules write into their own scratch (z⁺, z − z⁺, transposes' outputs), never into the trace."""
+    model = nets.randomize_biases(nets.residual(rng), rng)
+    x = rng.normal(0, 1, (3, 8, 8, 3)).astype(numpy.float32)
+    exp = lrpflow.Explainer(model, rule=rule, dtype="float32", **params)
+    trace = exp.forward(x)
+    before = {k: numpy.array(v, copy=True) for k, v in trace.values.items()}
+    first = exp.explain(trace=trace, target=0)
+    assert all(numpy.array_equal(before[k], trace.values[k]) for k in before)
+    numpy.testing.assert_array_equal(exp.explain(trace=trace, target=0).relevance, first.relevance)
+    numpy.testing.assert_array_equal(exp.explain(x, target=0).relevance, first.relevance)

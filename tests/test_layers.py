@@ -162,3 +162,24 @@ def test_maxpool_forward_and_winners_against_loops(rng):
         numpy.testing.assert_array_equal(y, ref_y)
         got = layer.winners(x, y, r)
         numpy.testing.assert_allclose(got, ref_r[:, pads[0] : pads[0] + h, pads[2] : pads[2] + w], rtol=1e-12, atol=1e-12)
+
+
+def test_add_bias_writes_in_place_only_where_that_keeps_the_result():
+    from lrpflow.layers.base import add_bias
+
+    z = numpy.arange(6, dtype=numpy.float32).reshape(2, 3)
+    b = numpy.array([1.0, 2.0, 3.0], dtype=numpy.float32)
+    out = add_bias(z, b)
+    assert out is z and out.tolist() == [[1, 3, 5], [4, 6, 8]]  # the caller's own product: in place
+    z = numpy.arange(6, dtype=numpy.float32).reshape(2, 3)
+    out = add_bias(z, b.astype(numpy.float64) + 1e-9)  # a float64 bias promotes: a new array, z untouched
+    assert out.dtype == numpy.float64 and z.tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert out[0, 0] == 1.0 + 1e-9
+    ro = numpy.zeros((2, 3), dtype=numpy.float32)
+    ro.flags.writeable = False
+    assert add_bias(ro, b) is not ro and ro.sum() == 0  # read-only (e.g. a trace value): a new array
+    col = numpy.zeros((2, 1), dtype=numpy.float32)
+    assert add_bias(col, b).shape == (2, 3) and col.shape == (2, 1)  # broadcasting enlarges: a new array
+    view = numpy.zeros((2, 6), dtype=numpy.float32)[:, ::2]
+    assert add_bias(view, b).base is None and view.sum() == 0  # not contiguous: a new array
+    assert add_bias(z, None) is z

@@ -10,7 +10,7 @@ from lrpflow.backend import get_namespace
 from lrpflow.errors import ShapeError
 from lrpflow.layers import _windows as win
 from lrpflow.layers import ort_conv
-from lrpflow.layers.base import LinearLike, Shape, check_rank
+from lrpflow.layers.base import LinearLike, Shape, add_bias, check_rank
 
 
 class Conv2d(LinearLike):
@@ -107,7 +107,7 @@ class Conv2d(LinearLike):
             xp = get_namespace(x, weight)
             z = xp.concatenate([win.conv_forward(xp.ascontiguousarray(x[..., i]), weight[..., o], self.stride, self.pads)
                                 for i, o in self._group_slices()], axis=-1)
-        return z if bias is None else z + bias
+        return add_bias(z, bias)  # z is this call's own product
 
     def apply_transpose(self, s: Any, weight: Any, xs: Sequence[Any]) -> list[Any]:
         shape = xs[0].shape

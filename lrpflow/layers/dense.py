@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy
 
-from lrpflow.layers.base import LinearLike, Shape, check_rank
+from lrpflow.layers.base import LinearLike, Shape, add_bias, check_rank
 from lrpflow.errors import ShapeError
 
 
@@ -51,7 +51,7 @@ class Linear(LinearLike):
             z = (x.reshape(-1, x.shape[-1]) @ weight).reshape((*x.shape[:-1], weight.shape[-1]))
         else:
             z = x @ weight
-        return z if bias is None else z + bias
+        return add_bias(z, bias)  # z is this call's own product
 
     def apply_transpose(self, s: Any, weight: Any, xs: Sequence[Any]) -> list[Any]:
         if s.ndim > 2:

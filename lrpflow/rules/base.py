@@ -44,14 +44,14 @@ def safe_divide(a: Any, b: Any, overwrite_b: bool = False) -> Any:
     xp = get_namespace(a, b)
     if xp is numpy:  # a plain division, then 0 where b = 0 (a third faster than a masked division)
         shape, dtype = numpy.broadcast_shapes(numpy.shape(a), numpy.shape(b)), numpy.result_type(a, b)
-        zero = numpy.equal(b, 0)
+        zero = None if numpy.all(b) else numpy.equal(b, 0)  # the mask only where a zero exists (rare)
         if overwrite_b and isinstance(b, numpy.ndarray) and b.shape == shape and b.dtype == dtype:
             q = b
         else:
             q = numpy.empty(shape, dtype=dtype)
         with numpy.errstate(divide="ignore", invalid="ignore"):
             numpy.divide(a, b, out=q)
-        if zero.any():
+        if zero is not None:
             numpy.copyto(q, 0, where=zero)
         return q
     zero = b == 0

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy
 
-from lrpflow.backend import get_namespace
+from lrpflow.backend import can_overwrite, get_namespace
 from lrpflow.errors import ConfigError, UnsupportedLayerError
 from lrpflow.layers.base import Layer
 from lrpflow.layers.dense import Linear
@@ -319,8 +319,9 @@ class AlphaBeta(Rule):
         wn, bn = ctx.modified(layer, xs, negative, _bias(self.bias, negative))
         zp = layer.apply(xs, wp, bp)  # type: ignore[attr-defined]
         if beta == 0:
-            sp = pos_div(r, zp) * alpha
-            return [x * g for x, g in zip(xs, layer.apply_transpose(sp, wp, xs))]  # type: ignore[attr-defined]
+            sp = pos_div(r, zp, scratch=True)
+            sp *= alpha
+            return [_input_times(x, g) for x, g in zip(xs, layer.apply_transpose(sp, wp, xs))]  # type: ignore[attr-defined]
         if ctx.z is not None and (self.bias or not _has_bias(layer, xs)):
             zn = ctx.z - zp
         else:
@@ -329,19 +330,21 @@ class AlphaBeta(Rule):
             # one transpose for both shares: [W⁺, W⁻]ᵀ [α R/P, −β R/N]
             wcat, _ = ctx.modified(layer, xs, _sign_concat, None)
             s = _shares(r, zp, zn, alpha, beta, pos_div, neg_div)
-            return [x * g for x, g in zip(xs, layer.apply_transpose(s, wcat, xs))]  # type: ignore[attr-defined]
-        sn = neg_div(r, zn) * beta
+            return [_input_times(x, g) for x, g in zip(xs, layer.apply_transpose(s, wcat, xs))]  # type: ignore[attr-defined]
+        sn = neg_div(r, zn, scratch=True)
+        sn *= beta
         gn = layer.apply_transpose(sn, wn, xs)  # type: ignore[attr-defined]
         if alpha == 0:
             return [-x * g for x, g in zip(xs, gn)]
-        sp = pos_div(r, zp) * alpha
+        sp = pos_div(r, zp, scratch=True)
+        sp *= alpha
         gp = layer.apply_transpose(sp, wp, xs)  # type: ignore[attr-defined]
         return [x * (a - b) for x, a, b in zip(xs, gp, gn)]
 
 
 def _shares(r: Any, p: Any, n: Any, alpha: float, beta: float, pos_div: Any, neg_div: Any) -> Any:
-    """``[α R/P, −β R/N]`` along the channels."""
-    pos, neg = pos_div(r, p), neg_div(r, n)
+    """``[α R/P, −β R/N]`` along the channels; ``p`` and ``n`` are the caller's scratch (overwritten)."""
+    pos, neg = pos_div(r, p, scratch=True), neg_div(r, n, scratch=True)
     pos *= alpha
     neg *= -beta
     return get_namespace(r).concatenate([pos, neg], axis=-1)
@@ -353,8 +356,26 @@ class _StabilizedDivision:
     def __init__(self, stabilizer: float) -> None:
         self.stabilizer = stabilizer
 
-    def __call__(self, a: Any, d: Any) -> Any:
-        return safe_divide(a, d + self.stabilizer, overwrite_b=True)  # d + s is ours: divide in place
+    def __call__(self, a: Any, d: Any, scratch: bool = False) -> Any:
+        """``scratch=True``: ``d`` is the caller's to overwrite (no buffer for ``d + s``)."""
+        if scratch and _owned(d, a):
+            d += self.stabilizer
+        else:
+            d = d + self.stabilizer
+        return safe_divide(a, d, overwrite_b=True)  # d + s is ours: divide in place
+
+
+def _input_times(x: Any, g: Any) -> Any:
+    """``x ⊙ g``, written into ``g`` (a transpose's fresh output) where shape and dtype allow."""
+    if _owned(g, x):
+        g *= x
+        return g
+    return x * g
+
+
+def _owned(d: Any, a: Any) -> bool:
+    """True if ``d`` can take ``a / d`` in place: a writable array of the quotient's shape and dtype."""
+    return can_overwrite(d) and d.shape == a.shape and d.dtype == get_namespace(d).result_type(a, d)
 
 
 def _sign_blocks(w: Any) -> Any:
