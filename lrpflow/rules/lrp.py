@@ -304,8 +304,8 @@ class AlphaBeta(Rule):
                 n = z.shape[-1] // 2
                 s = _shares(r, z[..., :n], z[..., n:], alpha, beta, pos_div, neg_div)
             g = layer.apply_transpose(s, wb, [x2])[0]  # type: ignore[attr-defined]
-        c = x.shape[-1]
-        return [x2[..., :c] * g[..., :c] + x2[..., c:] * g[..., c:]]
+        pair = _input_times(x2, g).reshape(-1, 2, x.shape[-1])  # [x⁺ ⊙ A, x⁻ ⊙ B] per position
+        return [(pair[:, 0] + pair[:, 1]).reshape(x.shape)]
 
     def _nonneg(self, layer: Layer, xs: Sequence[Any], y: Any, r: Any, ctx: NodeContext, alpha: float, beta: float,
                 pos_div: Any, neg_div: Any) -> list[Any]:
