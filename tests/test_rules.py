@@ -255,3 +255,32 @@ def test_flat_on_token_rows_spreads_each_rows_relevance_over_its_inputs(rng, xp)
     assert got.shape == x.shape
     numpy.testing.assert_allclose(got, numpy.repeat(r.sum(axis=-1, keepdims=True) / 6, 6, axis=-1), rtol=1e-12)
     numpy.testing.assert_allclose(got.sum(axis=-1), r.sum(axis=-1), rtol=1e-12)  # conserved per token
+
+
+def test_flat_on_convolutions_is_the_all_ones_product(rng):
+    """LRP-flat on a Conv2d (one channel's window sums, broadcast) equals the generic modified gradient with
+    all-ones inputs and weights (z = in-image window size · C_in) on random geometries: strides, asymmetric
+    padding, windows partly or wholly in the padding."""
+    from test_layers import random_geometry
+
+    from lrpflow.rules.base import Contribution, modified_gradient, ones, safe_divide
+
+    flat = make_rule("flat")
+    for _ in range(60):
+        (kh, kw, cin, cout), stride, pads, xshape = random_geometry(rng, max_channels=5)
+        layer = Conv2d(kh, kw, cin, cout, stride=stride, padding=pads, rng=0)
+        x = rng.normal(size=xshape)
+        r = rng.normal(size=layer.apply([x], layer.weight, None).shape)
+        want = modified_gradient(layer, [x], r, [Contribution(ones, ones, None)], NodeContext("c", {}, (False,)), safe_divide)[0]
+        got = flat.linear(layer, [x], None, r, NodeContext("c", {}, (False,)))[0]
+        numpy.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * numpy.abs(want).max())
+        assert got.shape == x.shape and got.dtype == numpy.float64
+        got32 = flat.linear(layer, [x.astype(numpy.float32)], None, r.astype(numpy.float32), NodeContext("c", {}, (False,)))[0]
+        assert got32.dtype == numpy.float32
+        numpy.testing.assert_allclose(got32, want, rtol=1e-5, atol=1e-5 * numpy.abs(want).max())
+    # every input of a window gets the same share: with no padding a sample's relevance is conserved
+    layer = Conv2d(3, 3, 2, 4, stride=1, padding=0, rng=0)
+    x = rng.normal(size=(2, 7, 6, 2))
+    r = rng.normal(size=(2, 5, 4, 4))
+    got = flat.linear(layer, [x], None, r, NodeContext("c", {}, (False,)))[0]
+    numpy.testing.assert_allclose(got.sum(axis=(1, 2, 3)), r.sum(axis=(1, 2, 3)), rtol=1e-12)

@@ -17,6 +17,7 @@ import numpy
 from lrpflow.backend import can_overwrite, get_namespace
 from lrpflow.errors import ConfigError, UnsupportedLayerError
 from lrpflow.layers.base import Layer
+from lrpflow.layers.conv import Conv2d
 from lrpflow.layers.dense import Linear
 from lrpflow.rules.base import (
     Constant,
@@ -478,6 +479,36 @@ class WSquare(Rule):
         return uniform_over_windows(layer, xs, r)
 
 
+def _flat_conv(layer: Conv2d, x: Any, r: Any) -> Any:
+    """LRP-flat on a convolution: ``R_i = Σ_{j ∋ i} R_j / |window(j)|``, one channel's work.
+
+    ``|window(j)| = C_in · (in-image rows) · (in-image columns)`` of output position ``j``
+    (zero padding holds no inputs), the same for every output channel, and every input
+    channel of a position gets the same share: so ``Σ_k R[·, k] / |window|`` is spread
+    over each window once (``kh·kw`` strided adds on an ``N×Ho×Wo`` map) and broadcast to
+    the ``C_in`` channels, instead of two convolutions with all-ones weights. A window
+    wholly in the padding passes nothing (as ``0/0 → 0`` there).
+    """
+    xp = get_namespace(r)
+    (kh, kw), (s0, s1), (top, bottom, left, right) = layer.kernel, layer.stride, layer.pads
+    n, ho, wo = r.shape[:3]
+    h, w = x.shape[1], x.shape[2]
+
+    def inside(size: int, out: int, k: int, step: int, pad: int) -> Any:
+        start = numpy.arange(out)[:, None] * step + numpy.arange(k)[None, :] - pad
+        return ((start >= 0) & (start < size)).sum(axis=1)
+
+    count = numpy.outer(inside(h, ho, kh, s0, top), inside(w, wo, kw, s1, left)) * x.shape[-1]
+    share = safe_divide(r, xp.asarray(count.astype(numpy.dtype(r.dtype)))[:, :, None]).sum(axis=-1)
+    spread = xp.zeros((n, h + top + bottom, w + left + right), dtype=r.dtype)
+    for a in range(kh):
+        for b in range(kw):
+            spread[:, a : a + s0 * (ho - 1) + 1 : s0, b : b + s1 * (wo - 1) + 1 : s1] += share
+    out = xp.empty(x.shape, dtype=r.dtype)
+    out[...] = spread[:, top : top + h, left : left + w, None]
+    return out
+
+
 @dataclass(frozen=True)
 class Flat(Rule):
     """LRP-flat: ``R_i = Σ_j R_j / |window(j)|`` — uniform over each receptive field."""
@@ -489,6 +520,8 @@ class Flat(Rule):
             out = get_namespace(r).empty(xs[0].shape, dtype=r.dtype)
             out[...] = share
             return [out]
+        if isinstance(layer, Conv2d) and layer.groups == 1 and len(xs) == 1:
+            return [_flat_conv(layer, xs[0], r)]
         return modified_gradient(layer, xs, r, [Contribution(ones, ones, None)], ctx, safe_divide)
 
     def maxpool(self, layer: Layer, xs: Sequence[Any], y: Any, r: Any, ctx: NodeContext) -> list[Any]:
