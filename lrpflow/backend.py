@@ -175,7 +175,11 @@ def tune_host_allocator(mmap_threshold: int = 32 << 20, trim_threshold: int = 51
     return ok
 
 
-def can_overwrite(a: Any) -> bool:
-    """True for a C-contiguous array an operation may write into (numpy: writeable; cupy has no such flag)."""
-    flags = getattr(a, "flags", None)
-    return flags is not None and bool(flags.c_contiguous) and bool(getattr(flags, "writeable", True))
+def can_overwrite(out: Any, *operands: Any) -> bool:
+    """True if ``out op= operands`` can replace ``out op operands``: ``out`` is a writable C-contiguous
+    array (cupy has no ``writeable`` flag) of the result's shape and dtype."""
+    flags = getattr(out, "flags", None)
+    if flags is None or not flags.c_contiguous or not getattr(flags, "writeable", True):
+        return False
+    shapes = [tuple(out.shape)] + [tuple(numpy.shape(o)) for o in operands]
+    return tuple(out.shape) == numpy.broadcast_shapes(*shapes) and out.dtype == get_namespace(out).result_type(out, *operands)

@@ -198,8 +198,7 @@ def add_bias(z: Any, bias: Any | None) -> Any:
     """
     if bias is None:
         return z
-    if can_overwrite(z) and get_namespace(z).result_type(z, bias) == z.dtype \
-            and z.shape == numpy.broadcast_shapes(z.shape, bias.shape):
+    if can_overwrite(z, bias):
         z += bias
         return z
     return z + bias

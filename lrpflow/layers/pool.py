@@ -184,15 +184,9 @@ class MaxPool(_Windowed, Layer):
         (kh, kw), (n, ho, wo, c) = self.pool, y.shape
         hk, wk = ho * kh, wo * kw
         hits = xpad[:, :hk, :wk].reshape(n, ho, kh, wo, kw, c) == y[:, :, None, :, None, :]
-        # ties per window, counted in bytes (kh·kw < 256): a quarter of the traffic of float counts
-        small = kh * kw < 256
-        h = hits.view(xp.uint8) if small else hits.astype(r.dtype)
-        per_col = h[:, :, 0].copy()  # (N, Ho, Wo, kw, C): summed over the window's rows
-        for a in range(1, kh):
-            per_col += h[:, :, a]
-        count = per_col[..., 0, :].copy()
-        for b in range(1, kw):
-            count += per_col[..., b, :]
+        # ties per window, counted in bytes where they fit (kh·kw < 256): a quarter of the traffic of floats
+        flags = hits.view(xp.uint8) if kh * kw < 256 else hits.astype(r.dtype)
+        count = win.window_sum(flags.reshape(n, hk, wk, c), self.pool, self.pool)
         share = r / xp.maximum(count, 1)
         tiles = xp.multiply(hits, share[:, :, None, :, None, :], dtype=r.dtype).reshape(n, hk, wk, c)
         if (hk, wk) == tuple(xpad.shape[1:3]):

@@ -16,6 +16,7 @@ import numpy
 
 from lrpflow.backend import can_overwrite, get_namespace
 from lrpflow.errors import ConfigError, UnsupportedLayerError
+from lrpflow.layers import _windows as win
 from lrpflow.layers.base import Layer
 from lrpflow.layers.conv import Conv2d
 from lrpflow.layers.dense import Linear
@@ -359,7 +360,7 @@ class _StabilizedDivision:
 
     def __call__(self, a: Any, d: Any, scratch: bool = False) -> Any:
         """``scratch=True``: ``d`` is the caller's to overwrite (no buffer for ``d + s``)."""
-        if scratch and _owned(d, a):
+        if scratch and can_overwrite(d, a):
             d += self.stabilizer
         else:
             d = d + self.stabilizer
@@ -368,15 +369,10 @@ class _StabilizedDivision:
 
 def _input_times(x: Any, g: Any) -> Any:
     """``x ⊙ g``, written into ``g`` (a transpose's fresh output) where shape and dtype allow."""
-    if _owned(g, x):
+    if can_overwrite(g, x):
         g *= x
         return g
     return x * g
-
-
-def _owned(d: Any, a: Any) -> bool:
-    """True if ``d`` can take ``a / d`` in place: a writable array of the quotient's shape and dtype."""
-    return can_overwrite(d) and d.shape == a.shape and d.dtype == get_namespace(d).result_type(a, d)
 
 
 def _sign_blocks(w: Any) -> Any:
@@ -482,30 +478,23 @@ class WSquare(Rule):
 def _flat_conv(layer: Conv2d, x: Any, r: Any) -> Any:
     """LRP-flat on a convolution: ``R_i = Σ_{j ∋ i} R_j / |window(j)|``, one channel's work.
 
-    ``|window(j)| = C_in · (in-image rows) · (in-image columns)`` of output position ``j``
-    (zero padding holds no inputs), the same for every output channel, and every input
-    channel of a position gets the same share: so ``Σ_k R[·, k] / |window|`` is spread
-    over each window once (``kh·kw`` strided adds on an ``N×Ho×Wo`` map) and broadcast to
-    the ``C_in`` channels, instead of two convolutions with all-ones weights. A window
-    wholly in the padding passes nothing (as ``0/0 → 0`` there).
+    ``|window(j)| = C_in · (in-image positions of window j)`` (zero padding holds no
+    inputs), the same for every output channel, and every input channel of a position gets
+    the same share: so ``Σ_k R[·, k] / |window|`` is spread over each window once (the
+    window sum's transpose on one channel) and broadcast to the ``C_in`` channels, instead
+    of two convolutions with all-ones weights. A window wholly in the padding passes
+    nothing (as ``0/0 → 0`` there).
     """
     xp = get_namespace(r)
-    (kh, kw), (s0, s1), (top, bottom, left, right) = layer.kernel, layer.stride, layer.pads
-    n, ho, wo = r.shape[:3]
-    h, w = x.shape[1], x.shape[2]
-
-    def inside(size: int, out: int, k: int, step: int, pad: int) -> Any:
-        start = numpy.arange(out)[:, None] * step + numpy.arange(k)[None, :] - pad
-        return ((start >= 0) & (start < size)).sum(axis=1)
-
-    count = numpy.outer(inside(h, ho, kh, s0, top), inside(w, wo, kw, s1, left)) * x.shape[-1]
-    share = safe_divide(r, xp.asarray(count.astype(numpy.dtype(r.dtype)))[:, :, None]).sum(axis=-1)
-    spread = xp.zeros((n, h + top + bottom, w + left + right), dtype=r.dtype)
-    for a in range(kh):
-        for b in range(kw):
-            spread[:, a : a + s0 * (ho - 1) + 1 : s0, b : b + s1 * (wo - 1) + 1 : s1] += share
+    n, h, w, cin = x.shape
+    top, bottom, left, right = layer.pads
+    ones = xp.ones((1, h, w, 1), dtype=r.dtype)
+    count = win.window_sum(win.pad(ones, layer.pads), layer.kernel, layer.stride) * cin
+    share = safe_divide(r, count).sum(axis=-1, keepdims=True)
+    spread = win.window_sum_transpose(share, layer.kernel, layer.stride, (n, h + top + bottom, w + left + right, 1),
+                                      layer.pads)
     out = xp.empty(x.shape, dtype=r.dtype)
-    out[...] = spread[:, top : top + h, left : left + w, None]
+    out[...] = spread
     return out
 
 
