@@ -183,3 +183,40 @@ def test_add_bias_writes_in_place_only_where_that_keeps_the_result():
     view = numpy.zeros((2, 6), dtype=numpy.float32)[:, ::2]
     assert add_bias(view, b).base is None and view.sum() == 0  # not contiguous: a new array
     assert add_bias(z, None) is z
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_input_times_transpose_against_loops(rng, signed):
+    """``LinearLike.input_times_transpose`` (the plain form every linear-like layer inherits and
+    Conv2d's numpy fallback): ``x ⊙ Wᵀ[s_0, s_1]``, or ``Σ_i x⁺_i (Wᵀs)_i + x⁻_i (Wᵀs)_{C+i}``
+    when signed, against per-element loops in float64."""
+    from lrpflow.layers import Conv2d, Linear
+
+    c, k = 3, 4
+    cin = 2 * c if signed else c
+    x = rng.normal(size=(2, 5))
+    x[0, 1] = 0.0
+    dense = Linear(5, 8)
+    w = rng.normal(size=(10 if signed else 5, 8))  # a modified weight: [W_a; W_b] stacked when signed
+    parts = [rng.normal(size=(2, 3)), rng.normal(size=(2, 5))]
+    s = numpy.concatenate(parts, axis=-1)
+    d = x.shape[1]
+    ref = numpy.zeros_like(x)
+    for n in range(2):
+        for i in range(d):
+            g = [sum(w[row, j] * s[n, j] for j in range(8)) for row in (i, i + d)] if signed else \
+                [sum(w[i, j] * s[n, j] for j in range(8))]
+            ref[n, i] = max(x[n, i], 0) * g[0] + min(x[n, i], 0) * g[1] if signed else x[n, i] * g[0]
+    numpy.testing.assert_allclose(dense.input_times_transpose(x, parts, w, signed=signed), ref, rtol=1e-12, atol=1e-12)
+
+    conv = Conv2d(3, 3, cin, 2 * k, stride=2, padding=1)
+    xi = rng.normal(size=(2, 7, 6, c))
+    wc = rng.normal(size=(3, 3, cin, 2 * k))
+    grid = win.conv_forward(numpy.zeros((2, 7, 6, cin)), wc, conv.stride, conv.pads).shape
+    cparts = [rng.normal(size=grid[:3] + (k,)) for _ in range(2)]
+    xin = numpy.concatenate([numpy.maximum(xi, 0), numpy.minimum(xi, 0)], axis=-1) if signed else xi
+    full = xin * brute_transpose(numpy.concatenate(cparts, axis=-1), wc, conv.stride, conv.pads, xin.shape)
+    cref = full[..., :c] + full[..., c:] if signed else full
+    out = conv.input_times_transpose(xi, cparts, wc, signed=signed)
+    assert out.shape == xi.shape and out.dtype == numpy.float64
+    numpy.testing.assert_allclose(out, cref, rtol=1e-12, atol=1e-12)

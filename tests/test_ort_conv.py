@@ -46,6 +46,53 @@ def test_forward_and_transpose_match_brute_force(rng, monkeypatch, how):
     assert cache  # sessions were built and kept
 
 
+@pytest.mark.parametrize("how", ["choice", "convT"])
+@pytest.mark.parametrize("signed", [False, True])
+def test_fused_transpose_times_is_bitwise_the_joined_transpose_and_products(rng, monkeypatch, how, signed):
+    """``x ⊙ Wᵀ[s_0, s_1]`` (or ``x⁺ ⊙ A + x⁻ ⊙ B`` with ``[A, B] = Wᵀ s``) in one graph: the
+    same float32 operations in the same order as joining the parts, ``conv_transpose`` and the
+    products in numpy, so bitwise equal; and within float32 rounding of float64 brute force."""
+    if how == "convT":
+        monkeypatch.setattr(ort_conv, "choose_transpose", lambda *a, **k: "convT")
+    cache: dict = {}
+    with ort_conv.use_conv_kernel("onnxruntime"):
+        for _ in range(25):
+            (kh, kw, c, cout), stride, pads, xshape = random_geometry(rng, max_channels=12)
+            cin = 2 * c if signed else c
+            x = rng.normal(size=xshape).astype(numpy.float32)
+            x[rng.random(x.shape) < 0.2] = 0.0  # zeros on both sides of the sign split
+            w = rng.normal(size=(kh, kw, cin, 2 * cout)).astype(numpy.float32)
+            grid = ort_conv.conv_forward(numpy.zeros(xshape[:3] + (cin,), numpy.float32), w, stride, pads).shape
+            parts = [rng.normal(size=grid[:3] + (cout,)).astype(numpy.float32) for _ in range(2)]
+            out = ort_conv.conv_transpose_times(parts, w, stride, pads, x, signed, cache)
+            xin = numpy.concatenate([numpy.maximum(x, 0), numpy.minimum(x, 0)], axis=-1) if signed else x
+            g = ort_conv.conv_transpose(numpy.concatenate(parts, axis=-1), w, stride, pads, xin.shape, cache)
+            ref = xin * g
+            if signed:
+                ref = ref[..., :c] + ref[..., c:]
+            assert out.dtype == numpy.float32 and out.shape == x.shape
+            numpy.testing.assert_array_equal(out, ref)
+            s64 = numpy.concatenate(parts, axis=-1).astype(float)
+            brute = xin.astype(float) * brute_transpose(s64, w.astype(float), stride, pads, xin.shape)
+            close32(out, brute[..., :c] + brute[..., c:] if signed else brute)
+            single = ort_conv.conv_transpose_times([numpy.concatenate(parts, axis=-1)], w, stride, pads, x, signed, cache)
+            numpy.testing.assert_array_equal(single, ref)  # one part: no join in the graph
+
+
+def test_fused_transpose_times_declines_what_it_cannot_do(rng):
+    w = rng.normal(size=(3, 3, 4, 8)).astype(numpy.float32)
+    x = rng.normal(size=(1, 8, 8, 4)).astype(numpy.float32)
+    s = [rng.normal(size=(1, 8, 8, 4)).astype(numpy.float32)] * 2
+    pads = (1, 1, 1, 1)
+    with ort_conv.use_conv_kernel("onnxruntime"):
+        assert ort_conv.conv_transpose_times(s, w, (1, 1), pads, x) is not None
+        assert ort_conv.conv_transpose_times(s, w, (1, 1), pads, x, signed=True) is None  # 4 ≠ 2·4 input channels
+        assert ort_conv.conv_transpose_times(s[:1], w, (1, 1), pads, x) is None  # 4 ≠ 8 channels of s
+        assert ort_conv.conv_transpose_times(s, w, (1, 1), pads, x.astype(numpy.float64)) is None
+    with ort_conv.use_conv_kernel("numpy"):
+        assert ort_conv.conv_transpose_times(s, w, (1, 1), pads, x) is None
+
+
 def test_transpose_choices_cover_both_graphs():
     assert ort_conv.choose_transpose(3, 8, (3, 3), (1, 1), (1, 1, 1, 1), (8, 8), forced=True) == "flip"
     assert ort_conv.choose_transpose(3, 8, (3, 3), (2, 2), (1, 1, 1, 1), (8, 8), forced=True) == "convT"

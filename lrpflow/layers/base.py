@@ -168,6 +168,22 @@ class LinearLike(Layer):
         """``Wᵀ s`` for each input (shapes taken from ``xs``)."""
         raise NotImplementedError
 
+    def input_times_transpose(self, x: Any, parts: Sequence[Any], weight: Any, signed: bool = False) -> Any:
+        """``x ⊙ Wᵀ s`` for a one-input layer, ``s`` the ``parts`` joined along the last axis.
+
+        ``signed``: the weight's input axis stacks the weights of ``[x⁺, x⁻]`` (``2·C``
+        for ``x`` with ``C`` channels) and the result is ``x⁺ ⊙ A + x⁻ ⊙ B`` with
+        ``[A, B] = Wᵀ s`` (LRP-αβ on signed inputs). Layers may fuse this product
+        (:class:`~lrpflow.layers.conv.Conv2d` through onnxruntime); this is the plain form.
+        """
+        xp = get_namespace(x)
+        s = parts[0] if len(parts) == 1 else xp.concatenate(list(parts), axis=-1)
+        if not signed:
+            return input_times(x, self.apply_transpose(s, weight, [x])[0])
+        x2 = xp.concatenate([xp.maximum(x, 0), xp.minimum(x, 0)], axis=-1)
+        pair = input_times(x2, self.apply_transpose(s, weight, [x2])[0]).reshape(-1, 2, x.shape[-1])
+        return (pair[:, 0] + pair[:, 1]).reshape(x.shape)  # x⁺ ⊙ A + x⁻ ⊙ B per position
+
     def forward(self, *xs: Any) -> Any:
         w, b = self.lrp_params(xs)
         return self.apply(xs, w, b)
@@ -189,6 +205,14 @@ def check_rank(shape: Shape, rank: int, layer: str, what: str) -> None:
     """Raise ShapeError unless ``shape`` (without batch) has ``rank`` axes."""
     if len(shape) != rank:
         raise ShapeError(f"{layer} expects {what} (without the batch axis), got shape {shape}")
+
+
+def input_times(x: Any, g: Any) -> Any:
+    """``x ⊙ g``, written into ``g`` (a transpose's fresh output) where shape and dtype allow."""
+    if can_overwrite(g, x):
+        g *= x
+        return g
+    return x * g
 
 
 def add_bias(z: Any, bias: Any | None) -> Any:

@@ -123,6 +123,13 @@ class Conv2d(LinearLike):
         return [xp.concatenate([win.conv_transpose(xp.ascontiguousarray(s[..., o]), weight[..., o], self.stride,
                                                    self.pads, part) for _, o in self._group_slices()], axis=-1)]
 
+    def input_times_transpose(self, x: Any, parts: Sequence[Any], weight: Any, signed: bool = False) -> Any:
+        if self.groups == 1:
+            out = ort_conv.conv_transpose_times(parts, weight, self.stride, self.pads, x, signed, self._sessions())
+            if out is not None:
+                return out
+        return super().input_times_transpose(x, parts, weight, signed)
+
     def param_grads(self, xs: Sequence[Any], g: Any) -> dict[str, Any]:
         x = xs[0]
         if self.groups == 1:

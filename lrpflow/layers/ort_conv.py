@@ -184,11 +184,12 @@ def _threads() -> int:
     return cpu_workers()  # BLAS's thread count; 1 inside a chunk worker (no nested pools)
 
 
-def _session(graph_nodes: list[Any], x_shape: tuple[int, ...], weight_oihw: numpy.ndarray, threads: int) -> Any:
+def _session(graph_nodes: list[Any], inputs: dict[str, tuple[int, ...]], weight_oihw: numpy.ndarray, threads: int) -> Any:
+    """A session of ``graph_nodes`` with NHWC float inputs (name → shape without the batch) and output ``y``."""
     ort, helper, numpy_helper, tensor = _load()
-    x_info = helper.make_tensor_value_info("x", tensor.FLOAT, ["N", *x_shape])
+    infos = [helper.make_tensor_value_info(name, tensor.FLOAT, ["N", *shape]) for name, shape in inputs.items()]
     y_info = helper.make_tensor_value_info("y", tensor.FLOAT, None)
-    graph = helper.make_graph(graph_nodes, "lrpflow_conv", [x_info], [y_info],
+    graph = helper.make_graph(graph_nodes, "lrpflow_conv", infos, [y_info],
                               [numpy_helper.from_array(weight_oihw, "w")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -216,28 +217,62 @@ def _forward_session(weight: numpy.ndarray, stride: tuple[int, int], pads: tuple
     nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 3, 1, 2]),
              helper.make_node("Conv", ["xt", "w"], ["yt"], **_attrs((kh, kw), stride, pads)),
              helper.make_node("Transpose", ["yt"], ["y"], perm=[0, 2, 3, 1])]
-    return _session(nodes, in_hwc, numpy.ascontiguousarray(weight.transpose(3, 2, 0, 1)), threads)
+    return _session(nodes, {"x": in_hwc}, numpy.ascontiguousarray(weight.transpose(3, 2, 0, 1)), threads)
 
 
-def _transpose_session(how: str, weight: numpy.ndarray, stride: tuple[int, int], pads: tuple[int, int, int, int],
-                       out_hwc: tuple[int, int, int], in_hw: tuple[int, int], threads: int) -> Any:
+def _transpose_op(how: str, weight: numpy.ndarray, stride: tuple[int, int], pads: tuple[int, int, int, int],
+                  out_hw: tuple[int, int], in_hw: tuple[int, int], src: str, dst: str) -> tuple[Any, numpy.ndarray]:
+    """The node computing ``Wᵀ src`` (NCHW) by ``how`` and the weight it reads as ``w`` (OIHW)."""
     from onnx import helper
 
     kh, kw = weight.shape[:2]
     t, b, l, r = pads
     if how == "flip":  # Conv: output channels = cin, input channels = cout, kernel flipped
         w = numpy.ascontiguousarray(weight[::-1, ::-1].transpose(2, 3, 0, 1))
-        op = helper.make_node("Conv", ["xt", "w"], ["yt"],
-                              **_attrs((kh, kw), (1, 1), (kh - 1 - t, kh - 1 - b, kw - 1 - l, kw - 1 - r)))
-    else:  # ConvTranspose: weight (C_in of the transpose = cout, C_out = cin, kh, kw)
-        w = numpy.ascontiguousarray(weight.transpose(3, 2, 0, 1))
-        ho, wo = out_hwc[:2]
-        extra = [in_hw[0] - ((ho - 1) * stride[0] + kh - t - b), in_hw[1] - ((wo - 1) * stride[1] + kw - l - r)]
-        op = helper.make_node("ConvTranspose", ["xt", "w"], ["yt"], output_padding=extra,
-                              **_attrs((kh, kw), stride, pads))
+        return helper.make_node("Conv", [src, "w"], [dst],
+                                **_attrs((kh, kw), (1, 1), (kh - 1 - t, kh - 1 - b, kw - 1 - l, kw - 1 - r))), w
+    # ConvTranspose: weight (C_in of the transpose = cout, C_out = cin, kh, kw)
+    w = numpy.ascontiguousarray(weight.transpose(3, 2, 0, 1))
+    ho, wo = out_hw
+    extra = [in_hw[0] - ((ho - 1) * stride[0] + kh - t - b), in_hw[1] - ((wo - 1) * stride[1] + kw - l - r)]
+    return helper.make_node("ConvTranspose", [src, "w"], [dst], output_padding=extra, **_attrs((kh, kw), stride, pads)), w
+
+
+def _transpose_session(how: str, weight: numpy.ndarray, stride: tuple[int, int], pads: tuple[int, int, int, int],
+                       out_hwc: tuple[int, int, int], in_hw: tuple[int, int], threads: int) -> Any:
+    from onnx import helper
+
+    op, w = _transpose_op(how, weight, stride, pads, out_hwc[:2], in_hw, "xt", "yt")
     nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 3, 1, 2]), op,
              helper.make_node("Transpose", ["yt"], ["y"], perm=[0, 2, 3, 1])]
-    return _session(nodes, out_hwc, w, threads)
+    return _session(nodes, {"x": out_hwc}, w, threads)
+
+
+def _times_session(how: str, weight: numpy.ndarray, stride: tuple[int, int], pads: tuple[int, int, int, int],
+                   part_hwc: tuple[tuple[int, int, int], ...], x_hwc: tuple[int, int, int], signed: bool,
+                   threads: int) -> Any:
+    """``x ⊙ Wᵀ [s_0, s_1, …]`` (or ``x⁺ ⊙ A + x⁻ ⊙ B``, see :func:`conv_transpose_times`) as one graph.
+
+    The parts are moved to NCHW one by one and joined along the channels there, where each
+    part is one contiguous block (a channels-last join copies ``C``-float pieces).
+    """
+    from onnx import helper
+
+    names = [f"s{i}" for i in range(len(part_hwc))]
+    nodes = [helper.make_node("Transpose", [n], [n + "t"], perm=[0, 3, 1, 2]) for n in names]
+    if len(names) > 1:
+        nodes.append(helper.make_node("Concat", [n + "t" for n in names], ["st"], axis=1))
+    op, w = _transpose_op(how, weight, stride, pads, part_hwc[0][:2], x_hwc[:2], "st" if len(names) > 1 else "s0t", "g")
+    nodes += [op, helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 3, 1, 2])]
+    if signed:  # g = [A, B] along the channels; x⁻ = x − x⁺ = min(x, 0) exactly
+        nodes += [helper.make_node("Split", ["g"], ["ga", "gb"], axis=1),
+                  helper.make_node("Relu", ["xt"], ["xpos"]), helper.make_node("Sub", ["xt", "xpos"], ["xneg"]),
+                  helper.make_node("Mul", ["xpos", "ga"], ["ra"]), helper.make_node("Mul", ["xneg", "gb"], ["rb"]),
+                  helper.make_node("Add", ["ra", "rb"], ["rt"])]
+    else:
+        nodes.append(helper.make_node("Mul", ["g", "xt"], ["rt"]))
+    nodes.append(helper.make_node("Transpose", ["rt"], ["y"], perm=[0, 2, 3, 1]))
+    return _session(nodes, {**dict(zip(names, part_hwc)), "x": x_hwc}, w, threads)
 
 
 def _cached(cache: dict | None, key: tuple, weight: numpy.ndarray, build: Any) -> Any:
@@ -310,3 +345,36 @@ def conv_transpose(s: Any, weight: Any, stride: tuple[int, int], pads: tuple[int
     session = _cached(cache, key, weight,
                       lambda: _transpose_session(how, weight, stride, pads, out_hwc, in_hw, threads))
     return _run(session, s)
+
+
+def conv_transpose_times(parts: Any, weight: Any, stride: tuple[int, int], pads: tuple[int, int, int, int],
+                         x: Any, signed: bool = False, cache: dict | None = None) -> Any | None:
+    """``x ⊙ Wᵀ s`` with ``s`` = the ``parts`` joined along the channels, in one onnxruntime call, or None.
+
+    ``signed``: the weight's input channels are ``[x⁺; x⁻]`` stacked (``2·C`` for ``x`` with
+    ``C``), and the result is ``x⁺ ⊙ A + x⁻ ⊙ B`` with ``[A, B] = Wᵀ s`` (the αβ rule on
+    signed inputs). Bitwise the same as joining the parts, :func:`conv_transpose` and the
+    products in numpy (the same float32 operations in the same order); the join, the
+    products and the channel split of ``signed`` cost no numpy pass over strided pieces.
+    Applies where :func:`conv_transpose` would run onnxruntime.
+    """
+    mode = conv_kernel()
+    if mode == "numpy" or not available() or not _eligible(x, weight) or not all(_eligible(p, weight) for p in parts):
+        return None
+    kh, kw, cin, cout = weight.shape
+    if cin != (2 if signed else 1) * x.shape[-1] or sum(int(p.shape[-1]) for p in parts) != cout \
+            or len({tuple(p.shape[:3]) for p in parts}) != 1:
+        return None
+    part_hwc = tuple(tuple(int(d) for d in p.shape[1:]) for p in parts)
+    x_hwc = tuple(int(d) for d in x.shape[1:])
+    threads = _threads()
+    how = choose_transpose(cin, cout, (kh, kw), tuple(stride), tuple(pads), part_hwc[0][:2],
+                           forced=mode == "onnxruntime", threads=threads, batch=int(x.shape[0]))
+    if how is None:
+        return None
+    key = (id(weight), "times", how, signed, tuple(stride), tuple(pads), part_hwc, x_hwc, threads)
+    session = _cached(cache, key, weight,
+                      lambda: _times_session(how, weight, stride, pads, part_hwc, x_hwc, signed, threads))
+    feeds = {f"s{i}": numpy.ascontiguousarray(p) for i, p in enumerate(parts)}
+    feeds["x"] = numpy.ascontiguousarray(x)
+    return session.run(None, feeds)[0]

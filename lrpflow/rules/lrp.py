@@ -17,7 +17,7 @@ import numpy
 from lrpflow.backend import can_overwrite, get_namespace
 from lrpflow.errors import ConfigError, UnsupportedLayerError
 from lrpflow.layers import _windows as win
-from lrpflow.layers.base import Layer
+from lrpflow.layers.base import Layer, input_times
 from lrpflow.layers.conv import Conv2d
 from lrpflow.layers.dense import Linear
 from lrpflow.rules.base import (
@@ -147,11 +147,7 @@ class Gamma(Rule):
         k = z2.shape[-1] // 2
         s, t = self._shares(z, z2[..., :k], z2[..., k:], r, eps)
         del z2
-        grad = layer.apply_transpose(xp.concatenate([s, t], axis=-1), w, [xin])[0]  # type: ignore[attr-defined]
-        if nonneg:
-            return [_times(x, grad, r)]
-        c = x.shape[-1]
-        return [xin[..., :c] * grad[..., :c] + xin[..., c:] * grad[..., c:]]
+        return [layer.input_times_transpose(x, [s, t], w, signed=not nonneg)]  # type: ignore[attr-defined]
 
     def _generic(self, layer: Layer, xs: Sequence[Any], z: Any, r: Any, ctx: NodeContext, g: float, eps: float,
                  nonneg: bool) -> list[Any]:
@@ -283,8 +279,9 @@ class AlphaBeta(Rule):
 
         ``[x⁺, x⁻]`` (channels stacked) times ``[W⁺; W⁻]`` gives ``P``; ``N = z − P`` is read
         from the forward output as the toolbox does (with the bias left out, ``[[W⁺, W⁻],
-        [W⁻, W⁺]]`` gives ``[P, N]`` at once). The transpose of ``[α R/P, −β R/N]`` against
-        the block weight gives both input shares.
+        [W⁻, W⁺]]`` gives ``[P, N]`` at once). The transpose of ``[R/P, R/N]`` against the
+        block weight with its columns scaled by ``α`` and ``−β`` gives both input shares
+        (:meth:`~lrpflow.layers.base.LinearLike.input_times_transpose`, ``signed``).
         """
         xp = get_namespace(r)
         x = xs[0]
@@ -293,21 +290,20 @@ class AlphaBeta(Rule):
             wfn, bfn = (_pos_stack, positive) if beta == 0 else (_neg_stack, negative)
             wb, bb = ctx.modified(layer, xs, wfn, _bias(self.bias, bfn))
             z = layer.apply([x2], wb, bb)  # type: ignore[attr-defined]
-            s = pos_div(r, z) * alpha if beta == 0 else neg_div(r, z) * -beta
-            g = layer.apply_transpose(s, wb, [x2])[0]  # type: ignore[attr-defined]
+            s = pos_div(r, z, scratch=True) if beta == 0 else neg_div(r, z, scratch=True)
+            s *= alpha if beta == 0 else -beta
+            return [layer.input_times_transpose(x, [s], wb, signed=True)]  # type: ignore[attr-defined]
+        if ctx.z is not None and (self.bias or not _has_bias(layer, xs)):
+            wp, bp = ctx.modified(layer, xs, _pos_stack, _bias(self.bias, positive))
+            zp = layer.apply([x2], wp, bp)  # type: ignore[attr-defined]
+            zn = ctx.z - zp
         else:
             wb, bb = ctx.modified(layer, xs, _sign_blocks, _bias(self.bias, _sign_split))
-            if ctx.z is not None and (self.bias or not _has_bias(layer, xs)):
-                wp, bp = ctx.modified(layer, xs, _pos_stack, _bias(self.bias, positive))
-                zp = layer.apply([x2], wp, bp)  # type: ignore[attr-defined]
-                s = _shares(r, zp, ctx.z - zp, alpha, beta, pos_div, neg_div)
-            else:
-                z = layer.apply([x2], wb, bb)  # type: ignore[attr-defined]
-                n = z.shape[-1] // 2
-                s = _shares(r, z[..., :n], z[..., n:], alpha, beta, pos_div, neg_div)
-            g = layer.apply_transpose(s, wb, [x2])[0]  # type: ignore[attr-defined]
-        pair = _input_times(x2, g).reshape(-1, 2, x.shape[-1])  # [x⁺ ⊙ A, x⁻ ⊙ B] per position
-        return [(pair[:, 0] + pair[:, 1]).reshape(x.shape)]
+            z = layer.apply([x2], wb, bb)  # type: ignore[attr-defined]
+            zp, zn = z[..., : z.shape[-1] // 2], z[..., z.shape[-1] // 2 :]
+        wt, _ = ctx.modified(layer, xs, _SignBlocks(alpha, -beta), None)
+        parts = [pos_div(r, zp, scratch=True), neg_div(r, zn, scratch=True)]
+        return [layer.input_times_transpose(x, parts, wt, signed=True)]  # type: ignore[attr-defined]
 
     def _nonneg(self, layer: Layer, xs: Sequence[Any], y: Any, r: Any, ctx: NodeContext, alpha: float, beta: float,
                 pos_div: Any, neg_div: Any) -> list[Any]:
@@ -318,21 +314,24 @@ class AlphaBeta(Rule):
             zp = ctx.z if ctx.z is not None else layer.apply(xs, wp, bp)  # type: ignore[attr-defined]
             sp = pos_div(r, zp) * alpha
             return [x * g for x, g in zip(xs, layer.apply_transpose(sp, wp, xs))]  # type: ignore[attr-defined]
+        one = len(xs) == 1 and hasattr(layer, "input_times_transpose")
         wn, bn = ctx.modified(layer, xs, negative, _bias(self.bias, negative))
         zp = layer.apply(xs, wp, bp)  # type: ignore[attr-defined]
         if beta == 0:
             sp = pos_div(r, zp, scratch=True)
             sp *= alpha
-            return [_input_times(x, g) for x, g in zip(xs, layer.apply_transpose(sp, wp, xs))]  # type: ignore[attr-defined]
+            if one:
+                return [layer.input_times_transpose(xs[0], [sp], wp)]  # type: ignore[attr-defined]
+            return [input_times(x, g) for x, g in zip(xs, layer.apply_transpose(sp, wp, xs))]  # type: ignore[attr-defined]
         if ctx.z is not None and (self.bias or not _has_bias(layer, xs)):
             zn = ctx.z - zp
         else:
             zn = layer.apply(xs, wn, bn)  # type: ignore[attr-defined]
-        if alpha != 0 and getattr(layer, "channel_blocks", False):
-            # one transpose for both shares: [W⁺, W⁻]ᵀ [α R/P, −β R/N]
-            wcat, _ = ctx.modified(layer, xs, _sign_concat, None)
-            s = _shares(r, zp, zn, alpha, beta, pos_div, neg_div)
-            return [_input_times(x, g) for x, g in zip(xs, layer.apply_transpose(s, wcat, xs))]  # type: ignore[attr-defined]
+        if alpha != 0 and one and getattr(layer, "channel_blocks", False):
+            # one transpose for both shares: [αW⁺, −βW⁻]ᵀ [R/P, R/N]
+            wcat, _ = ctx.modified(layer, xs, _SignConcat(alpha, -beta), None)
+            parts = [pos_div(r, zp, scratch=True), neg_div(r, zn, scratch=True)]
+            return [layer.input_times_transpose(xs[0], parts, wcat)]  # type: ignore[attr-defined]
         sn = neg_div(r, zn, scratch=True)
         sn *= beta
         gn = layer.apply_transpose(sn, wn, xs)  # type: ignore[attr-defined]
@@ -342,14 +341,6 @@ class AlphaBeta(Rule):
         sp *= alpha
         gp = layer.apply_transpose(sp, wp, xs)  # type: ignore[attr-defined]
         return [x * (a - b) for x, a, b in zip(xs, gp, gn)]
-
-
-def _shares(r: Any, p: Any, n: Any, alpha: float, beta: float, pos_div: Any, neg_div: Any) -> Any:
-    """``[α R/P, −β R/N]`` along the channels; ``p`` and ``n`` are the caller's scratch (overwritten)."""
-    pos, neg = pos_div(r, p, scratch=True), neg_div(r, n, scratch=True)
-    pos *= alpha
-    neg *= -beta
-    return get_namespace(r).concatenate([pos, neg], axis=-1)
 
 
 class _StabilizedDivision:
@@ -365,14 +356,6 @@ class _StabilizedDivision:
         else:
             d = d + self.stabilizer
         return safe_divide(a, d, overwrite_b=True)  # d + s is ours: divide in place
-
-
-def _input_times(x: Any, g: Any) -> Any:
-    """``x ⊙ g``, written into ``g`` (a transpose's fresh output) where shape and dtype allow."""
-    if can_overwrite(g, x):
-        g *= x
-        return g
-    return x * g
 
 
 def _sign_blocks(w: Any) -> Any:
@@ -392,9 +375,29 @@ def _neg_stack(w: Any) -> Any:
     return get_namespace(w).concatenate([negative(w), positive(w)], axis=-2)
 
 
-def _sign_concat(w: Any) -> Any:
-    """``[W⁺, W⁻]`` along the output channels."""
-    return get_namespace(w).concatenate([positive(w), negative(w)], axis=-1)
+@dataclass(frozen=True)
+class _SignConcat:
+    """``[a·W⁺, b·W⁻]`` along the output channels (a hashable modifier: cached per node)."""
+
+    a: float
+    b: float
+
+    def __call__(self, w: Any) -> Any:
+        return get_namespace(w).concatenate([self.a * positive(w), self.b * negative(w)], axis=-1)
+
+
+@dataclass(frozen=True)
+class _SignBlocks:
+    """``[[a·W⁺, b·W⁻], [a·W⁻, b·W⁺]]``: :func:`_sign_blocks` with its columns scaled by ``a`` and ``b``."""
+
+    a: float
+    b: float
+
+    def __call__(self, w: Any) -> Any:
+        xp = get_namespace(w)
+        wp, wn = positive(w), negative(w)
+        return xp.concatenate([xp.concatenate([self.a * wp, self.b * wn], axis=-1),
+                               xp.concatenate([self.a * wn, self.b * wp], axis=-1)], axis=-2)
 
 
 def _sign_split(b: Any) -> Any:
