@@ -40,6 +40,9 @@ def test_forward_and_transpose_match_brute_force(rng, monkeypatch, how):
             w = rng.normal(size=wshape).astype(numpy.float32)
             y = ort_conv.conv_forward(x, w, stride, pads, cache)
             close32(y, brute_conv(x.astype(float), w.astype(float), stride, pads))
+            b = rng.normal(size=wshape[-1]).astype(numpy.float32)
+            yb = ort_conv.conv_forward(x, w, stride, pads, cache, bias=b)
+            numpy.testing.assert_array_equal(yb, y + b)  # MLAS adds the bias to each finished sum, as z + b
             s = rng.normal(size=y.shape).astype(numpy.float32)
             g = ort_conv.conv_transpose(s, w, stride, pads, x.shape, cache)
             close32(g, brute_transpose(s.astype(float), w.astype(float), stride, pads, x.shape))
@@ -140,7 +143,7 @@ def test_sessions_are_cached_per_weight_and_dropped_with_the_layer_cache(rng):
     with ort_conv.use_conv_kernel("onnxruntime"):
         layer.apply([x], w32, None)
         (key, (held, session)), = by_id(layer).items()
-        assert held is w32 and key[0] == id(w32)
+        assert held == (w32,) and held[0] is w32 and key[0] == id(w32)
         layer.apply([x], w32, None)
         assert layer._sessions()[key][1] is session  # reused, not rebuilt
         w2 = w32 * 2  # another (modified) weight: its own session
@@ -149,6 +152,11 @@ def test_sessions_are_cached_per_weight_and_dropped_with_the_layer_cache(rng):
         w3 = w32.copy()  # a new array with the same contents (a new Explainer's modified weight): same session
         layer.apply([x], w3, None)
         assert by_id(layer)[(id(w3), *key[1:])][1] is session
+        b = rng.normal(size=16).astype(numpy.float32)  # a bias added in the graph: keyed and held with the weight
+        yb = layer.apply([x], w32, b)
+        (held_b, _), = [v for k, v in by_id(layer).items() if len(v[0]) == 2]
+        assert held_b[0] is w32 and held_b[1] is b
+        numpy.testing.assert_array_equal(yb, layer.apply([x], w32, None) + b)
     clone = pickle.loads(pickle.dumps(layer))
     assert "_ort_cache" not in clone.__dict__
     layer.invalidate()

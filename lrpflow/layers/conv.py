@@ -98,7 +98,10 @@ class Conv2d(LinearLike):
     def apply(self, xs: Sequence[Any], weight: Any, bias: Any | None) -> Any:
         x = xs[0]
         if self.groups == 1:
-            z = ort_conv.conv_forward(x, weight, self.stride, self.pads, self._sessions())
+            fuse = bias is not None and ort_conv.fusable_bias(bias, weight)
+            z = ort_conv.conv_forward(x, weight, self.stride, self.pads, self._sessions(), bias=bias if fuse else None)
+            if z is not None and fuse:
+                return z  # the bias added inside the convolution
             if z is None:
                 z = win.conv_forward(x, weight, self.stride, self.pads, self._bands())
         elif self.depthwise:

@@ -184,13 +184,17 @@ def _threads() -> int:
     return cpu_workers()  # BLAS's thread count; 1 inside a chunk worker (no nested pools)
 
 
-def _session(graph_nodes: list[Any], inputs: dict[str, tuple[int, ...]], weight_oihw: numpy.ndarray, threads: int) -> Any:
-    """A session of ``graph_nodes`` with NHWC float inputs (name → shape without the batch) and output ``y``."""
+def _session(graph_nodes: list[Any], inputs: dict[str, tuple[int, ...]], weight_oihw: numpy.ndarray, threads: int,
+             bias: numpy.ndarray | None = None) -> Any:
+    """A session of ``graph_nodes`` with NHWC float inputs (name → shape without the batch) and output
+    ``y``; the weight is the constant ``w``, a bias (if any) ``b``."""
     ort, helper, numpy_helper, tensor = _load()
     infos = [helper.make_tensor_value_info(name, tensor.FLOAT, ["N", *shape]) for name, shape in inputs.items()]
     y_info = helper.make_tensor_value_info("y", tensor.FLOAT, None)
-    graph = helper.make_graph(graph_nodes, "lrpflow_conv", infos, [y_info],
-                              [numpy_helper.from_array(weight_oihw, "w")])
+    consts = [numpy_helper.from_array(weight_oihw, "w")]
+    if bias is not None:
+        consts.append(numpy_helper.from_array(numpy.ascontiguousarray(bias), "b"))
+    graph = helper.make_graph(graph_nodes, "lrpflow_conv", infos, [y_info], consts)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     opts = ort.SessionOptions()
@@ -209,15 +213,16 @@ def _attrs(kernel: tuple[int, int], stride: tuple[int, int], pads: tuple[int, in
     return {"kernel_shape": list(kernel), "strides": list(stride), "pads": [t, l, b, r]}
 
 
-def _forward_session(weight: numpy.ndarray, stride: tuple[int, int], pads: tuple[int, int, int, int],
-                     in_hwc: tuple[int, int, int], threads: int) -> Any:
+def _forward_session(weight: numpy.ndarray, bias: numpy.ndarray | None, stride: tuple[int, int],
+                     pads: tuple[int, int, int, int], in_hwc: tuple[int, int, int], threads: int) -> Any:
     from onnx import helper
 
     kh, kw = weight.shape[:2]
     nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 3, 1, 2]),
-             helper.make_node("Conv", ["xt", "w"], ["yt"], **_attrs((kh, kw), stride, pads)),
+             helper.make_node("Conv", ["xt", "w"] + ([] if bias is None else ["b"]), ["yt"],
+                              **_attrs((kh, kw), stride, pads)),
              helper.make_node("Transpose", ["yt"], ["y"], perm=[0, 2, 3, 1])]
-    return _session(nodes, {"x": in_hwc}, numpy.ascontiguousarray(weight.transpose(3, 2, 0, 1)), threads)
+    return _session(nodes, {"x": in_hwc}, numpy.ascontiguousarray(weight.transpose(3, 2, 0, 1)), threads, bias)
 
 
 def _transpose_op(how: str, weight: numpy.ndarray, stride: tuple[int, int], pads: tuple[int, int, int, int],
@@ -275,28 +280,31 @@ def _times_session(how: str, weight: numpy.ndarray, stride: tuple[int, int], pad
     return _session(nodes, {**dict(zip(names, part_hwc)), "x": x_hwc}, w, threads)
 
 
-def _cached(cache: dict | None, key: tuple, weight: numpy.ndarray, build: Any) -> Any:
-    """The session under ``key`` (its first element the weight's id), built on a miss.
+def _cached(cache: dict | None, key: tuple, consts: tuple[numpy.ndarray, ...], build: Any) -> Any:
+    """The session under ``key`` (which starts with the constants' ids), built on a miss.
 
-    The entry holds the weight array itself, so an id cannot be reused while its entry lives
-    (as :func:`lrpflow.layers._windows.cached_banded_weight`). A weight seen for the first time
-    is also looked up by its content (a 128-bit BLAKE2 digest of its bytes): the modified
-    weights of a new Explainer (``lrpflow.explain`` builds one per call) are new arrays with
-    the contents of the last one's, and a session costs far more to build than to find.
+    The entry holds the constant arrays (weight, bias) themselves, so an id cannot be reused
+    while its entry lives (as :func:`lrpflow.layers._windows.cached_banded_weight`). Constants
+    seen for the first time are also looked up by their content (a 128-bit BLAKE2 digest of
+    their bytes): the modified weights of a new Explainer (``lrpflow.explain`` builds one per
+    call) are new arrays with the contents of the last one's, and a session costs far more to
+    build than to find.
     """
     if cache is None:
         return build()
     hit = cache.get(key)
-    if hit is not None and hit[0] is weight:
+    if hit is not None and len(hit[0]) == len(consts) and all(a is b for a, b in zip(hit[0], consts)):
         return hit[1]
-    digest = hashlib.blake2b(numpy.ascontiguousarray(weight).data, digest_size=16).digest()
-    content_key = ("content", digest, weight.shape, *key[1:])
+    digest = hashlib.blake2b(digest_size=16)
+    for a in consts:
+        digest.update(numpy.ascontiguousarray(a).data)
+    content_key = ("content", digest.digest(), tuple(a.shape for a in consts), *key[len(consts):])
     session = cache.get(content_key)
     if session is None:
         session = build()
     if len(cache) >= 2 * SESSION_CACHE_ENTRIES:
         cache.clear()
-    cache[key] = (weight, session)
+    cache[key] = (consts, session)
     cache[content_key] = session
     return session
 
@@ -308,12 +316,23 @@ def _run(session: Any, a: numpy.ndarray) -> numpy.ndarray:
 # --- the kernels -----------------------------------------------------------------------------
 
 
+def fusable_bias(bias: Any, weight: Any) -> bool:
+    """True if ``bias`` can be added inside the forward graph: a float32 numpy vector of ``C_out``."""
+    return type(bias) is numpy.ndarray and bias.dtype == numpy.float32 and bias.shape == (weight.shape[-1],)
+
+
 def conv_forward(x: Any, weight: Any, stride: tuple[int, int], pads: tuple[int, int, int, int],
-                 cache: dict | None = None) -> Any | None:
-    """:func:`lrpflow.layers._windows.conv_forward` through onnxruntime, or None where it does not apply."""
+                 cache: dict | None = None, bias: Any = None) -> Any | None:
+    """:func:`lrpflow.layers._windows.conv_forward` through onnxruntime, or None where it does not apply.
+
+    ``bias`` (see :func:`fusable_bias`) is added by the convolution itself (MLAS adds it to
+    each finished sum, as ``z + b`` does), saving a pass over the output.
+    """
     mode = conv_kernel()
     if mode == "numpy" or not _eligible(x, weight) or not available():
         return None
+    if bias is not None and not fusable_bias(bias, weight):
+        raise ValueError("conv_forward: bias must be a float32 vector of the output channels")
     kh, kw, cin, cout = weight.shape
     hp, wp = x.shape[1] + pads[0] + pads[1], x.shape[2] + pads[2] + pads[3]
     ho, wo = (hp - kh) // stride[0] + 1, (wp - kw) // stride[1] + 1
@@ -322,8 +341,9 @@ def conv_forward(x: Any, weight: Any, stride: tuple[int, int], pads: tuple[int, 
                           batch=int(x.shape[0])):
         return None
     in_hwc = tuple(int(d) for d in x.shape[1:])
-    key = (id(weight), "fwd", tuple(stride), tuple(pads), in_hwc, threads)
-    session = _cached(cache, key, weight, lambda: _forward_session(weight, stride, pads, in_hwc, threads))
+    consts = (weight,) if bias is None else (weight, bias)
+    key = (*(id(a) for a in consts), "fwd", tuple(stride), tuple(pads), in_hwc, threads)
+    session = _cached(cache, key, consts, lambda: _forward_session(weight, bias, stride, pads, in_hwc, threads))
     return _run(session, x)
 
 
@@ -342,7 +362,7 @@ def conv_transpose(s: Any, weight: Any, stride: tuple[int, int], pads: tuple[int
         return None
     in_hw = (int(in_shape[1]), int(in_shape[2]))
     key = (id(weight), how, tuple(stride), tuple(pads), out_hwc, in_hw, threads)
-    session = _cached(cache, key, weight,
+    session = _cached(cache, key, (weight,),
                       lambda: _transpose_session(how, weight, stride, pads, out_hwc, in_hw, threads))
     return _run(session, s)
 
@@ -373,7 +393,7 @@ def conv_transpose_times(parts: Any, weight: Any, stride: tuple[int, int], pads:
     if how is None:
         return None
     key = (id(weight), "times", how, signed, tuple(stride), tuple(pads), part_hwc, x_hwc, threads)
-    session = _cached(cache, key, weight,
+    session = _cached(cache, key, (weight,),
                       lambda: _times_session(how, weight, stride, pads, part_hwc, x_hwc, signed, threads))
     feeds = {f"s{i}": numpy.ascontiguousarray(p) for i, p in enumerate(parts)}
     feeds["x"] = numpy.ascontiguousarray(x)
