@@ -391,7 +391,8 @@ class Explainer:
             raise DataFormatError(f"input cannot be read as a {self.dtype.name} array: {err}") from err
         xp = get_namespace(x)
         if self.model.layout == "NCHW" and x.ndim == 4:
-            x = self.model.to_nhwc(x)
+            # one copy into NHWC order: every layer reading the input (and each onnxruntime call) would copy the view
+            x = xp.ascontiguousarray(self.model.to_nhwc(x))
         self.model.check_input(x)
         if not to_numpy(xp.isfinite(x).all()):  # the one host read of a call, before any pass starts
             raise DataFormatError("input contains NaN or Inf values")

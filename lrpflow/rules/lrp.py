@@ -36,7 +36,6 @@ from lrpflow.rules.base import (
     positive,
     proportional_over_windows,
     safe_divide,
-    _times,
     square,
     uniform_over_windows,
 )
@@ -344,7 +343,11 @@ class AlphaBeta(Rule):
 
 
 class _StabilizedDivision:
-    """``a / (d + stabilizer)``, 0 where that denominator is 0 (the αβ shares' divisions)."""
+    """``a / (d + stabilizer)``, 0 where that denominator is 0 (the αβ shares' divisions).
+
+    With a positive stabilizer the caller's denominators are sums of non-negative terms
+    (``P``): ``P + s ≥ s > 0`` cannot vanish, so no search for zeros is needed.
+    """
 
     def __init__(self, stabilizer: float) -> None:
         self.stabilizer = stabilizer
@@ -355,6 +358,8 @@ class _StabilizedDivision:
             d += self.stabilizer
         else:
             d = d + self.stabilizer
+        if self.stabilizer > 0 and can_overwrite(d, a):
+            return get_namespace(a, d).divide(a, d, out=d)
         return safe_divide(a, d, overwrite_b=True)  # d + s is ours: divide in place
 
 
