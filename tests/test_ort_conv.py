@@ -82,6 +82,34 @@ def test_fused_transpose_times_is_bitwise_the_joined_transpose_and_products(rng,
             numpy.testing.assert_array_equal(single, ref)  # one part: no join in the graph
 
 
+def test_signed_forward_splits_the_input_inside_the_graph(rng):
+    """``conv_forward(..., signed=True)`` convolves ``[x⁺, x⁻]`` (split in the graph): bitwise the
+    convolution of the stacked input, with or without a bias; ``Conv2d.apply_signed`` uses it."""
+    cache: dict = {}
+    with ort_conv.use_conv_kernel("onnxruntime"):
+        for _ in range(15):
+            (kh, kw, c, cout), stride, pads, xshape = random_geometry(rng, max_channels=12)
+            x = rng.normal(size=xshape).astype(numpy.float32)
+            x[rng.random(x.shape) < 0.2] = 0.0
+            w = rng.normal(size=(kh, kw, 2 * c, cout)).astype(numpy.float32)
+            b = rng.normal(size=cout).astype(numpy.float32)
+            x2 = numpy.concatenate([numpy.maximum(x, 0), numpy.minimum(x, 0)], axis=-1)
+            numpy.testing.assert_array_equal(ort_conv.conv_forward(x, w, stride, pads, cache, signed=True),
+                                             ort_conv.conv_forward(x2, w, stride, pads, cache))
+            numpy.testing.assert_array_equal(ort_conv.conv_forward(x, w, stride, pads, cache, bias=b, signed=True),
+                                             ort_conv.conv_forward(x2, w, stride, pads, cache, bias=b))
+            close32(ort_conv.conv_forward(x, w, stride, pads, cache, signed=True),
+                    brute_conv(x2.astype(float), w.astype(float), stride, pads))
+        assert ort_conv.conv_forward(x, w, stride, pads, cache) is None  # 2·C weight channels, C input channels
+        layer = Conv2d(3, 3, 4, 16, padding=1)
+        x = rng.normal(size=(2, 9, 9, 4)).astype(numpy.float32)
+        w = rng.normal(size=(3, 3, 8, 16)).astype(numpy.float32)
+        b = rng.normal(size=16).astype(numpy.float32)
+        fused = layer.apply_signed(x, w, b)
+    plain = Conv2d(3, 3, 8, 16, padding=1).apply([numpy.concatenate([numpy.maximum(x, 0), numpy.minimum(x, 0)], -1)], w, b)
+    close32(fused, plain.astype(float))
+
+
 def test_fused_transpose_times_declines_what_it_cannot_do(rng):
     w = rng.normal(size=(3, 3, 4, 8)).astype(numpy.float32)
     x = rng.normal(size=(1, 8, 8, 4)).astype(numpy.float32)

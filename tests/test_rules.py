@@ -284,3 +284,29 @@ def test_flat_on_convolutions_is_the_all_ones_product(rng):
     r = rng.normal(size=(2, 5, 4, 4))
     got = flat.linear(layer, [x], None, r, NodeContext("c", {}, (False,)))[0]
     numpy.testing.assert_allclose(got.sum(axis=(1, 2, 3)), r.sum(axis=(1, 2, 3)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("nonneg", [False, True])
+@pytest.mark.parametrize("params", [dict(alpha=2.0, beta=1.0), dict(alpha=1.0, beta=0.0),
+                                    dict(alpha=1.5, beta=0.5, bias=False)], ids=str)
+def test_alpha_beta_stabilizer_enters_each_denominator_once(rng, nonneg, params):
+    """With s = 0.5 the stabilizer is visible: ``R_i = Σ_j (α z⁺_ij/(P_j + s) − β z⁻_ij/(N_j − s)) R_j``,
+    whether s rides in P's bias (N − s then read as z − (P + s)) or is added after the sum;
+    on a dense layer and on a convolution with one window (the same map)."""
+    s = 0.5
+    w, b = rng.normal(size=(12, 4)), rng.normal(0, 0.5, 4)
+    x = signed(rng, (3, 12))
+    if nonneg:
+        x = numpy.abs(x)
+    r = rng.normal(size=(3, 4))
+    alpha, beta, use_b = params["alpha"], params["beta"], params.get("bias", True)
+    zij = x[:, :, None] * w[None]
+    zp, zn = numpy.maximum(zij, 0), numpy.minimum(zij, 0)
+    p = zp.sum(axis=1) + (numpy.maximum(b, 0) if use_b else 0)
+    n = zn.sum(axis=1) + (numpy.minimum(b, 0) if use_b else 0)
+    want = ((alpha * zp / (p + s)[:, None] - beta * zn / (n - s)[:, None]) * r[:, None]).sum(axis=2)
+    dense = Linear(12, 4, weight=w, bias=b)
+    conv = Conv2d(2, 2, 3, 4, weight=w.reshape(2, 2, 3, 4), bias=b)  # one 2×2 window over a 2×2×3 input
+    for layer, xin, rin in ((dense, x, r), (conv, x.reshape(3, 2, 2, 3), r.reshape(3, 1, 1, 4))):
+        got = engine(layer, [xin], rin, "alpha_beta", dict(params, stabilizer=s), numpy, nonneg=nonneg)[0]
+        numpy.testing.assert_allclose(got.reshape(3, 12), want, rtol=1e-12, atol=1e-12)

@@ -168,6 +168,13 @@ class LinearLike(Layer):
         """``Wᵀ s`` for each input (shapes taken from ``xs``)."""
         raise NotImplementedError
 
+    def apply_signed(self, x: Any, weight: Any, bias: Any | None) -> Any:
+        """:meth:`apply` to ``[x⁺, x⁻]`` (channels stacked along the last axis) for a one-input
+        layer, ``weight`` holding the weights of both halves (LRP-αβ on signed inputs). Layers
+        may split the input inside a fused kernel; this is the plain form."""
+        xp = get_namespace(x)
+        return self.apply([xp.concatenate([xp.maximum(x, 0), xp.minimum(x, 0)], axis=-1)], weight, bias)
+
     def input_times_transpose(self, x: Any, parts: Sequence[Any], weight: Any, signed: bool = False) -> Any:
         """``x ⊙ Wᵀ s`` for a one-input layer, ``s`` the ``parts`` joined along the last axis.
 

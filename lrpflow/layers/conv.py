@@ -126,6 +126,15 @@ class Conv2d(LinearLike):
         return [xp.concatenate([win.conv_transpose(xp.ascontiguousarray(s[..., o]), weight[..., o], self.stride,
                                                    self.pads, part) for _, o in self._group_slices()], axis=-1)]
 
+    def apply_signed(self, x: Any, weight: Any, bias: Any | None) -> Any:
+        if self.groups == 1:
+            fuse = bias is not None and ort_conv.fusable_bias(bias, weight)
+            z = ort_conv.conv_forward(x, weight, self.stride, self.pads, self._sessions(), bias=bias if fuse else None,
+                                      signed=True)
+            if z is not None:
+                return z if fuse else add_bias(z, bias)
+        return super().apply_signed(x, weight, bias)
+
     def input_times_transpose(self, x: Any, parts: Sequence[Any], weight: Any, signed: bool = False) -> Any:
         if self.groups == 1:
             out = ort_conv.conv_transpose_times(parts, weight, self.stride, self.pads, x, signed, self._sessions())

@@ -214,14 +214,17 @@ def _attrs(kernel: tuple[int, int], stride: tuple[int, int], pads: tuple[int, in
 
 
 def _forward_session(weight: numpy.ndarray, bias: numpy.ndarray | None, stride: tuple[int, int],
-                     pads: tuple[int, int, int, int], in_hwc: tuple[int, int, int], threads: int) -> Any:
+                     pads: tuple[int, int, int, int], in_hwc: tuple[int, int, int], signed: bool, threads: int) -> Any:
     from onnx import helper
 
     kh, kw = weight.shape[:2]
-    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 3, 1, 2]),
-             helper.make_node("Conv", ["xt", "w"] + ([] if bias is None else ["b"]), ["yt"],
-                              **_attrs((kh, kw), stride, pads)),
-             helper.make_node("Transpose", ["yt"], ["y"], perm=[0, 2, 3, 1])]
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 3, 1, 2])]
+    if signed:  # [x⁺, x⁻] along the channels; x⁻ = x − x⁺ = min(x, 0) exactly
+        nodes += [helper.make_node("Relu", ["xt"], ["xpos"]), helper.make_node("Sub", ["xt", "xpos"], ["xneg"]),
+                  helper.make_node("Concat", ["xpos", "xneg"], ["xs"], axis=1)]
+    nodes += [helper.make_node("Conv", ["xs" if signed else "xt", "w"] + ([] if bias is None else ["b"]), ["yt"],
+                               **_attrs((kh, kw), stride, pads)),
+              helper.make_node("Transpose", ["yt"], ["y"], perm=[0, 2, 3, 1])]
     return _session(nodes, {"x": in_hwc}, numpy.ascontiguousarray(weight.transpose(3, 2, 0, 1)), threads, bias)
 
 
@@ -322,11 +325,13 @@ def fusable_bias(bias: Any, weight: Any) -> bool:
 
 
 def conv_forward(x: Any, weight: Any, stride: tuple[int, int], pads: tuple[int, int, int, int],
-                 cache: dict | None = None, bias: Any = None) -> Any | None:
+                 cache: dict | None = None, bias: Any = None, signed: bool = False) -> Any | None:
     """:func:`lrpflow.layers._windows.conv_forward` through onnxruntime, or None where it does not apply.
 
     ``bias`` (see :func:`fusable_bias`) is added by the convolution itself (MLAS adds it to
-    each finished sum, as ``z + b`` does), saving a pass over the output.
+    each finished sum, as ``z + b`` does), saving a pass over the output. ``signed``: the
+    convolution of ``[x⁺, x⁻]`` (channels stacked; the weight has ``2·C`` input channels),
+    split inside the graph.
     """
     mode = conv_kernel()
     if mode == "numpy" or not _eligible(x, weight) or not available():
@@ -334,6 +339,8 @@ def conv_forward(x: Any, weight: Any, stride: tuple[int, int], pads: tuple[int, 
     if bias is not None and not fusable_bias(bias, weight):
         raise ValueError("conv_forward: bias must be a float32 vector of the output channels")
     kh, kw, cin, cout = weight.shape
+    if cin != (2 if signed else 1) * x.shape[-1]:
+        return None
     hp, wp = x.shape[1] + pads[0] + pads[1], x.shape[2] + pads[2] + pads[3]
     ho, wo = (hp - kh) // stride[0] + 1, (wp - kw) // stride[1] + 1
     threads = _threads()
@@ -342,8 +349,8 @@ def conv_forward(x: Any, weight: Any, stride: tuple[int, int], pads: tuple[int, 
         return None
     in_hwc = tuple(int(d) for d in x.shape[1:])
     consts = (weight,) if bias is None else (weight, bias)
-    key = (*(id(a) for a in consts), "fwd", tuple(stride), tuple(pads), in_hwc, threads)
-    session = _cached(cache, key, consts, lambda: _forward_session(weight, bias, stride, pads, in_hwc, threads))
+    key = (*(id(a) for a in consts), "fwd", signed, tuple(stride), tuple(pads), in_hwc, threads)
+    session = _cached(cache, key, consts, lambda: _forward_session(weight, bias, stride, pads, in_hwc, signed, threads))
     return _run(session, x)
 
 

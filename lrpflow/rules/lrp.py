@@ -282,27 +282,46 @@ class AlphaBeta(Rule):
         block weight with its columns scaled by ``α`` and ``−β`` gives both input shares
         (:meth:`~lrpflow.layers.base.LinearLike.input_times_transpose`, ``signed``).
         """
-        xp = get_namespace(r)
         x = xs[0]
-        x2 = xp.concatenate([positive(x), negative(x)], axis=-1)
         if beta == 0 or alpha == 0:  # one share only: [x⁺, x⁻] · [W⁺; W⁻] = P (or [W⁻; W⁺] = N)
             wfn, bfn = (_pos_stack, positive) if beta == 0 else (_neg_stack, negative)
             wb, bb = ctx.modified(layer, xs, wfn, _bias(self.bias, bfn))
-            z = layer.apply([x2], wb, bb)  # type: ignore[attr-defined]
+            z = layer.apply_signed(x, wb, bb)  # type: ignore[attr-defined]
             s = pos_div(r, z, scratch=True) if beta == 0 else neg_div(r, z, scratch=True)
             s *= alpha if beta == 0 else -beta
             return [layer.input_times_transpose(x, [s], wb, signed=True)]  # type: ignore[attr-defined]
         if ctx.z is not None and (self.bias or not _has_bias(layer, xs)):
-            wp, bp = ctx.modified(layer, xs, _pos_stack, _bias(self.bias, positive))
-            zp = layer.apply([x2], wp, bp)  # type: ignore[attr-defined]
-            zn = ctx.z - zp
+            zp = self._p_plus_s(layer, xs, ctx, _pos_stack, lambda w, b: layer.apply_signed(x, w, b))  # type: ignore[attr-defined]
+            parts = self._quotients(r, zp, ctx.z - zp)
         else:
             wb, bb = ctx.modified(layer, xs, _sign_blocks, _bias(self.bias, _sign_split))
-            z = layer.apply([x2], wb, bb)  # type: ignore[attr-defined]
-            zp, zn = z[..., : z.shape[-1] // 2], z[..., z.shape[-1] // 2 :]
+            z = layer.apply_signed(x, wb, bb)  # type: ignore[attr-defined]
+            parts = [pos_div(r, z[..., : z.shape[-1] // 2]), neg_div(r, z[..., z.shape[-1] // 2 :])]
         wt, _ = ctx.modified(layer, xs, _SignBlocks(alpha, -beta), None)
-        parts = [pos_div(r, zp, scratch=True), neg_div(r, zn, scratch=True)]
         return [layer.input_times_transpose(x, parts, wt, signed=True)]  # type: ignore[attr-defined]
+
+    def _p_plus_s(self, layer: Layer, xs: Sequence[Any], ctx: NodeContext, weight_fn: Any, apply: Any) -> Any:
+        """``P + s`` (a fresh array): the stabilizer rides in P's bias ``b⁺ + s`` (no pass of its own),
+        or is added after the sum where there is no bias."""
+        if self.bias and _has_bias(layer, xs):
+            return apply(*ctx.modified(layer, xs, weight_fn, _Shifted(positive, self.stabilizer)))
+        zp = apply(*ctx.modified(layer, xs, weight_fn, None))
+        if can_overwrite(zp, self.stabilizer):
+            zp += self.stabilizer
+            return zp
+        return zp + self.stabilizer
+
+    def _quotients(self, r: Any, p: Any, n: Any) -> list[Any]:
+        """``[R/(P + s), R/(N − s)]`` from ``p = P + s`` and ``n = z − p = N − s`` (both overwritten).
+
+        ``P + s ≥ s > 0`` needs no search for zeros when ``s > 0``; ``N − s`` read as
+        ``z − (P + s)`` may round to 0: a safe division there.
+        """
+        if self.stabilizer > 0 and can_overwrite(p, r):
+            q = get_namespace(r).divide(r, p, out=p)
+        else:
+            q = safe_divide(r, p, overwrite_b=True)
+        return [q, safe_divide(r, n, overwrite_b=True)]
 
     def _nonneg(self, layer: Layer, xs: Sequence[Any], y: Any, r: Any, ctx: NodeContext, alpha: float, beta: float,
                 pos_div: Any, neg_div: Any) -> list[Any]:
@@ -314,6 +333,12 @@ class AlphaBeta(Rule):
             sp = pos_div(r, zp) * alpha
             return [x * g for x, g in zip(xs, layer.apply_transpose(sp, wp, xs))]  # type: ignore[attr-defined]
         one = len(xs) == 1 and hasattr(layer, "input_times_transpose")
+        if alpha != 0 and beta != 0 and one and getattr(layer, "channel_blocks", False) and ctx.z is not None \
+                and (self.bias or not _has_bias(layer, xs)):
+            # one transpose for both shares: [αW⁺, −βW⁻]ᵀ [R/(P + s), R/(N − s)], N − s = z − (P + s)
+            zp = self._p_plus_s(layer, xs, ctx, positive, lambda w, b: layer.apply(xs, w, b))  # type: ignore[attr-defined]
+            wcat, _ = ctx.modified(layer, xs, _SignConcat(alpha, -beta), None)
+            return [layer.input_times_transpose(xs[0], self._quotients(r, zp, ctx.z - zp), wcat)]  # type: ignore[attr-defined]
         wn, bn = ctx.modified(layer, xs, negative, _bias(self.bias, negative))
         zp = layer.apply(xs, wp, bp)  # type: ignore[attr-defined]
         if beta == 0:
@@ -378,6 +403,17 @@ def _pos_stack(w: Any) -> Any:
 def _neg_stack(w: Any) -> Any:
     """``[W⁻; W⁺]`` along the input channels (pairs with inputs ``[x⁺, x⁻]``: the negative share)."""
     return get_namespace(w).concatenate([negative(w), positive(w)], axis=-2)
+
+
+@dataclass(frozen=True)
+class _Shifted:
+    """``fn(b) + shift`` (a hashable bias modifier: cached per node)."""
+
+    fn: Any
+    shift: float
+
+    def __call__(self, b: Any) -> Any:
+        return self.fn(b) + self.shift
 
 
 @dataclass(frozen=True)
