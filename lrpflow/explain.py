@@ -184,13 +184,15 @@ def propagate(model: Model, trace: Trace, r_init: Any, rules: Mapping[str, Rule]
         except KeyError:
             raise ConfigError(f"no rule for node {node.name!r}") from None
         r_ins = rule.backward(layer, xs, y, r, ctx)
-        sums = [_per_sample_sum(ri) for ri in r_ins]
+        entering = pending_sum.pop(node.name, None)
+        if entering is None and any(ri is r for ri in r_ins):  # passed through (ReLU): one sum serves both sides
+            entering = _per_sample_sum(r)
+        sums = [entering if ri is r else _per_sample_sum(ri) for ri in r_ins]
         leaving = sums[0]
         for extra in sums[1:]:
             leaving = leaving + extra
         finite.append((node.name, xp.isfinite(leaving).all()))  # a NaN/Inf anywhere makes its sample's sum one
         finite.extend((node.name, flag) for flag in ctx.finite)  # overflowed denominators (R / inf = silent 0)
-        entering = pending_sum.pop(node.name, None)
         if ledger:  # what entered is what one consumer handed over: its sum is known already
             book[node.name] = LedgerEntry(_per_sample_sum(r) if entering is None else entering, leaving)
         del xs, y, z, ctx
