@@ -122,6 +122,13 @@ def test_fused_transpose_times_declines_what_it_cannot_do(rng):
         assert ort_conv.conv_transpose_times(s, w, (1, 1), pads, x.astype(numpy.float64)) is None
     with ort_conv.use_conv_kernel("numpy"):
         assert ort_conv.conv_transpose_times(s, w, (1, 1), pads, x) is None
+    with ort_conv.use_conv_kernel("auto"):  # 256 input values: below FUSED_MIN_VALUES, numpy joins and multiplies
+        assert x.size < ort_conv.FUSED_MIN_VALUES
+        assert ort_conv.conv_transpose_times(s, w, (1, 1), pads, x) is None
+        assert ort_conv.conv_forward(x, rng.normal(size=(3, 3, 8, 16)).astype(numpy.float32), (1, 1), pads, signed=True) is None
+        big = rng.normal(size=(2, 64, 64, 4)).astype(numpy.float32)  # 32K values
+        sb = [rng.normal(size=(2, 64, 64, 4)).astype(numpy.float32)] * 2
+        assert ort_conv.conv_transpose_times(sb, w, (1, 1), pads, big) is not None
 
 
 def test_transpose_choices_cover_both_graphs():

@@ -108,6 +108,11 @@ def _eligible(a: Any, weight: Any) -> bool:
 SMALL_BATCH = 4
 #: input grids (cells) from which a thin ConvTranspose at batch 1 stays on numpy (memory; see choose_transpose)
 THIN_TRANSPOSE_CELLS = 64 * 64
+#: fewest input values (whole batch) for the fused graphs (conv_transpose_times, the signed
+#: forward): below, their extra nodes cost more than the numpy passes they save. Measured on
+#: α2β1 at batch 1 (2 threads): VGG-11 (inputs of 2K–16K values) 1.14× and LeNet-5 1.1× the
+#: time with every layer fused; the wide net (32K–65K) 0.92×; ResNet-18 0.97×
+FUSED_MIN_VALUES = 1 << 15
 
 
 def choose_forward(cin: int, cout: int, kernel: tuple[int, int], stride: tuple[int, int], out_hw: tuple[int, int],
@@ -339,7 +344,7 @@ def conv_forward(x: Any, weight: Any, stride: tuple[int, int], pads: tuple[int, 
     if bias is not None and not fusable_bias(bias, weight):
         raise ValueError("conv_forward: bias must be a float32 vector of the output channels")
     kh, kw, cin, cout = weight.shape
-    if cin != (2 if signed else 1) * x.shape[-1]:
+    if cin != (2 if signed else 1) * x.shape[-1] or (signed and mode == "auto" and x.size < FUSED_MIN_VALUES):
         return None
     hp, wp = x.shape[1] + pads[0] + pads[1], x.shape[2] + pads[2] + pads[3]
     ho, wo = (hp - kh) // stride[0] + 1, (wp - kw) // stride[1] + 1
@@ -387,6 +392,8 @@ def conv_transpose_times(parts: Any, weight: Any, stride: tuple[int, int], pads:
     """
     mode = conv_kernel()
     if mode == "numpy" or not available() or not _eligible(x, weight) or not all(_eligible(p, weight) for p in parts):
+        return None
+    if mode == "auto" and x.size < FUSED_MIN_VALUES:
         return None
     kh, kw, cin, cout = weight.shape
     if cin != (2 if signed else 1) * x.shape[-1] or sum(int(p.shape[-1]) for p in parts) != cout \
