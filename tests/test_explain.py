@@ -319,3 +319,30 @@ def test_a_reused_trace_is_left_as_it_was(rng, rule, params):
     assert all(numpy.array_equal(before[k], trace.values[k]) for k in before)
     numpy.testing.assert_array_equal(exp.explain(trace=trace, target=0).relevance, first.relevance)
     numpy.testing.assert_array_equal(exp.explain(x, target=0).relevance, first.relevance)
+
+
+@pytest.mark.parametrize("kernel", ["numpy", "auto"])
+def test_epsilon_peak_memory_stays_within_one_and_a_half_traces(shared, rng, kernel):
+    """ε on the toolbox's LeNet-5, one worker: everything one explanation allocates (tracemalloc,
+    the Trace included) stays ≤ 1.5× the forward Trace. The sum pools' transposes hand back
+    their own buffer, so ``x ⊙ g`` is formed in it (1.56× before, at the first pool)."""
+    import tracemalloc
+
+    from lrpflow.layers.ort_conv import use_conv_kernel
+
+    model = lrpflow.load_model(shared / "models" / "MNIST" / "LeNet-5.txt")
+    x = rng.uniform(-1, 1, (64, 32, 32, 1)).astype(numpy.float32)
+    explainer = lrpflow.Explainer(model, dtype="float32", rule="epsilon", epsilon=0.01, workers=1)
+    with use_conv_kernel(kernel):
+        explainer(x)
+        _, trace = model.run(x)
+        trace_bytes = sum(v.nbytes for v in trace.values.values())
+        del trace
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            explainer(x)
+            peak = tracemalloc.get_traced_memory()[1] - base
+        finally:
+            tracemalloc.stop()
+    assert peak <= 1.5 * trace_bytes, peak / trace_bytes

@@ -79,7 +79,8 @@ def window_sum_transpose(g: Any, kernel: tuple[int, int], stride: tuple[int, int
     n, ho, wo, c = g.shape
     if tuple(stride) == tuple(kernel):  # non-overlapping windows: repeat each value over its window
         kh, kw = kernel
-        tiled = xp.broadcast_to(g[:, :, None, :, None, :], (n, ho, kh, wo, kw, c)).reshape(n, ho * kh, wo * kw, c)
+        tiled = xp.empty((n, ho * kh, wo * kw, c), dtype=g.dtype)  # its own buffer: callers may multiply into it
+        tiled.reshape(n, ho, kh, wo, kw, c)[...] = g[:, :, None, :, None, :]
         if (ho * kh, wo * kw) == tuple(padded_shape[1:3]):
             return unpad(tiled, pads)
         out = xp.zeros(padded_shape, dtype=g.dtype)
