@@ -218,5 +218,6 @@ def test_input_times_transpose_against_loops(rng, signed):
     full = xin * brute_transpose(numpy.concatenate(cparts, axis=-1), wc, conv.stride, conv.pads, xin.shape)
     cref = full[..., :c] + full[..., c:] if signed else full
     out = conv.input_times_transpose(xi, cparts, wc, signed=signed)
+    assert cparts == []  # released once joined: not held through the transpose
     assert out.shape == xi.shape and out.dtype == numpy.float64
     numpy.testing.assert_allclose(out, cref, rtol=1e-12, atol=1e-12)

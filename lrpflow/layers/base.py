@@ -182,9 +182,12 @@ class LinearLike(Layer):
         for ``x`` with ``C`` channels) and the result is ``x⁺ ⊙ A + x⁻ ⊙ B`` with
         ``[A, B] = Wᵀ s`` (LRP-αβ on signed inputs). Layers may fuse this product
         (:class:`~lrpflow.layers.conv.Conv2d` through onnxruntime); this is the plain form.
+        A ``parts`` list is emptied once joined, so the parts are not held through the transpose.
         """
         xp = get_namespace(x)
         s = parts[0] if len(parts) == 1 else xp.concatenate(list(parts), axis=-1)
+        if isinstance(parts, list):
+            parts.clear()
         if not signed:
             return input_times(x, self.apply_transpose(s, weight, [x])[0])
         x2 = xp.concatenate([xp.maximum(x, 0), xp.minimum(x, 0)], axis=-1)
