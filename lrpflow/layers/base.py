@@ -172,8 +172,7 @@ class LinearLike(Layer):
         """:meth:`apply` to ``[x⁺, x⁻]`` (channels stacked along the last axis) for a one-input
         layer, ``weight`` holding the weights of both halves (LRP-αβ on signed inputs). Layers
         may split the input inside a fused kernel; this is the plain form."""
-        xp = get_namespace(x)
-        return self.apply([xp.concatenate([xp.maximum(x, 0), xp.minimum(x, 0)], axis=-1)], weight, bias)
+        return self.apply([signed_stack(x)], weight, bias)
 
     def input_times_transpose(self, x: Any, parts: Sequence[Any], weight: Any, signed: bool = False) -> Any:
         """``x ⊙ Wᵀ s`` for a one-input layer, ``s`` the ``parts`` joined along the last axis.
@@ -190,7 +189,7 @@ class LinearLike(Layer):
             parts.clear()
         if not signed:
             return input_times(x, self.apply_transpose(s, weight, [x])[0])
-        x2 = xp.concatenate([xp.maximum(x, 0), xp.minimum(x, 0)], axis=-1)
+        x2 = signed_stack(x)
         pair = input_times(x2, self.apply_transpose(s, weight, [x2])[0]).reshape(-1, 2, x.shape[-1])
         return (pair[:, 0] + pair[:, 1]).reshape(x.shape)  # x⁺ ⊙ A + x⁻ ⊙ B per position
 
@@ -215,6 +214,12 @@ def check_rank(shape: Shape, rank: int, layer: str, what: str) -> None:
     """Raise ShapeError unless ``shape`` (without batch) has ``rank`` axes."""
     if len(shape) != rank:
         raise ShapeError(f"{layer} expects {what} (without the batch axis), got shape {shape}")
+
+
+def signed_stack(x: Any) -> Any:
+    """``[x⁺, x⁻]`` along the last axis (the input of LRP-αβ/γ's stacked products on signed inputs)."""
+    xp = get_namespace(x)
+    return xp.concatenate([xp.maximum(x, 0), xp.minimum(x, 0)], axis=-1)
 
 
 def input_times(x: Any, g: Any) -> Any:

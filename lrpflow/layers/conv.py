@@ -98,12 +98,10 @@ class Conv2d(LinearLike):
     def apply(self, xs: Sequence[Any], weight: Any, bias: Any | None) -> Any:
         x = xs[0]
         if self.groups == 1:
-            fuse = bias is not None and ort_conv.fusable_bias(bias, weight)
-            z = ort_conv.conv_forward(x, weight, self.stride, self.pads, self._sessions(), bias=bias if fuse else None)
-            if z is not None and fuse:
-                return z  # the bias added inside the convolution
-            if z is None:
-                z = win.conv_forward(x, weight, self.stride, self.pads, self._bands())
+            z = self._ort_forward(x, weight, bias, signed=False)
+            if z is not None:
+                return z
+            z = win.conv_forward(x, weight, self.stride, self.pads, self._bands())
         elif self.depthwise:
             z = win.depthwise_forward(x, weight, self.stride, self.pads)
         else:
@@ -126,13 +124,18 @@ class Conv2d(LinearLike):
         return [xp.concatenate([win.conv_transpose(xp.ascontiguousarray(s[..., o]), weight[..., o], self.stride,
                                                    self.pads, part) for _, o in self._group_slices()], axis=-1)]
 
+    def _ort_forward(self, x: Any, weight: Any, bias: Any | None, signed: bool) -> Any | None:
+        """``z + b`` through onnxruntime (the bias inside the graph where it fits), or None."""
+        fuse = bias is not None and ort_conv.fusable_bias(bias, weight)
+        z = ort_conv.conv_forward(x, weight, self.stride, self.pads, self._sessions(), bias=bias if fuse else None,
+                                  signed=signed)
+        return z if z is None or fuse else add_bias(z, bias)
+
     def apply_signed(self, x: Any, weight: Any, bias: Any | None) -> Any:
         if self.groups == 1:
-            fuse = bias is not None and ort_conv.fusable_bias(bias, weight)
-            z = ort_conv.conv_forward(x, weight, self.stride, self.pads, self._sessions(), bias=bias if fuse else None,
-                                      signed=True)
+            z = self._ort_forward(x, weight, bias, signed=True)
             if z is not None:
-                return z if fuse else add_bias(z, bias)
+                return z
         return super().apply_signed(x, weight, bias)
 
     def input_times_transpose(self, x: Any, parts: Sequence[Any], weight: Any, signed: bool = False) -> Any:

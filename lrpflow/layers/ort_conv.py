@@ -218,15 +218,21 @@ def _attrs(kernel: tuple[int, int], stride: tuple[int, int], pads: tuple[int, in
     return {"kernel_shape": list(kernel), "strides": list(stride), "pads": [t, l, b, r]}
 
 
+def _sign_nodes(src: str) -> list[Any]:
+    """``xpos = max(src, 0)`` and ``xneg = src − xpos`` (= ``min(src, 0)`` exactly)."""
+    from onnx import helper
+
+    return [helper.make_node("Relu", [src], ["xpos"]), helper.make_node("Sub", [src, "xpos"], ["xneg"])]
+
+
 def _forward_session(weight: numpy.ndarray, bias: numpy.ndarray | None, stride: tuple[int, int],
                      pads: tuple[int, int, int, int], in_hwc: tuple[int, int, int], signed: bool, threads: int) -> Any:
     from onnx import helper
 
     kh, kw = weight.shape[:2]
     nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 3, 1, 2])]
-    if signed:  # [x⁺, x⁻] along the channels; x⁻ = x − x⁺ = min(x, 0) exactly
-        nodes += [helper.make_node("Relu", ["xt"], ["xpos"]), helper.make_node("Sub", ["xt", "xpos"], ["xneg"]),
-                  helper.make_node("Concat", ["xpos", "xneg"], ["xs"], axis=1)]
+    if signed:  # [x⁺, x⁻] along the channels
+        nodes += [*_sign_nodes("xt"), helper.make_node("Concat", ["xpos", "xneg"], ["xs"], axis=1)]
     nodes += [helper.make_node("Conv", ["xs" if signed else "xt", "w"] + ([] if bias is None else ["b"]), ["yt"],
                                **_attrs((kh, kw), stride, pads)),
               helper.make_node("Transpose", ["yt"], ["y"], perm=[0, 2, 3, 1])]
@@ -277,9 +283,8 @@ def _times_session(how: str, weight: numpy.ndarray, stride: tuple[int, int], pad
         nodes.append(helper.make_node("Concat", [n + "t" for n in names], ["st"], axis=1))
     op, w = _transpose_op(how, weight, stride, pads, part_hwc[0][:2], x_hwc[:2], "st" if len(names) > 1 else "s0t", "g")
     nodes += [op, helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 3, 1, 2])]
-    if signed:  # g = [A, B] along the channels; x⁻ = x − x⁺ = min(x, 0) exactly
-        nodes += [helper.make_node("Split", ["g"], ["ga", "gb"], axis=1),
-                  helper.make_node("Relu", ["xt"], ["xpos"]), helper.make_node("Sub", ["xt", "xpos"], ["xneg"]),
+    if signed:  # g = [A, B] along the channels
+        nodes += [helper.make_node("Split", ["g"], ["ga", "gb"], axis=1), *_sign_nodes("xt"),
                   helper.make_node("Mul", ["xpos", "ga"], ["ra"]), helper.make_node("Mul", ["xneg", "gb"], ["rb"]),
                   helper.make_node("Add", ["ra", "rb"], ["rt"])]
     else:

@@ -20,7 +20,7 @@ import numpy
 
 from lrpflow.backend import get_namespace
 from lrpflow.errors import UnsupportedLayerError
-from lrpflow.layers.base import Layer
+from lrpflow.layers.base import Layer, input_times
 
 
 # --- stabilised division ------------------------------------------------------
@@ -238,11 +238,8 @@ def _times(f: Any, g: Any, *others: Any) -> Any:
     result's shape and dtype that shares no memory with ``others`` (saves one activation)."""
     xp = get_namespace(g)
     flags = getattr(g, "flags", None)
-    # cupy's flags have no ``writeable`` field (its arrays always are)
-    if flags is not None and flags.owndata and getattr(flags, "writeable", True) and g.shape == f.shape and g.dtype == f.dtype \
-            and not any(o is g or xp.may_share_memory(o, g) for o in others):
-        g *= f
-        return g
+    if flags is not None and flags.owndata and not any(o is g or xp.may_share_memory(o, g) for o in others):
+        return input_times(f, g)
     return f * g
 
 

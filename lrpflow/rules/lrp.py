@@ -134,15 +134,13 @@ class Gamma(Rule):
                  nonneg: bool) -> list[Any]:
         """Both sign cases as one product: ``[x⁺, x⁻] · [[A, B], [B, A]]`` (``A = W + γW⁺``,
         ``B = W + γW⁻``), or ``x · [A, B]`` for inputs ≥ 0; one transpose for both shares."""
-        xp = get_namespace(r)
         bias = _bias(self.bias, _GammaBiasPair(g))
         if nonneg:
             w, b = ctx.modified(layer, [x], _GammaPair(g), bias)
-            xin = x
+            z2 = layer.apply([x], w, b)  # type: ignore[attr-defined]
         else:
             w, b = ctx.modified(layer, [x], _GammaBlocks(g), bias)
-            xin = xp.concatenate([positive(x), negative(x)], axis=-1)
-        z2 = layer.apply([xin], w, b)  # type: ignore[attr-defined]
+            z2 = layer.apply_signed(x, w, b)  # type: ignore[attr-defined]
         k = z2.shape[-1] // 2
         s, t = self._shares(z, z2[..., :k], z2[..., k:], r, eps)
         del z2
@@ -290,7 +288,7 @@ class AlphaBeta(Rule):
             s = pos_div(r, z, scratch=True) if beta == 0 else neg_div(r, z, scratch=True)
             s *= alpha if beta == 0 else -beta
             return [layer.input_times_transpose(x, [s], wb, signed=True)]  # type: ignore[attr-defined]
-        if ctx.z is not None and (self.bias or not _has_bias(layer, xs)):
+        if self._n_from_z(layer, xs, ctx):
             zp = self._p_plus_s(layer, xs, ctx, _pos_stack, lambda w, b: layer.apply_signed(x, w, b))  # type: ignore[attr-defined]
             parts = self._quotients(r, zp, ctx.z - zp)
         else:
@@ -299,6 +297,10 @@ class AlphaBeta(Rule):
             parts = [pos_div(r, z[..., : z.shape[-1] // 2]), neg_div(r, z[..., z.shape[-1] // 2 :])]
         wt, _ = ctx.modified(layer, xs, _SignBlocks(alpha, -beta), None)
         return [layer.input_times_transpose(x, parts, wt, signed=True)]  # type: ignore[attr-defined]
+
+    def _n_from_z(self, layer: Layer, xs: Sequence[Any], ctx: NodeContext) -> bool:
+        """True if ``N`` can be read as ``z − P`` from the forward output (it holds the bias the rule uses)."""
+        return ctx.z is not None and (self.bias or not _has_bias(layer, xs))
 
     def _p_plus_s(self, layer: Layer, xs: Sequence[Any], ctx: NodeContext, weight_fn: Any, apply: Any) -> Any:
         """``P + s`` (a fresh array): the stabilizer rides in P's bias ``b⁺ + s`` (no pass of its own),
@@ -317,11 +319,7 @@ class AlphaBeta(Rule):
         ``P + s ≥ s > 0`` needs no search for zeros when ``s > 0``; ``N − s`` read as
         ``z − (P + s)`` may round to 0: a safe division there.
         """
-        if self.stabilizer > 0 and can_overwrite(p, r):
-            q = get_namespace(r).divide(r, p, out=p)
-        else:
-            q = safe_divide(r, p, overwrite_b=True)
-        return [q, safe_divide(r, n, overwrite_b=True)]
+        return [_divide_into(r, p, self.stabilizer > 0), _divide_into(r, n, False)]
 
     def _nonneg(self, layer: Layer, xs: Sequence[Any], y: Any, r: Any, ctx: NodeContext, alpha: float, beta: float,
                 pos_div: Any, neg_div: Any) -> list[Any]:
@@ -333,8 +331,7 @@ class AlphaBeta(Rule):
             sp = pos_div(r, zp) * alpha
             return [x * g for x, g in zip(xs, layer.apply_transpose(sp, wp, xs))]  # type: ignore[attr-defined]
         one = len(xs) == 1 and hasattr(layer, "input_times_transpose")
-        if alpha != 0 and beta != 0 and one and getattr(layer, "channel_blocks", False) and ctx.z is not None \
-                and (self.bias or not _has_bias(layer, xs)):
+        if alpha != 0 and beta != 0 and one and getattr(layer, "channel_blocks", False) and self._n_from_z(layer, xs, ctx):
             # one transpose for both shares: [αW⁺, −βW⁻]ᵀ [R/(P + s), R/(N − s)], N − s = z − (P + s)
             zp = self._p_plus_s(layer, xs, ctx, positive, lambda w, b: layer.apply(xs, w, b))  # type: ignore[attr-defined]
             wcat, _ = ctx.modified(layer, xs, _SignConcat(alpha, -beta), None)
@@ -347,7 +344,7 @@ class AlphaBeta(Rule):
             if one:
                 return [layer.input_times_transpose(xs[0], [sp], wp)]  # type: ignore[attr-defined]
             return [input_times(x, g) for x, g in zip(xs, layer.apply_transpose(sp, wp, xs))]  # type: ignore[attr-defined]
-        if ctx.z is not None and (self.bias or not _has_bias(layer, xs)):
+        if self._n_from_z(layer, xs, ctx):
             zn = ctx.z - zp
         else:
             zn = layer.apply(xs, wn, bn)  # type: ignore[attr-defined]
@@ -383,9 +380,15 @@ class _StabilizedDivision:
             d += self.stabilizer
         else:
             d = d + self.stabilizer
-        if self.stabilizer > 0 and can_overwrite(d, a):
-            return get_namespace(a, d).divide(a, d, out=d)
-        return safe_divide(a, d, overwrite_b=True)  # d + s is ours: divide in place
+        return _divide_into(a, d, self.stabilizer > 0)  # d + s is ours: divide in place
+
+
+def _divide_into(a: Any, d: Any, nonzero: bool) -> Any:
+    """``a / d`` written into ``d``; ``nonzero``: ``d`` cannot vanish (no search for zeros),
+    else 0 where ``d = 0`` (:func:`~lrpflow.rules.base.safe_divide`)."""
+    if nonzero and can_overwrite(d, a):
+        return get_namespace(a, d).divide(a, d, out=d)
+    return safe_divide(a, d, overwrite_b=True)
 
 
 def _sign_blocks(w: Any) -> Any:
