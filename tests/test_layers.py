@@ -84,6 +84,51 @@ def test_conv_paths_on_lenet_shapes_and_chunked_workspace(rng, monkeypatch, band
         numpy.testing.assert_allclose(g, ref, rtol=1e-4, atol=1e-4 * numpy.abs(ref).max())
 
 
+def test_unrolled_weight_is_the_convolution_as_one_matrix(rng):
+    """``x.reshape(N, −1) @ U`` is the convolution and ``s.reshape(N, −1) @ Uᵀ`` its transpose, on any geometry."""
+    for _ in range(40):
+        wshape, stride, pads, xshape = random_geometry(rng)
+        x, w = rng.normal(size=xshape), rng.normal(size=wshape)
+        u = win.unrolled_weight(w, xshape[1:3], stride, pads)
+        ref = brute_conv(x, w, stride, pads)
+        assert u.shape == (numpy.prod(xshape[1:]), numpy.prod(ref.shape[1:]))
+        numpy.testing.assert_allclose((x.reshape(len(x), -1) @ u).reshape(ref.shape), ref, rtol=1e-12, atol=1e-12)
+        s = rng.normal(size=ref.shape)
+        numpy.testing.assert_allclose((s.reshape(len(s), -1) @ u.T).reshape(xshape),
+                                      brute_transpose(s, w, stride, pads, xshape), rtol=1e-12, atol=1e-12)
+
+
+def test_unrolled_form_where_the_grid_is_at_most_half_the_kernel():
+    fits = win.unrolled_fits
+    assert fits((2, 2), (2, 2), (3, 3), 512, 512)  # VGG-11's last layers: 4 taps per output instead of 9
+    assert fits((1, 1), (1, 1), (3, 3), 512, 512)
+    assert not fits((3, 3), (3, 3), (3, 3), 8, 8)  # 9 taps either way
+    assert not fits((4, 4), (4, 4), (3, 3), 512, 512)  # 16 > 9
+    assert not fits((4, 4), (2, 2), (3, 3), 256, 512)  # stride 2 onto 2×2: still 16 input positions per output
+    assert not fits((2, 2), (2, 2), (3, 3), 2048, 2048)  # 256 MiB of matrix
+    assert not fits((2, 2), (2, 2), (1, 1), 512, 512)  # a 1×1 kernel is a GEMM already
+
+
+def test_small_grids_use_the_unrolled_form_from_sixteen_samples(rng, monkeypatch):
+    built = []
+    real = win.unrolled_weight
+    monkeypatch.setattr(win, "unrolled_weight", lambda *a: built.append(a[1:]) or real(*a))
+    w = rng.normal(size=(3, 3, 5, 6))
+    cache: dict = {}
+    for n, grid, expect in [(16, (2, 2), 1), (15, (2, 2), 0), (16, (4, 4), 0), (40, (1, 2), 1)]:
+        built.clear()
+        x = rng.normal(size=(n, *grid, 5))
+        y = win.conv_forward(x, w, (1, 1), (1, 1, 1, 1), cache)
+        numpy.testing.assert_allclose(y, brute_conv(x, w, (1, 1), (1, 1, 1, 1)), rtol=1e-12, atol=1e-12)
+        s = rng.normal(size=y.shape)
+        g = win.conv_transpose(s, w, (1, 1), (1, 1, 1, 1), x.shape, cache)
+        assert g.shape == x.shape and g.flags.c_contiguous
+        numpy.testing.assert_allclose(g, brute_transpose(s, w, (1, 1), (1, 1, 1, 1), x.shape), rtol=1e-12, atol=1e-12)
+        assert len(built) == expect  # one matrix per grid, kept for the transpose and later calls
+        win.conv_forward(x, w, (1, 1), (1, 1, 1, 1), cache)
+        assert len(built) == expect
+
+
 def test_banded_weight_is_the_toeplitz_band():
     w = numpy.arange(2 * 3 * 1 * 2, dtype=float).reshape(2, 3, 1, 2) + 1
     t = win.banded_weight(w, bq=2, s1=2).reshape(2, 5, 1, 2, 2)  # Tw = (2 − 1)·2 + 3 = 5

@@ -167,6 +167,68 @@ def test_small_grids_go_to_onnxruntime_only_with_several_threads_and_small_batch
     assert tr(3, 16, (3, 3), (1, 1), same, (128, 128), threads=2, batch=2) == "convT"
 
 
+def test_small_grids_run_as_one_matmul_from_four_samples(rng, monkeypatch):
+    """Auto mode: a 3×3 convolution on a 2×2 grid (half the kernel's taps are padding) is one MatMul
+    with the dense matrix, forward and transpose; the bias is added after it, bitwise ``z + b``. The
+    fused graphs decline it (the caller joins and transposes), and below 4 samples it stays as before."""
+    monkeypatch.setattr(ort_conv, "FUSED_MIN_VALUES", 0)
+    w = rng.normal(size=(3, 3, 32, 48)).astype(numpy.float32)
+    b = rng.normal(size=48).astype(numpy.float32)
+    pads = (1, 1, 1, 1)
+    with ort_conv.use_conv_kernel("auto"):
+        cache: dict = {}
+        x = rng.normal(size=(4, 2, 2, 32)).astype(numpy.float32)
+        y = ort_conv.conv_forward(x, w, (1, 1), pads, cache)
+        close32(y, brute_conv(x.astype(float), w.astype(float), (1, 1), pads))
+        numpy.testing.assert_array_equal(ort_conv.conv_forward(x, w, (1, 1), pads, cache, bias=b), y + b)
+        s = rng.normal(size=y.shape).astype(numpy.float32)
+        g = ort_conv.conv_transpose(s, w, (1, 1), pads, x.shape, cache)
+        close32(g, brute_transpose(s.astype(float), w.astype(float), (1, 1), pads, x.shape))
+        assert sorted(k[1] for k in cache if k[0] != "content") == ["unrolled", "unrolledT"]
+        assert ort_conv.conv_forward(numpy.concatenate([x, x], -1), numpy.concatenate([w, w], 2), (1, 1), pads,
+                                     cache, signed=True) is None
+        assert ort_conv.conv_transpose_times([s], w, (1, 1), pads, x, cache=cache) is None
+        small: dict = {}
+        ort_conv.conv_forward(x[:3], w, (1, 1), pads, small)
+        ort_conv.conv_transpose(s[:3], w, (1, 1), pads, x[:3].shape, small)
+        assert not any(k[1].startswith("unrolled") for k in small if k[0] != "content")
+        x4 = rng.normal(size=(4, 4, 4, 32)).astype(numpy.float32)  # 16 positions > 9 taps: the Conv graphs
+        ort_conv.conv_forward(x4, w, (1, 1), pads, small)
+        assert not any(k[1].startswith("unrolled") for k in small if k[0] != "content")
+    with ort_conv.use_conv_kernel("onnxruntime"):  # forced: the Conv graphs everywhere (tests of those graphs)
+        forced: dict = {}
+        ort_conv.conv_forward(x, w, (1, 1), pads, forced)
+        assert [k[1] for k in forced if k[0] != "content"] == ["fwd"]
+
+
+def unrolled_cnn(rng):
+    """Ends on 2×2 grids with 3×3 kernels: the auto kernels run those layers as MatMuls from batch 4."""
+    def conv(cin, cout, **kw):
+        return Conv2d(3, 3, cin, cout, weight=rng.normal(0, (9 * cin) ** -0.5, (3, 3, cin, cout)),
+                      bias=rng.normal(0, 0.1, cout), **kw)
+
+    return Sequential([conv(3, 16, padding=1), ReLU(), MaxPool(2, 2), MaxPool(2, 2), conv(16, 32, padding=1), ReLU(),
+                       conv(32, 32, padding=1), ReLU(), Flatten(),
+                       Linear(32 * 2 * 2, 5, weight=rng.normal(0, 0.1, (128, 5)), bias=numpy.zeros(5))])
+
+
+@pytest.mark.parametrize("method", [dict(rule="epsilon", epsilon=0.01), dict(rule="alpha_beta", alpha=2.0, beta=1.0),
+                                    dict(composite="epsilon_plus_flat"), dict(rule="gamma", gamma=0.25)])
+def test_explanations_through_the_unrolled_layers_agree_with_the_numpy_kernels(rng, method):
+    model = unrolled_cnn(rng)
+    x = rng.random((6, 8, 8, 3)).astype(numpy.float32)
+    with ort_conv.use_conv_kernel("numpy"):
+        ref = lrpflow.Explainer(model, dtype="float32", workers=1, **method)(x)
+    with ort_conv.use_conv_kernel("auto"):
+        out = lrpflow.Explainer(model, dtype="float32", workers=1, **method)(x)
+    kinds = {k[1] for layer in model.modules for k in getattr(layer, "_ort_cache", {}) if k[0] != "content"}
+    assert {"unrolled", "unrolledT"} <= kinds
+    numpy.testing.assert_allclose(out.logits, ref.logits, rtol=1e-5, atol=1e-5)
+    r, r_ref = numpy.asarray(out.relevance), numpy.asarray(ref.relevance)
+    numpy.testing.assert_allclose(r, r_ref, rtol=0, atol=1e-4 * numpy.abs(r_ref).max())
+    numpy.testing.assert_allclose(out.conservation, ref.conservation, atol=1e-4)
+
+
 def by_id(layer):
     return {k: v for k, v in layer._sessions().items() if k[0] != "content"}
 
