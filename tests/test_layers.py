@@ -129,6 +129,50 @@ def test_small_grids_use_the_unrolled_form_from_sixteen_samples(rng, monkeypatch
         assert len(built) == expect
 
 
+def test_conv_taps_is_the_convolution_and_its_transpose(rng):
+    """Tap by tap (stride 1): every geometry, padding wider than the kernel included, against brute force."""
+    done = 0
+    for _ in range(80):
+        wshape, _, pads, xshape = random_geometry(rng)
+        x, w = rng.normal(size=xshape), rng.normal(size=wshape)
+        ref = brute_conv(x, w, (1, 1), pads)
+        z = win.conv_taps(x, w, pads, ref.shape[1:3])
+        numpy.testing.assert_allclose(z, ref, rtol=1e-12, atol=1e-12)
+        s = rng.normal(size=ref.shape)
+        g = win.conv_taps(s, w, pads, xshape[1:3], transpose=True)
+        numpy.testing.assert_allclose(g, brute_transpose(s, w, (1, 1), pads, xshape), rtol=1e-12, atol=1e-12)
+        assert z.shape == ref.shape and g.shape == xshape
+        done += 1
+    assert done == 80
+
+
+def test_taps_where_padding_is_a_large_share_of_im2col():
+    same = (1, 1, 1, 1)
+    assert win.taps_fit((4, 4), (4, 4), (3, 3), (1, 1), same)  # VGG-11's 4×4 layers: 100 of 144 taps real
+    assert win.taps_fit((3, 3), (3, 3), (3, 3), (1, 1), same)
+    assert not win.taps_fit((8, 8), (8, 8), (3, 3), (1, 1), same)  # 0.84 real
+    assert not win.taps_fit((4, 4), (2, 2), (3, 3), (2, 2), same)  # stride 2
+    assert not win.taps_fit((6, 6), (4, 4), (3, 3), (1, 1), (0, 0, 0, 0))  # no padding: every tap real
+    assert not win.taps_fit((4, 4), (4, 4), (1, 1), (1, 1), (0, 0, 0, 0))
+
+
+def test_conv_kernels_take_the_taps_where_they_fit(rng, monkeypatch):
+    calls = []
+    real = win.conv_taps
+    monkeypatch.setattr(win, "conv_taps", lambda *a, **k: calls.append(k.get("transpose", False)) or real(*a, **k))
+    w = rng.normal(size=(3, 3, 6, 5))
+    for grid, pads, expect in [((4, 4), (1, 1, 1, 1), [False, True]), ((8, 8), (1, 1, 1, 1), []),
+                               ((3, 5), (2, 0, 1, 1), [False, True])]:
+        calls.clear()
+        x = rng.normal(size=(3, *grid, 6))
+        y = win.conv_forward(x, w, (1, 1), pads)
+        numpy.testing.assert_allclose(y, brute_conv(x, w, (1, 1), pads), rtol=1e-12, atol=1e-12)
+        s = rng.normal(size=y.shape)
+        g = win.conv_transpose(s, w, (1, 1), pads, x.shape)
+        numpy.testing.assert_allclose(g, brute_transpose(s, w, (1, 1), pads, x.shape), rtol=1e-12, atol=1e-12)
+        assert calls == expect and g.flags.c_contiguous
+
+
 def test_banded_weight_is_the_toeplitz_band():
     w = numpy.arange(2 * 3 * 1 * 2, dtype=float).reshape(2, 3, 1, 2) + 1
     t = win.banded_weight(w, bq=2, s1=2).reshape(2, 5, 1, 2, 2)  # Tw = (2 − 1)·2 + 3 = 5

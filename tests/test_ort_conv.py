@@ -201,28 +201,52 @@ def test_small_grids_run_as_one_matmul_from_four_samples(rng, monkeypatch):
         assert [k[1] for k in forced if k[0] != "content"] == ["fwd"]
 
 
+def test_transposes_on_padded_small_grids_go_to_numpys_taps_above_batch_four(rng, monkeypatch):
+    """A 3×3 transpose on a 4×4 grid (0.69 of im2col's taps real): numpy's tap-by-tap kernel above
+    batch 4 in auto mode (the fused graph declines too); at batch ≤ 4 the flipped Conv as before."""
+    monkeypatch.setattr(ort_conv, "FUSED_MIN_VALUES", 0)
+    w = rng.normal(size=(3, 3, 32, 32)).astype(numpy.float32)
+    pads = (1, 1, 1, 1)
+    for n, on_numpy in [(5, True), (4, False)]:
+        x = rng.normal(size=(n, 4, 4, 32)).astype(numpy.float32)
+        s = rng.normal(size=x.shape).astype(numpy.float32)
+        with ort_conv.use_conv_kernel("auto"):
+            g = ort_conv.conv_transpose(s, w, (1, 1), pads, x.shape, {})
+            fused = ort_conv.conv_transpose_times([s], w, (1, 1), pads, x)
+        assert (g is None) == on_numpy and (fused is None) == on_numpy
+        if not on_numpy:
+            close32(g, brute_transpose(s.astype(float), w.astype(float), (1, 1), pads, x.shape))
+    with ort_conv.use_conv_kernel("onnxruntime"):
+        assert ort_conv.conv_transpose(s, w, (1, 1), pads, x.shape, {}) is not None
+
+
 def unrolled_cnn(rng):
-    """Ends on 2×2 grids with 3×3 kernels: the auto kernels run those layers as MatMuls from batch 4."""
+    """4×4 and 2×2 grids under 3×3 kernels: numpy's taps on the first, MatMuls on the second (batch > 4)."""
     def conv(cin, cout, **kw):
         return Conv2d(3, 3, cin, cout, weight=rng.normal(0, (9 * cin) ** -0.5, (3, 3, cin, cout)),
                       bias=rng.normal(0, 0.1, cout), **kw)
 
-    return Sequential([conv(3, 16, padding=1), ReLU(), MaxPool(2, 2), MaxPool(2, 2), conv(16, 32, padding=1), ReLU(),
+    return Sequential([conv(3, 16, padding=1), ReLU(), MaxPool(2, 2), conv(16, 32, padding=1), ReLU(), MaxPool(2, 2),
                        conv(32, 32, padding=1), ReLU(), Flatten(),
                        Linear(32 * 2 * 2, 5, weight=rng.normal(0, 0.1, (128, 5)), bias=numpy.zeros(5))])
 
 
 @pytest.mark.parametrize("method", [dict(rule="epsilon", epsilon=0.01), dict(rule="alpha_beta", alpha=2.0, beta=1.0),
                                     dict(composite="epsilon_plus_flat"), dict(rule="gamma", gamma=0.25)])
-def test_explanations_through_the_unrolled_layers_agree_with_the_numpy_kernels(rng, method):
+def test_explanations_through_the_small_grid_kernels_agree_with_the_numpy_kernels(rng, method, monkeypatch):
+    taps = []
+    real = win.conv_taps
+    monkeypatch.setattr(win, "conv_taps", lambda *a, **k: taps.append(a[0].shape[1:3]) or real(*a, **k))
     model = unrolled_cnn(rng)
     x = rng.random((6, 8, 8, 3)).astype(numpy.float32)
     with ort_conv.use_conv_kernel("numpy"):
         ref = lrpflow.Explainer(model, dtype="float32", workers=1, **method)(x)
+    assert {(4, 4), (2, 2)} <= set(taps)  # numpy at batch 6: taps on both grids (the numpy MatMul from 16)
+    taps.clear()
     with ort_conv.use_conv_kernel("auto"):
         out = lrpflow.Explainer(model, dtype="float32", workers=1, **method)(x)
     kinds = {k[1] for layer in model.modules for k in getattr(layer, "_ort_cache", {}) if k[0] != "content"}
-    assert {"unrolled", "unrolledT"} <= kinds
+    assert {"unrolled", "unrolledT"} <= kinds and set(taps) == {(4, 4)}
     numpy.testing.assert_allclose(out.logits, ref.logits, rtol=1e-5, atol=1e-5)
     r, r_ref = numpy.asarray(out.relevance), numpy.asarray(ref.relevance)
     numpy.testing.assert_allclose(r, r_ref, rtol=0, atol=1e-4 * numpy.abs(r_ref).max())

@@ -21,6 +21,9 @@ UNROLLED_MAX_BYTES = 1 << 26
 #: bigger matrix lose (1 thread, Xeon, VGG-11's 2×2 512→512: batch 8 0.9× forward but 1.26×
 #: transpose; batch 16 0.65× / 0.88×, batch 32 0.54× / 0.58× of im2col and col2im).
 UNROLLED_MIN_BATCH_NUMPY = 16
+#: Largest share of real (not padding) taps at which a stride-1 convolution runs tap by tap
+#: (see :func:`taps_fit`): 3×3 on 4×4 grids has 0.69, on 8×8 0.84.
+TAPS_MAX_REAL_SHARE = 0.75
 
 
 def pair(v: Any, name: str) -> tuple[int, int]:
@@ -250,6 +253,66 @@ def _unrolled_here(x_hw: tuple[int, int], out_hw: tuple[int, int], weight: Any, 
     return n >= UNROLLED_MIN_BATCH_NUMPY and unrolled_fits(x_hw, out_hw, (kh, kw), cin, cout, weight.dtype.itemsize)
 
 
+def _tap_spans(n_in: int, n_out: int, k: int, before: int) -> list[tuple[int, int, int]]:
+    """Per kernel offset ``a`` (stride 1): ``(a, p0, p1)``, the outputs whose tap ``a`` lies on the input."""
+    spans = [(a, max(0, before - a), min(n_out, n_in + before - a)) for a in range(k)]
+    return [(a, p0, p1) for a, p0, p1 in spans if p1 > p0]
+
+
+def taps_fit(in_hw: tuple[int, int], out_hw: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int],
+             pads: tuple[int, int, int, int]) -> bool:
+    """True where a stride-1 convolution is cheaper tap by tap (:func:`conv_taps`) than by im2col.
+
+    Tap by tap, each kernel offset multiplies only the outputs whose tap lies on the input; im2col
+    also multiplies the zero padding. Used where the real taps are at most
+    :data:`TAPS_MAX_REAL_SHARE` of im2col's (3×3 on 4×4 grids: 0.69; measured on VGG-11's 4×4
+    layers at batch 32, 1 thread: 0.6–0.7× im2col's time, as fast as PyTorch's oneDNN).
+    """
+    if tuple(stride) != (1, 1) or kernel[0] * kernel[1] == 1:
+        return False
+    rows = sum(p1 - p0 for _, p0, p1 in _tap_spans(in_hw[0], out_hw[0], kernel[0], pads[0]))
+    cols = sum(q1 - q0 for _, q0, q1 in _tap_spans(in_hw[1], out_hw[1], kernel[1], pads[2]))
+    return rows * cols <= TAPS_MAX_REAL_SHARE * out_hw[0] * out_hw[1] * kernel[0] * kernel[1]
+
+
+def conv_taps(a: Any, weight: Any, pads: tuple[int, int, int, int], result_hw: tuple[int, int],
+              transpose: bool = False) -> Any:
+    """Stride-1 convolution (or with ``transpose``, its transpose) as one GEMM per kernel offset.
+
+    ``z[:, P_ab, Q_ab] += x[:, P_ab + a − top, Q_ab + b − left] @ W[a, b]`` over the outputs
+    ``P_ab × Q_ab`` whose tap ``(a, b)`` lies on the input; the transpose adds
+    ``s[:, P_ab, Q_ab] @ W[a, b]ᵀ`` back onto those inputs. A tap that covers the whole
+    result (the centre of a "same" padding) writes it first. The workspace is one copied block
+    and one product, each at most the size of ``a`` or the result.
+    """
+    xp = get_namespace(a, weight)
+    kh, kw, cin, cout = weight.shape
+    n, c_res = a.shape[0], (cin if transpose else cout)
+    grid_in, grid_out = (result_hw, a.shape[1:3]) if transpose else (a.shape[1:3], result_hw)
+    taps = []
+    for ka, p0, p1 in _tap_spans(grid_in[0], grid_out[0], kh, pads[0]):
+        for kb, q0, q1 in _tap_spans(grid_in[1], grid_out[1], kw, pads[2]):
+            at_out = (slice(p0, p1), slice(q0, q1))
+            i0, j0 = p0 + ka - pads[0], q0 + kb - pads[2]
+            at_in = (slice(i0, i0 + p1 - p0), slice(j0, j0 + q1 - q0))
+            src, dst = (at_out, at_in) if transpose else (at_in, at_out)
+            whole = (p1 - p0, q1 - q0) == tuple(result_hw)
+            taps.append((not whole, ka, kb, src, dst))
+    taps.sort(key=lambda t: t[0])  # stable: a whole-result tap first, the others in kernel order
+    out = None
+    for partial, ka, kb, src, dst in taps:
+        block = xp.ascontiguousarray(a[:, src[0], src[1], :]).reshape(-1, a.shape[-1])
+        prod = block @ (weight[ka, kb].T if transpose else weight[ka, kb])
+        shape = (n, dst[0].stop - dst[0].start, dst[1].stop - dst[1].start, c_res)
+        if out is None and not partial:
+            out = prod.reshape(shape)
+            continue
+        if out is None:
+            out = xp.zeros((n, *result_hw, c_res), dtype=prod.dtype)
+        out[:, dst[0], dst[1], :] += prod.reshape(shape)
+    return out if out is not None else xp.zeros((n, *result_hw, c_res), dtype=xp.result_type(a, weight))
+
+
 def conv_forward(x: Any, weight: Any, stride: tuple[int, int], pads: tuple[int, int, int, int],
                  cache: dict | None = None) -> Any:
     """Cross-correlation of NHWC ``x`` with ``weight[kh, kw, c_in, c_out]`` (no bias) as chunked GEMMs.
@@ -259,7 +322,8 @@ def conv_forward(x: Any, weight: Any, stride: tuple[int, int], pads: tuple[int, 
     the ``(kh, Tw, C_in)`` input block of ``bq`` neighbouring outputs, times
     :func:`banded_weight`, so the copy shrinks ~``bq·kw/Tw``-fold and the GEMM gets
     ``bq·C_out`` columns. On grids smaller than the kernel (:func:`unrolled_fits`), from
-    :data:`UNROLLED_MIN_BATCH_NUMPY` samples on: one GEMM with :func:`unrolled_weight`.
+    :data:`UNROLLED_MIN_BATCH_NUMPY` samples on: one GEMM with :func:`unrolled_weight`; where
+    padding is a large share of the taps (:func:`taps_fit`): :func:`conv_taps`.
     ``cache``: see :func:`cached_banded_weight`.
     """
     xp = get_namespace(x, weight)
@@ -271,6 +335,8 @@ def conv_forward(x: Any, weight: Any, stride: tuple[int, int], pads: tuple[int, 
     if _unrolled_here(x.shape[1:3], (ho, wo), weight, n):
         u = cached_unrolled_weight(weight, x.shape[1:3], stride, pads, cache)
         return (x.reshape(n, -1) @ u).reshape(n, ho, wo, cout)
+    if taps_fit(x.shape[1:3], (ho, wo), (kh, kw), stride, pads):
+        return conv_taps(x, weight, pads, (ho, wo))
     out = xp.empty((n, ho, wo, cout), dtype=xp.result_type(x, weight))
     bq = band_width_forward(cin, cout, kw, s1, wo)
     if bq == 1:
@@ -315,6 +381,8 @@ def conv_transpose(s: Any, weight: Any, stride: tuple[int, int], pads: tuple[int
     if _unrolled_here(tuple(in_shape[1:3]), (ho, wo), weight, n):
         u = cached_unrolled_weight(weight, tuple(in_shape[1:3]), stride, pads, cache)
         return (s.reshape(n, -1) @ u.T).reshape(n, *in_shape[1:3], cin)
+    if taps_fit(tuple(in_shape[1:3]), (ho, wo), (kh, kw), stride, pads):
+        return conv_taps(s, weight, pads, tuple(in_shape[1:3]), transpose=True)
     bq = band_width_transpose(cin, cout, kw, s1, wo)
     if bq == 1:
         return _transpose_columns(s, weight, stride, pads, in_shape)

@@ -128,6 +128,15 @@ def _unrolled(mode: str, in_hw: tuple[int, int], out_hw: tuple[int, int], weight
     return mode == "auto" and batch >= UNROLLED_MIN_BATCH and win.unrolled_fits(in_hw, out_hw, (kh, kw), cin, cout)
 
 
+def _numpy_taps(mode: str, in_hw: tuple[int, int], out_hw: tuple[int, int], weight: numpy.ndarray,
+                stride: tuple[int, int], pads: tuple[int, int, int, int], batch: int) -> bool:
+    """True where a transpose stays on numpy's tap-by-tap kernel (auto mode, batches above
+    :data:`SMALL_BATCH`; see :func:`lrpflow.layers._windows.taps_fit`). VGG-11's 4×4 layers, 1
+    thread: 0.6–0.7× the flipped Conv's time at batch 32, 0.95× at batch 8; at batch 1 the
+    Conv graph takes half the time."""
+    return mode == "auto" and batch > SMALL_BATCH and win.taps_fit(in_hw, out_hw, weight.shape[:2], stride, pads)
+
+
 def choose_forward(cin: int, cout: int, kernel: tuple[int, int], stride: tuple[int, int], out_hw: tuple[int, int],
                    forced: bool = False, threads: int = 1, batch: int = 0) -> bool:
     """True where the onnxruntime forward convolution is used.
@@ -416,6 +425,8 @@ def conv_transpose(s: Any, weight: Any, stride: tuple[int, int], pads: tuple[int
         session = _cached(cache, key, (weight,), lambda: _matmul_session(
             win.unrolled_weight(weight, in_hw, stride, pads).T, threads))
         return _run(session, s.reshape(n, -1)).reshape(n, *in_hw, cin)
+    if _numpy_taps(mode, in_hw, out_hwc[:2], weight, tuple(stride), tuple(pads), n):
+        return None
     how = choose_transpose(cin, cout, (kh, kw), tuple(stride), tuple(pads), out_hwc[:2], forced=mode == "onnxruntime",
                            threads=threads, batch=n)
     if how is None:
@@ -448,8 +459,9 @@ def conv_transpose_times(parts: Any, weight: Any, stride: tuple[int, int], pads:
         return None
     part_hwc = tuple(tuple(int(d) for d in p.shape[1:]) for p in parts)
     x_hwc = tuple(int(d) for d in x.shape[1:])
-    if _unrolled(mode, x_hwc[:2], part_hwc[0][:2], weight, int(x.shape[0])):
-        return None  # the caller's join, then conv_transpose's MatMul
+    if _unrolled(mode, x_hwc[:2], part_hwc[0][:2], weight, int(x.shape[0])) \
+            or _numpy_taps(mode, x_hwc[:2], part_hwc[0][:2], weight, tuple(stride), tuple(pads), int(x.shape[0])):
+        return None  # the caller's join, then conv_transpose's MatMul or numpy's taps
     threads = _threads()
     how = choose_transpose(cin, cout, (kh, kw), tuple(stride), tuple(pads), part_hwc[0][:2],
                            forced=mode == "onnxruntime", threads=threads, batch=int(x.shape[0]))
