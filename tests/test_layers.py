@@ -109,26 +109,6 @@ def test_unrolled_form_where_the_grid_is_at_most_half_the_kernel():
     assert not fits((2, 2), (2, 2), (1, 1), 512, 512)  # a 1×1 kernel is a GEMM already
 
 
-def test_small_grids_use_the_unrolled_form_from_sixteen_samples(rng, monkeypatch):
-    built = []
-    real = win.unrolled_weight
-    monkeypatch.setattr(win, "unrolled_weight", lambda *a: built.append(a[1:]) or real(*a))
-    w = rng.normal(size=(3, 3, 5, 6))
-    cache: dict = {}
-    for n, grid, expect in [(16, (2, 2), 1), (15, (2, 2), 0), (16, (4, 4), 0), (40, (1, 2), 1)]:
-        built.clear()
-        x = rng.normal(size=(n, *grid, 5))
-        y = win.conv_forward(x, w, (1, 1), (1, 1, 1, 1), cache)
-        numpy.testing.assert_allclose(y, brute_conv(x, w, (1, 1), (1, 1, 1, 1)), rtol=1e-12, atol=1e-12)
-        s = rng.normal(size=y.shape)
-        g = win.conv_transpose(s, w, (1, 1), (1, 1, 1, 1), x.shape, cache)
-        assert g.shape == x.shape and g.flags.c_contiguous
-        numpy.testing.assert_allclose(g, brute_transpose(s, w, (1, 1), (1, 1, 1, 1), x.shape), rtol=1e-12, atol=1e-12)
-        assert len(built) == expect  # one matrix per grid, kept for the transpose and later calls
-        win.conv_forward(x, w, (1, 1), (1, 1, 1, 1), cache)
-        assert len(built) == expect
-
-
 def test_conv_taps_is_the_convolution_and_its_transpose(rng):
     """Tap by tap (stride 1): every geometry, padding wider than the kernel included, against brute force."""
     done = 0

@@ -167,38 +167,30 @@ def test_small_grids_go_to_onnxruntime_only_with_several_threads_and_small_batch
     assert tr(3, 16, (3, 3), (1, 1), same, (128, 128), threads=2, batch=2) == "convT"
 
 
-def test_small_grids_run_as_one_matmul_from_four_samples(rng, monkeypatch):
-    """Auto mode: a 3×3 convolution on a 2×2 grid (half the kernel's taps are padding) is one MatMul
-    with the dense matrix, forward and transpose; the bias is added after it, bitwise ``z + b``. The
-    fused graphs decline it (the caller joins and transposes), and below 4 samples it stays as before."""
+def test_small_grid_transposes_run_as_one_matmul_from_four_samples(rng, monkeypatch):
+    """Auto mode: the transpose of a 3×3 convolution on a 2×2 grid (half the kernel's taps are
+    padding) is one MatMul with the dense matrix's transpose; the fused graph declines it (the
+    caller joins and transposes); below 4 samples, and in forced mode, the Conv graphs as before.
+    The forward convolution stays on numpy's taps (None here)."""
     monkeypatch.setattr(ort_conv, "FUSED_MIN_VALUES", 0)
     w = rng.normal(size=(3, 3, 32, 48)).astype(numpy.float32)
-    b = rng.normal(size=48).astype(numpy.float32)
     pads = (1, 1, 1, 1)
+    x = rng.normal(size=(4, 2, 2, 32)).astype(numpy.float32)
+    s = rng.normal(size=(4, 2, 2, 48)).astype(numpy.float32)
     with ort_conv.use_conv_kernel("auto"):
         cache: dict = {}
-        x = rng.normal(size=(4, 2, 2, 32)).astype(numpy.float32)
-        y = ort_conv.conv_forward(x, w, (1, 1), pads, cache)
-        close32(y, brute_conv(x.astype(float), w.astype(float), (1, 1), pads))
-        numpy.testing.assert_array_equal(ort_conv.conv_forward(x, w, (1, 1), pads, cache, bias=b), y + b)
-        s = rng.normal(size=y.shape).astype(numpy.float32)
         g = ort_conv.conv_transpose(s, w, (1, 1), pads, x.shape, cache)
         close32(g, brute_transpose(s.astype(float), w.astype(float), (1, 1), pads, x.shape))
-        assert sorted(k[1] for k in cache if k[0] != "content") == ["unrolled", "unrolledT"]
-        assert ort_conv.conv_forward(numpy.concatenate([x, x], -1), numpy.concatenate([w, w], 2), (1, 1), pads,
-                                     cache, signed=True) is None
+        assert [k[1] for k in cache if k[0] != "content"] == ["unrolledT"]
+        assert ort_conv.conv_forward(x, w, (1, 1), pads, cache) is None
         assert ort_conv.conv_transpose_times([s], w, (1, 1), pads, x, cache=cache) is None
         small: dict = {}
-        ort_conv.conv_forward(x[:3], w, (1, 1), pads, small)
         ort_conv.conv_transpose(s[:3], w, (1, 1), pads, x[:3].shape, small)
-        assert not any(k[1].startswith("unrolled") for k in small if k[0] != "content")
-        x4 = rng.normal(size=(4, 4, 4, 32)).astype(numpy.float32)  # 16 positions > 9 taps: the Conv graphs
-        ort_conv.conv_forward(x4, w, (1, 1), pads, small)
-        assert not any(k[1].startswith("unrolled") for k in small if k[0] != "content")
-    with ort_conv.use_conv_kernel("onnxruntime"):  # forced: the Conv graphs everywhere (tests of those graphs)
+        assert not any(k[1] == "unrolledT" for k in small if k[0] != "content")
+    with ort_conv.use_conv_kernel("onnxruntime"):
         forced: dict = {}
-        ort_conv.conv_forward(x, w, (1, 1), pads, forced)
-        assert [k[1] for k in forced if k[0] != "content"] == ["fwd"]
+        ort_conv.conv_transpose(s, w, (1, 1), pads, x.shape, forced)
+        assert [k[1] for k in forced if k[0] != "content"] == ["flip"]
 
 
 def test_transposes_on_padded_small_grids_go_to_numpys_taps_above_batch_four(rng, monkeypatch):
@@ -221,7 +213,8 @@ def test_transposes_on_padded_small_grids_go_to_numpys_taps_above_batch_four(rng
 
 
 def unrolled_cnn(rng):
-    """4×4 and 2×2 grids under 3×3 kernels: numpy's taps on the first, MatMuls on the second (batch > 4)."""
+    """4×4 and 2×2 grids under 3×3 kernels: numpy's taps (forward, and the 4×4 transposes) and the
+    2×2 transposes as MatMuls (batch > 4)."""
     def conv(cin, cout, **kw):
         return Conv2d(3, 3, cin, cout, weight=rng.normal(0, (9 * cin) ** -0.5, (3, 3, cin, cout)),
                       bias=rng.normal(0, 0.1, cout), **kw)
@@ -241,12 +234,12 @@ def test_explanations_through_the_small_grid_kernels_agree_with_the_numpy_kernel
     x = rng.random((6, 8, 8, 3)).astype(numpy.float32)
     with ort_conv.use_conv_kernel("numpy"):
         ref = lrpflow.Explainer(model, dtype="float32", workers=1, **method)(x)
-    assert {(4, 4), (2, 2)} <= set(taps)  # numpy at batch 6: taps on both grids (the numpy MatMul from 16)
+    assert {(4, 4), (2, 2)} <= set(taps)  # numpy at batch 6: taps on both grids
     taps.clear()
     with ort_conv.use_conv_kernel("auto"):
         out = lrpflow.Explainer(model, dtype="float32", workers=1, **method)(x)
     kinds = {k[1] for layer in model.modules for k in getattr(layer, "_ort_cache", {}) if k[0] != "content"}
-    assert {"unrolled", "unrolledT"} <= kinds and set(taps) == {(4, 4)}
+    assert "unrolledT" in kinds and "unrolled" not in kinds and {(4, 4), (2, 2)} <= set(taps)
     numpy.testing.assert_allclose(out.logits, ref.logits, rtol=1e-5, atol=1e-5)
     r, r_ref = numpy.asarray(out.relevance), numpy.asarray(ref.relevance)
     numpy.testing.assert_allclose(r, r_ref, rtol=0, atol=1e-4 * numpy.abs(r_ref).max())

@@ -17,10 +17,6 @@ WORKSPACE_ELEMENTS = 1 << 25
 MIN_WORKSPACE_ELEMENTS = 1 << 19
 #: Largest unrolled weight (bytes) a small-grid convolution may use (see :func:`unrolled_fits`).
 UNROLLED_MAX_BYTES = 1 << 26
-#: Fewest samples for the numpy kernels' unrolled form: below, OpenBLAS's thin GEMMs on the
-#: bigger matrix lose (1 thread, Xeon, VGG-11's 2×2 512→512: batch 8 0.9× forward but 1.26×
-#: transpose; batch 16 0.65× / 0.88×, batch 32 0.54× / 0.58× of im2col and col2im).
-UNROLLED_MIN_BATCH_NUMPY = 16
 #: Largest share of real (not padding) taps at which a stride-1 convolution runs tap by tap
 #: (see :func:`taps_fit`): 3×3 on 4×4 grids has 0.69, on 8×8 0.84.
 TAPS_MAX_REAL_SHARE = 0.75
@@ -186,25 +182,23 @@ def cached_banded_weight(weight: Any, bq: int, s1: int, cache: dict | None) -> A
     cannot be reused while its entry lives. Changing a weight in place is only allowed
     through ``set_params``/``invalidate``, which clear the layer's cache.
     """
-    return _cached(cache, (id(weight), bq, s1), weight, lambda: banded_weight(weight, bq, s1))
-
-
-def _cached(cache: dict | None, key: tuple, weight: Any, build: Any) -> Any:
     if cache is None:
-        return build()
+        return banded_weight(weight, bq, s1)
+    key = (id(weight), bq, s1)
     hit = cache.get(key)
     if hit is not None and hit[0] is weight:
         return hit[1]
-    value = build()
+    band = banded_weight(weight, bq, s1)
     if len(cache) >= BAND_CACHE_ENTRIES:
         cache.clear()
-    cache[key] = (weight, value)
-    return value
+    cache[key] = (weight, band)
+    return band
 
 
 def unrolled_fits(in_hw: tuple[int, int], out_hw: tuple[int, int], kernel: tuple[int, int], cin: int,
                   cout: int, itemsize: int = 4) -> bool:
-    """True where a convolution is cheaper as one dense matrix (:func:`unrolled_weight`).
+    """True where a convolution's transpose may run as one dense matrix (:func:`unrolled_weight`;
+    onnxruntime's prepacked MatMul, :mod:`lrpflow.layers.ort_conv`).
 
     The dense form multiplies every input position with every output position:
     ``H·W`` taps per output against im2col's ``kh·kw``, which on a grid smaller than the
@@ -239,18 +233,6 @@ def unrolled_weight(weight: Any, in_hw: tuple[int, int], stride: tuple[int, int]
                     if 0 <= i < h and 0 <= j < w:
                         u[i, j, :, p, q, :] = weight[a, c]
     return u.reshape(h * w * cin, ho * wo * cout)
-
-
-def cached_unrolled_weight(weight: Any, in_hw: tuple[int, int], stride: tuple[int, int],
-                           pads: tuple[int, int, int, int], cache: dict | None) -> Any:
-    """:func:`unrolled_weight`, kept in ``cache`` as :func:`cached_banded_weight` keeps bands."""
-    return _cached(cache, (id(weight), "unrolled", tuple(in_hw), tuple(stride), tuple(pads)), weight,
-                   lambda: unrolled_weight(weight, in_hw, stride, pads))
-
-
-def _unrolled_here(x_hw: tuple[int, int], out_hw: tuple[int, int], weight: Any, n: int) -> bool:
-    kh, kw, cin, cout = weight.shape
-    return n >= UNROLLED_MIN_BATCH_NUMPY and unrolled_fits(x_hw, out_hw, (kh, kw), cin, cout, weight.dtype.itemsize)
 
 
 def _tap_spans(n_in: int, n_out: int, k: int, before: int) -> list[tuple[int, int, int]]:
@@ -321,10 +303,8 @@ def conv_forward(x: Any, weight: Any, stride: tuple[int, int], pads: tuple[int, 
     ``(kh·kw·C_in, C_out)`` matrix. Banded (see :func:`band_width_forward`): each row holds
     the ``(kh, Tw, C_in)`` input block of ``bq`` neighbouring outputs, times
     :func:`banded_weight`, so the copy shrinks ~``bq·kw/Tw``-fold and the GEMM gets
-    ``bq·C_out`` columns. On grids smaller than the kernel (:func:`unrolled_fits`), from
-    :data:`UNROLLED_MIN_BATCH_NUMPY` samples on: one GEMM with :func:`unrolled_weight`; where
-    padding is a large share of the taps (:func:`taps_fit`): :func:`conv_taps`.
-    ``cache``: see :func:`cached_banded_weight`.
+    ``bq·C_out`` columns. Where padding is a large share of the taps (:func:`taps_fit`):
+    :func:`conv_taps`. ``cache``: see :func:`cached_banded_weight`.
     """
     xp = get_namespace(x, weight)
     kh, kw, cin, cout = weight.shape
@@ -332,9 +312,6 @@ def conv_forward(x: Any, weight: Any, stride: tuple[int, int], pads: tuple[int, 
     n = x.shape[0]
     hp, wp = x.shape[1] + pads[0] + pads[1], x.shape[2] + pads[2] + pads[3]
     ho, wo = (hp - kh) // s0 + 1, (wp - kw) // s1 + 1
-    if _unrolled_here(x.shape[1:3], (ho, wo), weight, n):
-        u = cached_unrolled_weight(weight, x.shape[1:3], stride, pads, cache)
-        return (x.reshape(n, -1) @ u).reshape(n, ho, wo, cout)
     if taps_fit(x.shape[1:3], (ho, wo), (kh, kw), stride, pads):
         return conv_taps(x, weight, pads, (ho, wo))
     out = xp.empty((n, ho, wo, cout), dtype=xp.result_type(x, weight))
@@ -371,16 +348,13 @@ def conv_transpose(s: Any, weight: Any, stride: tuple[int, int], pads: tuple[int
     Batch-last col2im (:func:`_transpose_columns`) or, where it pays
     (:func:`band_width_transpose`), bands: ``s`` of ``bq`` neighbouring output columns times
     the banded weight's transpose gives each band's ``(kh, Tw, C_in)`` input block, added
-    back with ``kh·⌈Tw/(bq·s1)⌉`` strided adds. Small grids: see :func:`conv_forward`.
+    back with ``kh·⌈Tw/(bq·s1)⌉`` strided adds. Padded small grids: :func:`conv_taps`.
     ``cache``: see :func:`cached_banded_weight`.
     """
     xp = get_namespace(s, weight)
     kh, kw, cin, cout = weight.shape
     s0, s1 = stride
     n, ho, wo, _ = s.shape
-    if _unrolled_here(tuple(in_shape[1:3]), (ho, wo), weight, n):
-        u = cached_unrolled_weight(weight, tuple(in_shape[1:3]), stride, pads, cache)
-        return (s.reshape(n, -1) @ u.T).reshape(n, *in_shape[1:3], cin)
     if taps_fit(tuple(in_shape[1:3]), (ho, wo), (kh, kw), stride, pads):
         return conv_taps(s, weight, pads, tuple(in_shape[1:3]), transpose=True)
     bq = band_width_transpose(cin, cout, kw, s1, wo)

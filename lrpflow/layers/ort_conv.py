@@ -114,16 +114,17 @@ THIN_TRANSPOSE_CELLS = 64 * 64
 #: α2β1 at batch 1 (2 threads): VGG-11 (inputs of 2K–16K values) 1.14× and LeNet-5 1.1× the
 #: time with every layer fused; the wide net (32K–65K) 0.92×; ResNet-18 0.97×
 FUSED_MIN_VALUES = 1 << 15
-#: fewest samples for the unrolled form of a small-grid convolution (:func:`_unrolled`). One
-#: MatMul with the prepacked dense matrix, 1 thread, VGG-11's 2×2 512→512: batch 4 0.48×,
-#: batch 32 0.38× (forward) and 0.21× (transpose) of the numpy kernels' time; at batch 1 the
-#: Conv graph reads the 1.7× smaller weight and wins (0.55–0.66× of the MatMul)
+#: fewest samples for the unrolled transpose of a small-grid convolution (:func:`_unrolled`). One
+#: MatMul with the prepacked dense matrix, 1 thread, VGG-11's 2×2 512→512: 0.3–0.6× the time
+#: of numpy's taps at batches 4–32; at batch 1 the flipped Conv reads the 1.7× smaller weight
+#: and wins (0.55–0.66× of the MatMul). Forward convolutions stay on the taps: there the
+#: MatMul gained 0.95–1.1× end to end (noise) for a session holding ~2.5× its matrix
 UNROLLED_MIN_BATCH = 4
 
 
 def _unrolled(mode: str, in_hw: tuple[int, int], out_hw: tuple[int, int], weight: numpy.ndarray, batch: int) -> bool:
-    """True where a convolution runs as one MatMul with its dense matrix (auto mode; see
-    :func:`lrpflow.layers._windows.unrolled_fits`)."""
+    """True where a transpose runs as one MatMul with the convolution's dense matrix (auto mode;
+    see :func:`lrpflow.layers._windows.unrolled_fits`)."""
     kh, kw, cin, cout = weight.shape
     return mode == "auto" and batch >= UNROLLED_MIN_BATCH and win.unrolled_fits(in_hw, out_hw, (kh, kw), cin, cout)
 
@@ -390,20 +391,10 @@ def conv_forward(x: Any, weight: Any, stride: tuple[int, int], pads: tuple[int, 
     hp, wp = x.shape[1] + pads[0] + pads[1], x.shape[2] + pads[2] + pads[3]
     ho, wo = (hp - kh) // stride[0] + 1, (wp - kw) // stride[1] + 1
     threads = _threads()
-    n, in_hwc = int(x.shape[0]), tuple(int(d) for d in x.shape[1:])
-    if _unrolled(mode, in_hwc[:2], (ho, wo), weight, n):
-        if signed:
-            return None  # [x⁺, x⁻] stacked by the caller, then the MatMul of the stacked weight
-        key = (id(weight), "unrolled", tuple(stride), tuple(pads), in_hwc, threads)
-        session = _cached(cache, key, (weight,),
-                          lambda: _matmul_session(win.unrolled_weight(weight, in_hwc[:2], stride, pads), threads))
-        z = _run(session, x.reshape(n, -1)).reshape(n, ho, wo, cout)
-        if bias is not None:
-            z += bias  # after the MatMul, as z + b (onnxruntime would fuse an Add into a Gemm)
-        return z
     if not choose_forward(cin, cout, (kh, kw), stride, (ho, wo), forced=mode == "onnxruntime", threads=threads,
-                          batch=n):
+                          batch=int(x.shape[0])):
         return None
+    in_hwc = tuple(int(d) for d in x.shape[1:])
     consts = (weight,) if bias is None else (weight, bias)
     key = (*(id(a) for a in consts), "fwd", signed, tuple(stride), tuple(pads), in_hwc, threads)
     session = _cached(cache, key, consts, lambda: _forward_session(weight, bias, stride, pads, in_hwc, signed, threads))
