@@ -2,7 +2,8 @@
 
 Windows are strided views (no copy); the transposed window sum scatters back with one
 strided add per kernel offset. Convolutions are GEMMs over im2col patches, chunked
-over the batch so the patch workspace stays bounded.
+over the batch so the patch workspace stays bounded, or banded GEMMs, or on padded small
+grids one GEMM per kernel offset (:func:`conv_taps`).
 """
 from __future__ import annotations
 
