@@ -147,6 +147,9 @@ def test_small_grids_go_to_onnxruntime_only_with_several_threads_and_small_batch
     assert fwd(512, 512, (3, 3), (1, 1), (2, 2), threads=2, batch=1)
     assert not fwd(512, 512, (1, 1), (1, 1), (2, 2), threads=2, batch=1)  # 1×1 kernels: numpy's plain GEMM
     assert not fwd(25, 100, (4, 4), (1, 1), (2, 2), threads=2, batch=1)  # C_out off MLAS's 16-channel blocks
+    assert not fwd(10, 25, (5, 5), (1, 1), (10, 10))  # ... LeNet-5's second layer
+    assert fwd(1, 10, (5, 5), (1, 1), (28, 28))  # ... but a thin input (LeNet-5's first layer): onnxruntime
+    assert fwd(2, 10, (5, 5), (1, 1), (28, 28))  # (and its [x⁺, x⁻] stack for αβ)
     assert fwd(64, 128, (3, 3), (1, 1), (16, 16))  # large grids as before, any thread count
     tr = ort_conv.choose_transpose
     same = (1, 1, 1, 1)

@@ -146,13 +146,16 @@ def choose_forward(cin: int, cout: int, kernel: tuple[int, int], stride: tuple[i
     ORT 1.32, ratios of interleaved medians to numpy's time, ±20% noise): outputs of ≥ 8×8
     positions with C_out a multiple of 16 (MLAS's NCHWc block) 0.38–0.77× (wide net,
     VGG-11, ResNet-18, the 7×7 stem included; VGG's 3→64 0.76–1.08×); 4×4 and 2×2 outputs
-    0.9–1.9×; 1×1 kernels (a plain GEMM in numpy) 1.0–2.4×; LeNet's C_out 10 and 25 1.0–1.45×.
+    0.9–1.9×; 1×1 kernels (a plain GEMM in numpy) 1.0–2.4×; LeNet's C_out 10 and 25 1.0–1.45×,
+    except on a thin input (≤ 3 channels, an image layer), where numpy's banded GEMM is weak:
+    LeNet-5's 1→10 on 32×32 at batch 32 0.39× (explanations at batch 64 and 256: ε 0.95–0.97,
+    α2β1 0.90–0.92, batch 1 unchanged within noise).
     With 2 threads at batch 1 (numpy's GEMM has only H·W rows to share out), the 4×4 and 2×2
     outputs of VGG-11 and ResNet-18 take 0.56–0.86× (at batch 4 0.82–1.5×: numpy again).
     """
     if forced:
         return True
-    if kernel[0] * kernel[1] == 1 or cout % 16:
+    if kernel[0] * kernel[1] == 1 or (cout % 16 and cin > 3):
         return False
     return out_hw[0] * out_hw[1] >= 64 or (threads > 1 and batch == 1)
 
