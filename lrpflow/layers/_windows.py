@@ -7,6 +7,7 @@ grids one GEMM per kernel offset (:func:`conv_taps`).
 """
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -197,7 +198,7 @@ def cached_banded_weight(weight: Any, bq: int, s1: int, cache: dict | None) -> A
 
 
 def unrolled_fits(in_hw: tuple[int, int], out_hw: tuple[int, int], kernel: tuple[int, int], cin: int,
-                  cout: int, itemsize: int = 4) -> bool:
+                  cout: int) -> bool:
     """True where a convolution's transpose may run as one dense matrix (:func:`unrolled_weight`;
     onnxruntime's prepacked MatMul, :mod:`lrpflow.layers.ort_conv`).
 
@@ -205,11 +206,11 @@ def unrolled_fits(in_hw: tuple[int, int], out_hw: tuple[int, int], kernel: tuple
     ``H·W`` taps per output against im2col's ``kh·kw``, which on a grid smaller than the
     kernel also counts the zero padding. Used where that at least halves the work
     (``2·H·W ≤ kh·kw``: VGG-11's and ResNet-18's 3×3 layers on 2×2 grids, 0.44×) and the
-    matrix stays under :data:`UNROLLED_MAX_BYTES`.
+    matrix stays under :data:`UNROLLED_MAX_BYTES` (float32).
     """
     h, w = in_hw
     return 2 * h * w <= kernel[0] * kernel[1] \
-        and h * w * out_hw[0] * out_hw[1] * cin * cout * itemsize <= UNROLLED_MAX_BYTES
+        and 4 * h * w * out_hw[0] * out_hw[1] * cin * cout <= UNROLLED_MAX_BYTES
 
 
 def unrolled_weight(weight: Any, in_hw: tuple[int, int], stride: tuple[int, int],
@@ -225,14 +226,10 @@ def unrolled_weight(weight: Any, in_hw: tuple[int, int], stride: tuple[int, int]
     (h, w), (s0, s1), (t, b, l, r) = in_hw, stride, pads
     ho, wo = out_size(h, kh, s0, t, b), out_size(w, kw, s1, l, r)
     u = xp.zeros((h, w, cin, ho, wo, cout), dtype=weight.dtype)
-    for p in range(ho):
-        for a in range(kh):
-            i = p * s0 + a - t
-            for q in range(wo):
-                for c in range(kw):
-                    j = q * s1 + c - l
-                    if 0 <= i < h and 0 <= j < w:
-                        u[i, j, :, p, q, :] = weight[a, c]
+    for p, q, a, c in itertools.product(range(ho), range(wo), range(kh), range(kw)):
+        i, j = p * s0 + a - t, q * s1 + c - l
+        if 0 <= i < h and 0 <= j < w:
+            u[i, j, :, p, q, :] = weight[a, c]
     return u.reshape(h * w * cin, ho * wo * cout)
 
 
@@ -272,28 +269,28 @@ def conv_taps(a: Any, weight: Any, pads: tuple[int, int, int, int], result_hw: t
     kh, kw, cin, cout = weight.shape
     n, c_res = a.shape[0], (cin if transpose else cout)
     grid_in, grid_out = (result_hw, a.shape[1:3]) if transpose else (a.shape[1:3], result_hw)
-    taps = []
+    taps = []  # (source block, destination block, kernel offset)
     for ka, p0, p1 in _tap_spans(grid_in[0], grid_out[0], kh, pads[0]):
         for kb, q0, q1 in _tap_spans(grid_in[1], grid_out[1], kw, pads[2]):
             at_out = (slice(p0, p1), slice(q0, q1))
             i0, j0 = p0 + ka - pads[0], q0 + kb - pads[2]
             at_in = (slice(i0, i0 + p1 - p0), slice(j0, j0 + q1 - q0))
-            src, dst = (at_out, at_in) if transpose else (at_in, at_out)
-            whole = (p1 - p0, q1 - q0) == tuple(result_hw)
-            taps.append((not whole, ka, kb, src, dst))
-    taps.sort(key=lambda t: t[0])  # stable: a whole-result tap first, the others in kernel order
-    out = None
-    for partial, ka, kb, src, dst in taps:
+            taps.append((at_out, at_in, (ka, kb)) if transpose else (at_in, at_out, (ka, kb)))
+
+    def product(src: tuple[slice, slice], dst: tuple[slice, slice], k: tuple[int, int]) -> Any:
         block = xp.ascontiguousarray(a[:, src[0], src[1], :]).reshape(-1, a.shape[-1])
-        prod = block @ (weight[ka, kb].T if transpose else weight[ka, kb])
         shape = (n, dst[0].stop - dst[0].start, dst[1].stop - dst[1].start, c_res)
-        if out is None and not partial:
-            out = prod.reshape(shape)
-            continue
-        if out is None:
-            out = xp.zeros((n, *result_hw, c_res), dtype=prod.dtype)
-        out[:, dst[0], dst[1], :] += prod.reshape(shape)
-    return out if out is not None else xp.zeros((n, *result_hw, c_res), dtype=xp.result_type(a, weight))
+        return (block @ (weight[k].T if transpose else weight[k])).reshape(shape)
+
+    whole = [i for i, (_, dst, _) in enumerate(taps) if (dst[0].stop - dst[0].start, dst[1].stop - dst[1].start)
+             == tuple(result_hw)]
+    if whole:  # a tap covering the whole result writes it
+        out = product(*taps.pop(whole[0]))
+    else:
+        out = xp.zeros((n, *result_hw, c_res), dtype=xp.result_type(a, weight))
+    for src, dst, k in taps:
+        out[:, dst[0], dst[1], :] += product(src, dst, k)
+    return out
 
 
 def conv_forward(x: Any, weight: Any, stride: tuple[int, int], pads: tuple[int, int, int, int],

@@ -114,7 +114,7 @@ THIN_TRANSPOSE_CELLS = 64 * 64
 #: α2β1 at batch 1 (2 threads): VGG-11 (inputs of 2K–16K values) 1.14× and LeNet-5 1.1× the
 #: time with every layer fused; the wide net (32K–65K) 0.92×; ResNet-18 0.97×
 FUSED_MIN_VALUES = 1 << 15
-#: fewest samples for the unrolled transpose of a small-grid convolution (:func:`_unrolled`). One
+#: fewest samples for the unrolled transpose of a small-grid convolution (:func:`_transpose_kernel`). One
 #: MatMul with the prepacked dense matrix, 1 thread, VGG-11's 2×2 512→512: 0.3–0.6× the time
 #: of numpy's taps at batches 4–32; at batch 1 the flipped Conv reads the 1.7× smaller weight
 #: and wins (0.55–0.66× of the MatMul). Forward convolutions stay on the taps: there the
@@ -122,20 +122,26 @@ FUSED_MIN_VALUES = 1 << 15
 UNROLLED_MIN_BATCH = 4
 
 
-def _unrolled(mode: str, in_hw: tuple[int, int], out_hw: tuple[int, int], weight: numpy.ndarray, batch: int) -> bool:
-    """True where a transpose runs as one MatMul with the convolution's dense matrix (auto mode;
-    see :func:`lrpflow.layers._windows.unrolled_fits`)."""
+def _transpose_kernel(mode: str, weight: numpy.ndarray, stride: tuple[int, int], pads: tuple[int, int, int, int],
+                      out_hw: tuple[int, int], in_hw: tuple[int, int], threads: int, batch: int) -> str | None:
+    """How a transpose runs: ``"unrolled"`` (one MatMul with the convolution's dense matrix),
+    ``"flip"``, ``"convT"`` (see :func:`choose_transpose`) or None (numpy).
+
+    Auto mode first applies the small-grid rules of :mod:`lrpflow.layers._windows`: the dense
+    MatMul where the grid is at most half the kernel (``unrolled_fits``, from
+    :data:`UNROLLED_MIN_BATCH` samples), numpy's tap-by-tap kernel where padding is a large
+    share of the taps (``taps_fit``, above :data:`SMALL_BATCH`; VGG-11's 4×4 layers, 1 thread:
+    0.6–0.7× the flipped Conv's time at batch 32, 0.95× at batch 8; at batch 1 the Conv graph
+    takes half the time).
+    """
     kh, kw, cin, cout = weight.shape
-    return mode == "auto" and batch >= UNROLLED_MIN_BATCH and win.unrolled_fits(in_hw, out_hw, (kh, kw), cin, cout)
-
-
-def _numpy_taps(mode: str, in_hw: tuple[int, int], out_hw: tuple[int, int], weight: numpy.ndarray,
-                stride: tuple[int, int], pads: tuple[int, int, int, int], batch: int) -> bool:
-    """True where a transpose stays on numpy's tap-by-tap kernel (auto mode, batches above
-    :data:`SMALL_BATCH`; see :func:`lrpflow.layers._windows.taps_fit`). VGG-11's 4×4 layers, 1
-    thread: 0.6–0.7× the flipped Conv's time at batch 32, 0.95× at batch 8; at batch 1 the
-    Conv graph takes half the time."""
-    return mode == "auto" and batch > SMALL_BATCH and win.taps_fit(in_hw, out_hw, weight.shape[:2], stride, pads)
+    if mode == "auto":
+        if batch >= UNROLLED_MIN_BATCH and win.unrolled_fits(in_hw, out_hw, (kh, kw), cin, cout):
+            return "unrolled"
+        if batch > SMALL_BATCH and win.taps_fit(in_hw, out_hw, (kh, kw), stride, pads):
+            return None
+    return choose_transpose(cin, cout, (kh, kw), stride, pads, out_hw, forced=mode == "onnxruntime",
+                            threads=threads, batch=batch)
 
 
 def choose_forward(cin: int, cout: int, kernel: tuple[int, int], stride: tuple[int, int], out_hw: tuple[int, int],
@@ -414,17 +420,14 @@ def conv_transpose(s: Any, weight: Any, stride: tuple[int, int], pads: tuple[int
     out_hwc = tuple(int(d) for d in s.shape[1:])
     threads = _threads()
     n, in_hw = int(s.shape[0]), (int(in_shape[1]), int(in_shape[2]))
-    if _unrolled(mode, in_hw, out_hwc[:2], weight, n):
+    how = _transpose_kernel(mode, weight, tuple(stride), tuple(pads), out_hwc[:2], in_hw, threads, n)
+    if how is None:
+        return None
+    if how == "unrolled":
         key = (id(weight), "unrolledT", tuple(stride), tuple(pads), out_hwc, in_hw, threads)
         session = _cached(cache, key, (weight,), lambda: _matmul_session(
             win.unrolled_weight(weight, in_hw, stride, pads).T, threads))
         return _run(session, s.reshape(n, -1)).reshape(n, *in_hw, cin)
-    if _numpy_taps(mode, in_hw, out_hwc[:2], weight, tuple(stride), tuple(pads), n):
-        return None
-    how = choose_transpose(cin, cout, (kh, kw), tuple(stride), tuple(pads), out_hwc[:2], forced=mode == "onnxruntime",
-                           threads=threads, batch=n)
-    if how is None:
-        return None
     key = (id(weight), how, tuple(stride), tuple(pads), out_hwc, in_hw, threads)
     session = _cached(cache, key, (weight,),
                       lambda: _transpose_session(how, weight, stride, pads, out_hwc, in_hw, threads))
@@ -453,14 +456,11 @@ def conv_transpose_times(parts: Any, weight: Any, stride: tuple[int, int], pads:
         return None
     part_hwc = tuple(tuple(int(d) for d in p.shape[1:]) for p in parts)
     x_hwc = tuple(int(d) for d in x.shape[1:])
-    if _unrolled(mode, x_hwc[:2], part_hwc[0][:2], weight, int(x.shape[0])) \
-            or _numpy_taps(mode, x_hwc[:2], part_hwc[0][:2], weight, tuple(stride), tuple(pads), int(x.shape[0])):
-        return None  # the caller's join, then conv_transpose's MatMul or numpy's taps
     threads = _threads()
-    how = choose_transpose(cin, cout, (kh, kw), tuple(stride), tuple(pads), part_hwc[0][:2],
-                           forced=mode == "onnxruntime", threads=threads, batch=int(x.shape[0]))
-    if how is None:
-        return None
+    how = _transpose_kernel(mode, weight, tuple(stride), tuple(pads), part_hwc[0][:2], x_hwc[:2], threads,
+                            int(x.shape[0]))
+    if how in (None, "unrolled"):
+        return None  # numpy, or the caller's join and then conv_transpose's MatMul
     key = (id(weight), "times", how, signed, tuple(stride), tuple(pads), part_hwc, x_hwc, threads)
     session = _cached(cache, key, (weight,),
                       lambda: _times_session(how, weight, stride, pads, part_hwc, x_hwc, signed, threads))
