@@ -203,6 +203,34 @@ def test_banded_weights_are_cached_per_layer_until_parameters_change(rng, monkey
     assert "_band_cache" not in layer.__getstate__()
 
 
+def test_window_sums_and_their_transpose_against_loops(rng):
+    """Direct (≤ 3×3) and separable (row, then column) window sums, strided and overlapping, by brute
+    force; the transpose is the adjoint: ⟨Σ_window x, g⟩ = ⟨x, Σ_windowᵀ g⟩."""
+    assert not win.separable((3, 3)) and not win.separable((2, 2)) and not win.separable((1, 7))
+    assert win.separable((4, 4)) and win.separable((5, 5)) and win.separable((7, 7)) and win.separable((3, 6))
+    for kh, kw, s0, s1 in [(3, 3, 1, 1), (2, 3, 2, 1), (4, 4, 1, 1), (5, 5, 1, 1), (7, 7, 2, 2), (3, 6, 1, 2),
+                           (5, 4, 3, 2)]:
+        h, w = kh + 2 * s0 + 3, kw + 3 * s1 + 1
+        x = rng.normal(size=(2, h, w, 3))
+        ho, wo = (h - kh) // s0 + 1, (w - kw) // s1 + 1
+        ref = numpy.empty((2, ho, wo, 3))
+        for p in range(ho):
+            for q in range(wo):
+                ref[:, p, q] = x[:, p * s0 : p * s0 + kh, q * s1 : q * s1 + kw].sum(axis=(1, 2))
+        numpy.testing.assert_allclose(win.window_sum(x, (kh, kw), (s0, s1)), ref, rtol=1e-12, atol=1e-12)
+        counts = win.window_sum(numpy.ones((1, h, w, 1), dtype=numpy.uint8), (kh, kw), (s0, s1))
+        assert counts.dtype == numpy.uint8 and (counts == kh * kw).all()
+        g = rng.normal(size=ref.shape)
+        pads = (1, 0, 2, 1)
+        back = win.window_sum_transpose(g, (kh, kw), (s0, s1), x.shape, pads)
+        full = numpy.zeros(x.shape)
+        for p in range(ho):
+            for q in range(wo):
+                full[:, p * s0 : p * s0 + kh, q * s1 : q * s1 + kw] += g[:, p, q, None, None, :]
+        numpy.testing.assert_allclose(back, full[:, 1:, 2 : w - 1], rtol=1e-12, atol=1e-12)
+        assert abs((ref * g).sum() - (x * full).sum()) < 1e-9
+
+
 def test_maxpool_forward_and_winners_against_loops(rng):
     """Strided-view max pool: overlapping windows, padding (−∞) and ties shared equally, by brute force."""
     from lrpflow.layers import MaxPool

@@ -86,6 +86,18 @@ def test_conv2d_matches_reference(name, params, stride, padding, rng, xp):
         assert close(got, want)
 
 
+@pytest.mark.parametrize("kernel,stride,padding", [((4, 4), (1, 1), (0, 0)), ((5, 5), (1, 1), (2, 2)),
+                                                   ((7, 7), (2, 2), (3, 3)), ((3, 5), (1, 2), (1, 0))])
+def test_flat_on_large_kernels_matches_reference(kernel, stride, padding, rng, xp):
+    """LRP-flat's one-channel window transpose (separable from 4×4 windows) and its channel sum, with
+    windows reaching into the padding (smaller |window|)."""
+    layer = Conv2d(*kernel, 3, 5, stride=stride, padding=padding, rng=rng, bias=rng.normal(0, 0.5, 5))
+    x = signed(rng, (2, 11, 9, 3))
+    r = rng.normal(0, 1, layer.forward(x).shape)
+    got = engine(layer, [x], r, "flat", {}, xp)[0]
+    assert close(got, ref.conv2d_rule(x, layer.weight, layer.bias, r, stride, padding, "flat"))
+
+
 def test_zero_denominators_give_zero_not_nan(xp):
     """A neuron whose contributions cancel exactly (z_j = 0) with ε = 0 passes no relevance."""
     w = numpy.array([[1.0, 1.0], [-1.0, 2.0]])
