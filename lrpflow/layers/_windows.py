@@ -80,12 +80,12 @@ def separable(kernel: tuple[int, int]) -> bool:
 
 def window_sum(x: Any, kernel: tuple[int, int], stride: tuple[int, int]) -> Any:
     """``Σ_window x`` of an (already padded) NHWC array: ``kh·kw`` strided adds, or ``kh + kw``
-    (:func:`separable`: the columns of each window summed first)."""
+    (:func:`separable`: along each row first, then down the columns)."""
     n, h, w, c = x.shape
     (kh, kw), (s0, s1) = kernel, stride
     ho, wo = (h - kh) // s0 + 1, (w - kw) // s1 + 1
     if separable(kernel):
-        x = _strided_sum(x, kw, s1, wo, axis=2)  # (N, H, Wo, C): each window's row sums
+        x = _strided_sum(x, kw, s1, wo, axis=2)  # (N, H, Wo, C): each window's sum along every row
         return _strided_sum(x, kh, s0, ho, axis=1)
     out = None
     for a in range(kh):
