@@ -107,7 +107,8 @@ def test_map_chunks_reuses_its_threads_and_waits_for_every_chunk_when_one_fails(
     names = set()
     for _ in range(5):
         names |= set(chunks.map_chunks(lambda i: threading.current_thread().name, range(4), 2))
-    assert len(names) <= 2 and all(n.startswith("lrpflow") for n in names)  # the same ≤ 2 threads every call
+    # the shared pool's threads every call: 2, or more if an earlier test grew the pool (then any idle one may run)
+    assert len(names) <= max(2, chunks._pool_size) and all(n.startswith("lrpflow") for n in names)
     assert threading.active_count() <= max(before, 2 + 1)
     finished = []
 
